@@ -1,0 +1,344 @@
+//! Capture: stream pgoutput from the slot into the segment log, and confirm to
+//! PostgreSQL only what the log holds durably.
+//!
+//! Why the ack is safe:
+//! - Records reach the log in the order the server sent them. The writer
+//!   thread publishes a new durable resume LSN only after fsync returns, and
+//!   that is the only value ever sent as the flush position. So the slot's
+//!   `confirmed_flush_lsn` never passes what is fsynced here.
+//! - The resume LSN advances at the end LSN of finished transactions, and at a
+//!   keepalive position when no transaction is open and no streamed block is
+//!   in progress: the server sends in order, so every transaction finished
+//!   before a keepalive's position has already arrived, and is in the log
+//!   before the Progress record that carries it. A streamed transaction still
+//!   open at that point finishes later, so the server keeps it and resends it
+//!   whole after a restart. A quiet table therefore never pins WAL.
+//! - On start, replication resumes at the log's own resume LSN. If the slot
+//!   has confirmed past it, changes are missing and capture refuses to run.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::Checked;
+use crate::log::{Appender, LogError, LogWriter, Record, RecordKind};
+use crate::lsn::{Lsn, PgTimestamp};
+use crate::source::conn::{ReplicationConnection, StreamFrame};
+use crate::source::pgoutput::finishing_end_lsn;
+use crate::source::setup::{self, quote_ident, quote_literal, SourceSpec};
+use crate::source::wire::{self, ServerFrame};
+use crate::source::SourceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the server sent an invalid replication frame: {0}")]
+    Frame(#[from] wire::FrameError),
+}
+
+impl CaptureError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CaptureError::Source(e) => e.is_retryable(),
+            CaptureError::Log(_) | CaptureError::Frame(_) => false,
+        }
+    }
+}
+
+/// Send a status update at least this often while durable progress is made,
+/// so the slot's lag stays small without a message per fsync.
+const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
+/// Records go to the writer in batches of about this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+/// How long to wait for a slot still held by a previous, killed capture.
+const SLOT_BUSY_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs capture until `shutdown` turns true; then fsyncs, confirms and returns.
+/// Errors after streaming has started once are retried with backoff.
+pub async fn run(
+    checked: &Checked,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Lsn, CaptureError> {
+    let cfg = &checked.config;
+    let (mut writer, recovery) = LogWriter::open(&cfg.log.dir, cfg.log.segment_size.as_u64())?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = recovery.truncated_bytes,
+            "cut a torn tail from the log"
+        );
+    }
+    tracing::info!(dir = %cfg.log.dir.display(), resume = %recovery.resume_lsn, "opened the segment log");
+    let mut log_empty = recovery.empty;
+    let mut streamed_once = false;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let session = Session::start(checked, writer, log_empty).await;
+        let outcome = match session {
+            Ok(session) => {
+                streamed_once = true;
+                backoff = Duration::from_millis(500);
+                log_empty = false;
+                session.stream(&mut shutdown).await
+            }
+            Err((error, returned)) => Err((error, returned)),
+        };
+        match outcome {
+            Ok(lsn) => return Ok(lsn),
+            Err((error, Some(returned))) if streamed_once && error.is_retryable() => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "capture interrupted; reconnecting");
+                writer = returned;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(writer.durable_ack()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+struct Session {
+    conn: ReplicationConnection,
+    appender: Appender,
+    status_interval: Duration,
+    start: Lsn,
+}
+
+type Failed = (CaptureError, Option<LogWriter>);
+
+impl Session {
+    /// Checks the source, creates what is missing, and starts streaming after the log's resume LSN.
+    async fn start(
+        checked: &Checked,
+        writer: LogWriter,
+        log_empty: bool,
+    ) -> Result<Session, Failed> {
+        let source = &checked.config.source;
+        let spec = SourceSpec {
+            config: &checked.pg,
+            tables: &checked.tables,
+            publication: &source.publication,
+            slot: &source.slot,
+        };
+        let keep = |writer: LogWriter| move |e: SourceError| (CaptureError::from(e), Some(writer));
+        let prepared = match setup::prepare(&spec).await {
+            Ok(p) => p,
+            Err(e) => return Err(keep(writer)(e)),
+        };
+        let mut conn = match ReplicationConnection::connect(&checked.pg).await {
+            Ok(c) => c,
+            Err(e) => return Err(keep(writer)(e)),
+        };
+        let resume = writer.durable_ack();
+        let slot_position = match prepared.slot {
+            Some(slot) => slot.confirmed_flush,
+            None => match setup::create_slot(&mut conn, &source.slot, false).await {
+                Ok(created) => created.consistent_point,
+                Err(e) => return Err(keep(writer)(e)),
+            },
+        };
+        if !log_empty && slot_position > resume {
+            return Err(keep(writer)(SourceError::SlotAhead {
+                slot: source.slot.clone(),
+                confirmed: slot_position,
+                log: resume,
+            }));
+        }
+        let start = resume.max(slot_position);
+        let options = if prepared.server_version_num >= 140000 {
+            "proto_version '2', streaming 'on'"
+        } else {
+            "proto_version '1'"
+        };
+        let publication_names = quote_literal(&quote_ident(&source.publication));
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} ({options}, publication_names {publication_names}, messages 'true')",
+            quote_ident(&source.slot)
+        );
+        let waited_since = Instant::now();
+        loop {
+            match conn.start_replication(&command).await {
+                Ok(()) => break,
+                // A killed capture's walsender may hold the slot until it notices the dead socket.
+                Err(SourceError::Server { code, .. })
+                    if code == "55006" && waited_since.elapsed() < SLOT_BUSY_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    conn = match ReplicationConnection::connect(&checked.pg).await {
+                        Ok(c) => c,
+                        Err(e) => return Err(keep(writer)(e)),
+                    };
+                }
+                Err(e) => return Err(keep(writer)(e)),
+            }
+        }
+        let timeout = Duration::from_millis(prepared.wal_sender_timeout_ms);
+        let status_interval = if timeout.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (timeout / 2).min(Duration::from_secs(1))
+        };
+        let appender = Appender::start(writer);
+        let session = Session {
+            conn,
+            appender,
+            status_interval,
+            start,
+        };
+        if session
+            .appender
+            .append(vec![Record::marker(RecordKind::Resume, start)])
+            .await
+            .is_err()
+        {
+            return Err(session.fail(None).await);
+        }
+        tracing::info!(slot = %source.slot, %start, "streaming changes into the log");
+        Ok(session)
+    }
+
+    /// Stops the writer and pairs its error (if it failed) or `error` with the writer.
+    async fn fail(self, error: Option<CaptureError>) -> Failed {
+        match self.appender.finish().await {
+            Ok(writer) => (
+                error.unwrap_or(CaptureError::Source(SourceError::Closed)),
+                Some(writer),
+            ),
+            Err(log_error) => (CaptureError::Log(log_error), None),
+        }
+    }
+
+    async fn stream(mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Lsn, Failed> {
+        match self.pump(shutdown).await {
+            Ok(()) => {}
+            Err(e) => return Err(self.fail(Some(e)).await),
+        }
+        let writer = match self.appender.finish().await {
+            Ok(w) => w,
+            Err(e) => return Err((CaptureError::Log(e), None)),
+        };
+        let durable = writer.durable_ack();
+        let confirm = async {
+            self.conn
+                .send_copy_data(wire::standby_status_update(durable, PgTimestamp::now()))
+                .await?;
+            self.conn.finish_copy().await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), confirm).await {
+            Ok(Ok(())) => {
+                tracing::info!(confirmed = %durable, "stopped; the log is fsynced and confirmed")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, durable = %durable, "stopped; the final confirmation did not reach the server, which will resend from the last one")
+            }
+            Err(_) => {
+                tracing::warn!(durable = %durable, "stopped; the server did not acknowledge the final confirmation in time")
+            }
+        }
+        Ok(durable)
+    }
+
+    /// The streaming loop; returns when `shutdown` turns true.
+    async fn pump(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), CaptureError> {
+        let mut durable = self.appender.durable();
+        let mut reported = Lsn::ZERO;
+        let mut last_status = Instant::now() - self.status_interval;
+        let mut next_status = Instant::now();
+        let mut batch: Vec<Record> = Vec::new();
+        let mut batch_bytes = 0usize;
+        // The highest resume position appended so far, and whether a
+        // transaction or streamed block is open at the end of what arrived.
+        let mut appended_ack = self.start;
+        let mut txn_open = false;
+        let mut in_block = false;
+        let mut reply_due = false;
+        let mut received = 0u64;
+        let mut last_report = Instant::now();
+        loop {
+            while let Some(frame) = self.conn.try_next_frame()? {
+                let data = match frame {
+                    StreamFrame::CopyData(data) => data,
+                    StreamFrame::CopyDone => return Err(SourceError::Closed.into()),
+                };
+                match wire::parse_server_frame(data)? {
+                    ServerFrame::XLogData {
+                        wal_start, payload, ..
+                    } => {
+                        match payload.first() {
+                            Some(b'B' | b'b') => txn_open = true,
+                            Some(b'C' | b'P') => txn_open = false,
+                            Some(b'S') => in_block = true,
+                            Some(b'E') => in_block = false,
+                            _ => {}
+                        }
+                        if let Some(end) = finishing_end_lsn(&payload) {
+                            appended_ack = appended_ack.max(end);
+                        }
+                        received += 1;
+                        batch_bytes += payload.len();
+                        batch.push(Record::wal(wal_start, payload));
+                        if batch_bytes >= BATCH_BYTES {
+                            self.send_batch(&mut batch, &mut batch_bytes).await?;
+                        }
+                    }
+                    ServerFrame::Keepalive {
+                        wal_end,
+                        reply_requested,
+                    } => {
+                        if !txn_open && !in_block && wal_end > appended_ack {
+                            batch.push(Record::marker(RecordKind::Progress, wal_end));
+                            appended_ack = wal_end;
+                        }
+                        reply_due |= reply_requested;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.send_batch(&mut batch, &mut batch_bytes).await?;
+            }
+            let now = Instant::now();
+            if reply_due || now >= next_status {
+                let flushed = *durable.borrow_and_update();
+                self.conn
+                    .send_copy_data(wire::standby_status_update(flushed, PgTimestamp::now()))
+                    .await?;
+                reported = flushed;
+                reply_due = false;
+                last_status = now;
+                next_status = now + self.status_interval;
+            }
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(confirmed = %reported, messages = received, "capture progress");
+                last_report = Instant::now();
+            }
+            tokio::select! {
+                filled = self.conn.fill() => filled?,
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        // The writer thread stopped: its error surfaces from `fail`.
+                        return Err(SourceError::Closed.into());
+                    }
+                    next_status = next_status.min(last_status + MIN_STATUS_GAP);
+                }
+                _ = tokio::time::sleep_until(next_status.into()) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        batch: &mut Vec<Record>,
+        bytes: &mut usize,
+    ) -> Result<(), CaptureError> {
+        *bytes = 0;
+        self.appender
+            .append(std::mem::take(batch))
+            .await
+            .map_err(|()| CaptureError::Source(SourceError::Closed))
+    }
+}

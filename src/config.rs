@@ -1,0 +1,288 @@
+//! The TOML config, with `TIDEMARK_<SECTION>_<KEY>` environment overrides.
+//!
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::source::setup::TableName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}; pass an existing file with --config", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {}{location}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A libpq-style URL or key=value string; may hold a password, so it is never printed.
+    pub url: SecretUrl,
+    pub tables: Vec<String>,
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    #[serde(default = "default_slot")]
+    pub slot: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    #[serde(default = "default_segment_size")]
+    pub segment_size: ByteSize,
+}
+
+fn default_publication() -> String {
+    "tidemark".into()
+}
+
+fn default_slot() -> String {
+    "tidemark".into()
+}
+
+fn default_segment_size() -> ByteSize {
+    ByteSize::mib(64)
+}
+
+/// A connection string whose Debug and Display never show the password.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn parse(&self) -> Result<tokio_postgres::Config, String> {
+        tokio_postgres::Config::from_str(&self.0).map_err(|e| {
+            // The parser's message may quote the input; name only the problem.
+            let text = e.to_string();
+            let reason = text.split(':').next().unwrap_or("invalid").trim().to_string();
+            format!("[source] url is not a valid PostgreSQL connection string ({reason}); write it as postgres://user:password@host:port/db")
+        })
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretUrl(<redacted>)")
+    }
+}
+
+/// Everything capture needs, checked: the parsed connection and table names.
+/// (tokio-postgres redacts the password in its Debug output.)
+#[derive(Debug)]
+pub struct Checked {
+    pub config: Config,
+    pub pg: tokio_postgres::Config,
+    pub tables: Vec<TableName>,
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides, and checks every value.
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(path, &text, std::env::vars())
+    }
+
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Checked, ConfigError> {
+        let invalid = |location: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            location,
+            message,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            invalid(line_of(text, e.span()), e.message().to_string())
+        })?;
+        apply_env(&mut table, env)?;
+        let config = Config::deserialize(table).map_err(|e| {
+            invalid(
+                String::new(),
+                format!("{}; fix or remove that key", e.message()),
+            )
+        })?;
+        let pg = config
+            .source
+            .url
+            .parse()
+            .map_err(|message| invalid(String::new(), message))?;
+        if config.source.tables.is_empty() {
+            return Err(invalid(
+                String::new(),
+                "[source] tables is empty; list the tables to protect, e.g. tables = [\"public.payments\"]".into(),
+            ));
+        }
+        let tables = config
+            .source
+            .tables
+            .iter()
+            .map(|t| TableName::parse(t))
+            .collect();
+        if config.log.segment_size < ByteSize::mib(1) {
+            return Err(invalid(
+                String::new(),
+                "[log] segment_size must be at least 1MiB".into(),
+            ));
+        }
+        Ok(Checked { config, pg, tables })
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" line {line}")
+        }
+        None => String::new(),
+    }
+}
+
+const SECTIONS: &[&str] = &["source", "log"];
+
+/// Applies `TIDEMARK_<SECTION>_<KEY>=value`; the value is TOML if it parses as TOML, else a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("TIDEMARK_") else {
+            continue;
+        };
+        if rest == "CONFIG" {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+            lower
+                .strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k.to_string()))
+        }) else {
+            return Err(ConfigError::Env {
+                name,
+                message: format!(
+                    "no config section matches; overrides are named TIDEMARK_<SECTION>_<KEY> with SECTION one of {}",
+                    SECTIONS.join(", ")
+                ),
+            });
+        };
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry.as_table_mut() {
+            Some(section_table) => {
+                section_table.insert(key, parsed);
+            }
+            None => {
+                return Err(ConfigError::Env {
+                    name,
+                    message: format!("[{section}] is not a section in the config file"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+url = "postgres://tm:s3cret@localhost:5432/app"
+tables = ["public.users", "payments"]
+
+[log]
+dir = "/tmp/tm"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Checked, ConfigError> {
+        Config::from_toml(
+            Path::new("t.toml"),
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let checked = load(GOOD, &[]).unwrap();
+        assert_eq!(checked.config.source.slot, "tidemark");
+        assert_eq!(checked.config.log.segment_size, ByteSize::mib(64));
+        assert_eq!(checked.tables[1].to_string(), "public.payments");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_on_one_line() {
+        let text = GOOD.replace("dir =", "dri =");
+        let error = load(&text, &[]).unwrap_err().to_string();
+        assert!(error.contains("unknown field `dri`"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let checked = load(
+            GOOD,
+            &[
+                ("TIDEMARK_LOG_SEGMENT_SIZE", "2MiB"),
+                ("TIDEMARK_SOURCE_TABLES", "[\"a.b\"]"),
+                ("TIDEMARK_CONFIG", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(checked.config.log.segment_size, ByteSize::mib(2));
+        assert_eq!(checked.tables[0].to_string(), "a.b");
+        assert!(load(GOOD, &[("TIDEMARK_BOGUS_X", "1")]).is_err());
+        assert!(load(GOOD, &[("TIDEMARK_LOG_BOGUS", "1")]).is_err());
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let checked = load(GOOD, &[]).unwrap();
+        assert!(!format!("{:?}", checked.config).contains("s3cret"));
+        let bad = GOOD.replace(
+            "postgres://tm:s3cret@localhost:5432/app",
+            "postgres://tm:s3cret@host:notaport/app",
+        );
+        let error = load(&bad, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+}

@@ -1,0 +1,13 @@
+//! tidemark: continuous point-in-time protection for critical PostgreSQL tables.
+//!
+//! The data path, in the order of the modules: `source` (the replication
+//! slot) → `capture` → `log` (the durable segment log) → readers of the log
+//! (`inspect` today). See `docs/architecture.md`.
+
+pub mod capture;
+pub mod cluster;
+pub mod config;
+pub mod inspect;
+pub mod log;
+pub mod lsn;
+pub mod source;

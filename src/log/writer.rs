@@ -1,0 +1,323 @@
+//! The single writer of the segment log, and its group-commit thread.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, watch};
+
+use super::record::{Record, SegmentIndex};
+use super::segment::{self, SegmentReader, Tail, HEADER_LEN};
+use super::LogError;
+use crate::lsn::Lsn;
+
+/// Userspace buffer size: writes reach the kernel in chunks of about this much.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// What opening the log found and repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Bytes of a torn or corrupt tail cut from the last segment.
+    pub truncated_bytes: u64,
+    /// The LSN from which the server must resend: everything before it is durable here.
+    pub resume_lsn: Lsn,
+    /// Whether the log held no records at all.
+    pub empty: bool,
+}
+
+pub struct LogWriter {
+    dir: PathBuf,
+    _lock: File,
+    file: File,
+    seq: u64,
+    /// Bytes in the current segment, buffered ones included.
+    len: u64,
+    buf: Vec<u8>,
+    index: SegmentIndex,
+    segment_size: u64,
+    durable_ack: Lsn,
+}
+
+impl LogWriter {
+    /// Opens the log in `dir`, creating it if needed, and repairs a torn tail.
+    pub fn open(dir: &Path, segment_size: u64) -> Result<(LogWriter, Recovery), LogError> {
+        let dir_err = |source| LogError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LogError::Locked {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(TryLockError::Error(source)) => return Err(dir_err(source)),
+        }
+
+        let segments = segment::list(dir)?;
+        let mut base_ack = Lsn::ZERO;
+        if segments.len() >= 2 {
+            let (_, prev) = &segments[segments.len() - 2];
+            let index = segment::sealed_index(prev)?.ok_or_else(|| LogError::Corrupt {
+                path: prev.clone(),
+                offset: 0,
+                problem: super::record::FrameError::Incomplete,
+            })?;
+            base_ack = index.ack_lsn;
+        }
+        let mut empty = segments.is_empty();
+        let (seq, mut index, mut truncated_bytes, sealed) = match segments.last() {
+            None => (1, SegmentIndex::default(), 0, false),
+            Some((seq, path)) => match SegmentReader::open(path)? {
+                None => (*seq, SegmentIndex::default(), 0, false),
+                Some(mut reader) => {
+                    let scan = segment::scan(&mut reader, base_ack)?;
+                    let file_len = std::fs::metadata(path)
+                        .map_err(|source| LogError::Io {
+                            path: path.clone(),
+                            source,
+                        })?
+                        .len();
+                    if let Tail::Torn { offset, problem } = &scan.tail {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset,
+                            %problem,
+                            cut_bytes = file_len - offset,
+                            "cutting the torn tail of the log back to the last whole record"
+                        );
+                    }
+                    empty = empty || (segments.len() == 1 && scan.index.records == 0);
+                    (*seq, scan.index, file_len - scan.valid_end, scan.sealed)
+                }
+            },
+        };
+        let (seq, file, len) = if sealed {
+            index = SegmentIndex {
+                ack_lsn: index.ack_lsn,
+                ..SegmentIndex::default()
+            };
+            create_segment(dir, seq + 1)?
+        } else {
+            let path = dir.join(segment::file_name(seq));
+            let io_err = |source| LogError::Io {
+                path: path.clone(),
+                source,
+            };
+            let exists_with_header = std::fs::metadata(&path).is_ok_and(|m| m.len() >= HEADER_LEN);
+            if !exists_with_header {
+                truncated_bytes = 0;
+                create_segment(dir, seq)?
+            } else {
+                let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
+                let valid_end = file.metadata().map_err(io_err)?.len() - truncated_bytes;
+                if truncated_bytes > 0 {
+                    file.set_len(valid_end).map_err(io_err)?;
+                    file.sync_all().map_err(io_err)?;
+                }
+                (seq, file, valid_end)
+            }
+        };
+        let resume_lsn = index.ack_lsn;
+        let mut writer = LogWriter {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            file,
+            seq,
+            len,
+            buf: Vec::with_capacity(WRITE_BUFFER),
+            index,
+            segment_size,
+            durable_ack: resume_lsn,
+        };
+        writer.seek_end()?;
+        Ok((
+            writer,
+            Recovery {
+                truncated_bytes,
+                resume_lsn,
+                empty,
+            },
+        ))
+    }
+
+    fn seek_end(&mut self) -> Result<(), LogError> {
+        use std::io::Seek;
+        let len = self.len;
+        self.file
+            .seek(std::io::SeekFrom::Start(len))
+            .map_err(|source| self.io_error(source))?;
+        Ok(())
+    }
+
+    fn io_error(&self, source: std::io::Error) -> LogError {
+        LogError::Io {
+            path: self.dir.join(segment::file_name(self.seq)),
+            source,
+        }
+    }
+
+    /// Appends a record; it is durable once a later `sync` returns.
+    pub fn append(&mut self, record: &Record) -> Result<(), LogError> {
+        let size = record.encoded_len() as u64;
+        if self.index.records > 0
+            && self.len + size + super::record::SEAL_FRAME_LEN as u64 > self.segment_size
+        {
+            self.roll()?;
+        }
+        record.encode_into(&mut self.buf);
+        self.len += size;
+        self.index.add(record);
+        if self.buf.len() >= WRITE_BUFFER {
+            self.write_buffer()?;
+        }
+        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> Result<(), LogError> {
+        if !self.buf.is_empty() {
+            self.file
+                .write_all(&self.buf)
+                .map_err(|source| self.io_error(source))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended durable and returns the new durable resume LSN.
+    pub fn sync(&mut self) -> Result<Lsn, LogError> {
+        self.write_buffer()?;
+        self.file
+            .sync_data()
+            .map_err(|source| self.io_error(source))?;
+        self.durable_ack = self.index.ack_lsn;
+        Ok(self.durable_ack)
+    }
+
+    /// Whether appended records hold a resume position not yet durable.
+    pub fn has_unsynced_ack(&self) -> bool {
+        self.index.ack_lsn > self.durable_ack
+    }
+
+    /// The resume LSN over everything appended, durable or not.
+    pub fn appended_ack(&self) -> Lsn {
+        self.index.ack_lsn
+    }
+
+    /// Seals the current segment and starts the next one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let seal = self.index.seal_record();
+        seal.encode_into(&mut self.buf);
+        self.sync()?;
+        let (seq, file, len) = create_segment(&self.dir, self.seq + 1)?;
+        tracing::debug!(segment = %segment::file_name(self.seq), records = self.index.records, "sealed segment");
+        self.seq = seq;
+        self.file = file;
+        self.len = len;
+        self.index = SegmentIndex {
+            ack_lsn: self.index.ack_lsn,
+            ..SegmentIndex::default()
+        };
+        Ok(())
+    }
+}
+
+fn create_segment(dir: &Path, seq: u64) -> Result<(u64, File, u64), LogError> {
+    let path = dir.join(segment::file_name(seq));
+    let io_err = |source| LogError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err)?;
+    file.write_all(&segment::header()).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    // The new name must be durable too, or a crash could lose the segment's records.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| LogError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    Ok((seq, file, HEADER_LEN))
+}
+
+/// Runs a `LogWriter` on its own thread with group commit: while one fsync is
+/// in flight, arriving batches queue up, and the next fsync covers them all.
+pub struct Appender {
+    batches: mpsc::Sender<Vec<Record>>,
+    durable: watch::Receiver<Lsn>,
+    thread: JoinHandle<Result<LogWriter, LogError>>,
+}
+
+/// Batches in flight between capture and the writer thread; bounds capture's memory.
+const QUEUE_DEPTH: usize = 8;
+
+impl Appender {
+    pub fn start(writer: LogWriter) -> Appender {
+        let (batches, mut rx) = mpsc::channel::<Vec<Record>>(QUEUE_DEPTH);
+        let (durable_tx, durable) = watch::channel(writer.durable_ack);
+        let thread = std::thread::Builder::new()
+            .name("tidemark-log-writer".into())
+            .spawn(move || {
+                let mut writer = writer;
+                while let Some(batch) = rx.blocking_recv() {
+                    batch.iter().try_for_each(|r| writer.append(r))?;
+                    while let Ok(more) = rx.try_recv() {
+                        more.iter().try_for_each(|r| writer.append(r))?;
+                    }
+                    if writer.has_unsynced_ack() {
+                        let lsn = writer.sync()?;
+                        durable_tx.send_replace(lsn);
+                    }
+                }
+                let lsn = writer.sync()?;
+                durable_tx.send_replace(lsn);
+                Ok(writer)
+            })
+            .expect("spawning the log writer thread");
+        Appender {
+            batches,
+            durable,
+            thread,
+        }
+    }
+
+    /// Queues a batch; waits while the writer is behind. Fails if the writer stopped on an error.
+    pub async fn append(&self, batch: Vec<Record>) -> Result<(), ()> {
+        self.batches.send(batch).await.map_err(|_| ())
+    }
+
+    /// The durable resume LSN, updated after each group fsync.
+    pub fn durable(&self) -> watch::Receiver<Lsn> {
+        self.durable.clone()
+    }
+
+    /// Flushes and fsyncs everything queued, and returns the writer (or the error that stopped it).
+    pub async fn finish(self) -> Result<LogWriter, LogError> {
+        drop(self.batches);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().expect("log writer thread panicked"))
+            .await
+            .expect("joining the log writer thread")
+    }
+}
+
+impl LogWriter {
+    pub fn durable_ack(&self) -> Lsn {
+        self.durable_ack
+    }
+}

@@ -1,0 +1,96 @@
+//! PostgreSQL log sequence numbers and commit timestamps, in the forms people and the server use.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+
+/// A WAL position. Printed and parsed as PostgreSQL does: `X/Y`, both halves hex.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub const ZERO: Lsn = Lsn(0);
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not an LSN; write it as PostgreSQL prints one, e.g. 0/3A2F1C8")]
+pub struct ParseLsnError(String);
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseLsnError(s.to_string());
+        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
+        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// A server timestamp: microseconds since 2000-01-01 UTC, as pgoutput and the
+/// replication protocol carry them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PgTimestamp(pub i64);
+
+impl PgTimestamp {
+    pub fn now() -> PgTimestamp {
+        PgTimestamp(Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS)
+    }
+
+    pub fn to_utc(self) -> DateTime<Utc> {
+        Utc.timestamp_micros(self.0.saturating_add(PG_EPOCH_OFFSET_MICROS))
+            .single()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// RFC 3339 in UTC with microseconds, the form every JSON output uses.
+    pub fn to_rfc3339(self) -> String {
+        self.to_utc().to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+}
+
+impl fmt::Display for PgTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_in_postgres_form() {
+        for text in ["0/0", "0/3A2F1C8", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
+            let lsn: Lsn = text.parse().unwrap();
+            assert_eq!(lsn.to_string(), text);
+        }
+        assert_eq!("1/0".parse::<Lsn>().unwrap(), Lsn(1 << 32));
+    }
+
+    #[test]
+    fn lsn_rejects_other_forms() {
+        for text in ["", "12", "0/", "/1", "0/G", "1/2/3", "100000000/0"] {
+            assert!(text.parse::<Lsn>().is_err(), "{text} parsed");
+        }
+    }
+
+    #[test]
+    fn timestamps_count_from_the_postgres_epoch() {
+        assert_eq!(PgTimestamp(0).to_rfc3339(), "2000-01-01T00:00:00.000000Z");
+        assert_eq!(
+            PgTimestamp(1_000_001).to_rfc3339(),
+            "2000-01-01T00:00:01.000001Z"
+        );
+    }
+}

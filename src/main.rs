@@ -1,0 +1,144 @@
+//! The `tidemark` binary: argument parsing, logging, signals and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidemark::config::Config;
+use tidemark::lsn::Lsn;
+
+#[derive(Parser)]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Continuous point-in-time protection for critical PostgreSQL tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream changes of the watched tables into the durable segment log, until SIGINT or SIGTERM.
+    Capture {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the committed changes held in the local log, one line each.
+    Log {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+        /// Only transactions that committed at or after this LSN (X/Y).
+        #[arg(long)]
+        from: Option<Lsn>,
+        /// Only changes to this table (schema.name).
+        #[arg(long)]
+        table: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code for input a person must fix: config, arguments, server state, files.
+const BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { BAD_INPUT } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let text = format!("{:#}", failure.error).replace('\n', " ");
+            eprintln!("error: {text}");
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+struct Failure {
+    error: anyhow::Error,
+    code: u8,
+}
+
+fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        error: error.into(),
+        code: BAD_INPUT,
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Capture { config } => {
+            let checked = Config::load(&config).map_err(bad_input)?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_stop_signal().await;
+                tracing::info!("stop requested; finishing");
+                let _ = stop.send(true);
+            });
+            tidemark::capture::run(&checked, stopped)
+                .await
+                .map(|_| ())
+                .map_err(bad_input)
+        }
+        Command::Log {
+            config,
+            from,
+            table,
+            json,
+        } => {
+            let checked = Config::load(&config).map_err(bad_input)?;
+            let filter = tidemark::inspect::Filter {
+                from,
+                table: table
+                    .as_deref()
+                    .map(tidemark::source::setup::TableName::parse),
+            };
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            match tidemark::inspect::print(&checked.config.log.dir, filter, json, stdout) {
+                Err(tidemark::inspect::InspectError::Output(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Ok(())
+                }
+                Err(
+                    e @ tidemark::inspect::InspectError::Log(tidemark::log::LogError::Missing {
+                        ..
+                    }),
+                ) => Err(bad_input(e)),
+                other => other
+                    .context("reading the log")
+                    .map_err(|error| Failure { error, code: 1 }),
+            }
+        }
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,386 @@
+//! A replication-mode connection: postgres-protocol messages over a tokio socket.
+//!
+//! tokio-postgres has no replication mode, so this speaks the startup,
+//! authentication, simple-query and CopyBoth parts of the protocol itself.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::Host;
+
+use super::error::SourceError;
+
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+
+/// A frame read from the server while streaming.
+pub enum StreamFrame {
+    CopyData(Bytes),
+    /// The server ended the COPY (e.g. on shutdown).
+    CopyDone,
+}
+
+pub struct ReplicationConnection {
+    socket: Box<dyn Socket>,
+    read: BytesMut,
+    write: BytesMut,
+    parameters: HashMap<String, String>,
+}
+
+/// Where a connection goes, for error messages: never includes the password.
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{host}:{port}/{}",
+        config.get_dbname().unwrap_or("postgres")
+    )
+}
+
+impl ReplicationConnection {
+    /// Connects with `replication=database` and authenticates.
+    pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, SourceError> {
+        let target = describe_target(config);
+        let user = config.get_user().unwrap_or("postgres").to_string();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let unreachable = |source| SourceError::Unreachable {
+            target: target.clone(),
+            source,
+        };
+        let socket: Box<dyn Socket> = match config.get_hosts().first() {
+            Some(Host::Unix(dir)) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Box::new(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(unreachable)?,
+                )
+            }
+            host => {
+                let host = match host {
+                    Some(Host::Tcp(h)) => h.as_str(),
+                    _ => "localhost",
+                };
+                let connect = tokio::net::TcpStream::connect((host, port));
+                let stream = tokio::time::timeout(timeout, connect)
+                    .await
+                    .map_err(|_| {
+                        unreachable(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connect timed out",
+                        ))
+                    })?
+                    .map_err(unreachable)?;
+                stream.set_nodelay(true).map_err(unreachable)?;
+                Box::new(stream)
+            }
+        };
+        let mut conn = ReplicationConnection {
+            socket,
+            read: BytesMut::with_capacity(1 << 16),
+            write: BytesMut::new(),
+            parameters: HashMap::new(),
+        };
+        let database = config.get_dbname().unwrap_or(&user).to_string();
+        let params = [
+            ("user", user.as_str()),
+            ("database", database.as_str()),
+            ("replication", "database"),
+            (
+                "application_name",
+                config.get_application_name().unwrap_or("tidemark"),
+            ),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut conn.write)?;
+        conn.flush().await?;
+        conn.authenticate(config, &user, &target).await?;
+        Ok(conn)
+    }
+
+    async fn authenticate(
+        &mut self,
+        config: &tokio_postgres::Config,
+        user: &str,
+        target: &str,
+    ) -> Result<(), SourceError> {
+        let password = || {
+            config
+                .get_password()
+                .ok_or_else(|| SourceError::PasswordMissing {
+                    target: target.to_string(),
+                })
+        };
+        let auth_error = |e: SourceError| match e {
+            SourceError::Server { code, message } if code.starts_with("28") => {
+                SourceError::AuthFailed {
+                    user: user.to_string(),
+                    target: target.to_string(),
+                    message,
+                }
+            }
+            other => other,
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            match self.next_message().await.map_err(auth_error)? {
+                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?, &mut self.write)?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(user.as_bytes(), password()?, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut offered = false;
+                    while let Some(m) = mechanisms.next()? {
+                        offered |= m == sasl::SCRAM_SHA_256;
+                    }
+                    if !offered {
+                        return Err(SourceError::UnsupportedAuth(
+                            "SASL without SCRAM-SHA-256".into(),
+                        ));
+                    }
+                    let state =
+                        sasl::ScramSha256::new(password()?, sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        state.message(),
+                        &mut self.write,
+                    )?;
+                    self.flush().await?;
+                    scram = Some(state);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let state = scram.as_mut().ok_or_else(|| {
+                        SourceError::Protocol("SASL continue before SASL start".into())
+                    })?;
+                    state.update(body.data()).map_err(|e| {
+                        auth_error(SourceError::Server {
+                            code: "28P01".into(),
+                            message: e.to_string(),
+                        })
+                    })?;
+                    frontend::sasl_response(state.message(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let state = scram.as_mut().ok_or_else(|| {
+                        SourceError::Protocol("SASL final before SASL start".into())
+                    })?;
+                    state.finish(body.data()).map_err(|e| {
+                        auth_error(SourceError::Server {
+                            code: "28P01".into(),
+                            message: e.to_string(),
+                        })
+                    })?;
+                }
+                backend::Message::AuthenticationKerberosV5
+                | backend::Message::AuthenticationScmCredential
+                | backend::Message::AuthenticationGss
+                | backend::Message::AuthenticationSspi
+                | backend::Message::AuthenticationGssContinue(_) => {
+                    return Err(SourceError::UnsupportedAuth("GSS/SSPI/Kerberos".into()));
+                }
+                backend::Message::ParameterStatus(body) => {
+                    self.parameters
+                        .insert(body.name()?.to_string(), body.value()?.to_string());
+                }
+                backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                _ => {
+                    return Err(SourceError::Protocol(
+                        "unexpected message during startup".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// A run-time parameter the server reported at startup (e.g. `server_version`).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    async fn flush(&mut self) -> Result<(), SourceError> {
+        self.socket.write_all(&self.write).await?;
+        self.socket.flush().await?;
+        self.write.clear();
+        Ok(())
+    }
+
+    /// Reads more bytes from the socket. Cancel-safe: usable in `select!`.
+    pub async fn fill(&mut self) -> Result<(), SourceError> {
+        if self.read.capacity() - self.read.len() < 8192 {
+            self.read.reserve(1 << 16);
+        }
+        match self.socket.read_buf(&mut self.read).await? {
+            0 => Err(SourceError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Splits one whole message (tag, length, body) off the read buffer, if there is one.
+    fn take_frame(&mut self) -> Option<BytesMut> {
+        if self.read.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes(self.read[1..5].try_into().expect("4 bytes")) as usize;
+        if self.read.len() < 1 + len {
+            self.read.reserve(1 + len - self.read.len());
+            return None;
+        }
+        Some(self.read.split_to(1 + len))
+    }
+
+    async fn next_message(&mut self) -> Result<backend::Message, SourceError> {
+        loop {
+            if let Some(mut frame) = self.take_frame() {
+                return match backend::Message::parse(&mut frame)? {
+                    Some(backend::Message::ErrorResponse(body)) => Err(server_error(body)),
+                    Some(message) => Ok(message),
+                    None => Err(SourceError::Protocol("incomplete message".into())),
+                };
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Runs a replication command or query; returns the rows of its result as text.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        frontend::query(sql, &mut self.write)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next_message().await {
+                Ok(backend::Message::DataRow(row)) => {
+                    let buffer = row.buffer();
+                    let values = row
+                        .ranges()
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
+                        .collect()?;
+                    rows.push(values);
+                }
+                Ok(backend::Message::ReadyForQuery(_)) => break,
+                Ok(_) => {}
+                Err(e @ SourceError::Server { .. }) => error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// Sends START_REPLICATION and waits for the server to enter CopyBoth mode.
+    pub async fn start_replication(&mut self, command: &str) -> Result<(), SourceError> {
+        frontend::query(command, &mut self.write)?;
+        self.flush().await?;
+        loop {
+            while let Some(frame) = self.take_frame() {
+                match frame[0] {
+                    b'W' => return Ok(()),
+                    b'N' | b'S' => {}
+                    _ => {
+                        let mut frame = frame;
+                        return match backend::Message::parse(&mut frame)? {
+                            Some(backend::Message::ErrorResponse(body)) => Err(server_error(body)),
+                            _ => Err(SourceError::Protocol(
+                                "expected CopyBothResponse to START_REPLICATION".into(),
+                            )),
+                        };
+                    }
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next CopyData payload already buffered, without waiting for the socket.
+    pub fn try_next_frame(&mut self) -> Result<Option<StreamFrame>, SourceError> {
+        while let Some(mut frame) = self.take_frame() {
+            match frame[0] {
+                b'd' => {
+                    frame.advance(5);
+                    return Ok(Some(StreamFrame::CopyData(frame.freeze())));
+                }
+                b'c' => return Ok(Some(StreamFrame::CopyDone)),
+                b'N' => {}
+                _ => {
+                    return match backend::Message::parse(&mut frame)? {
+                        Some(backend::Message::ErrorResponse(body)) => Err(server_error(body)),
+                        _ => Err(SourceError::Protocol(format!(
+                            "unexpected message {:?} during replication",
+                            frame[0] as char
+                        ))),
+                    };
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn send_copy_data(&mut self, data: Bytes) -> Result<(), SourceError> {
+        frontend::CopyData::new(data)?.write(&mut self.write);
+        self.flush().await
+    }
+
+    /// Ends CopyBoth mode cleanly: the server then has processed every status update sent before.
+    pub async fn finish_copy(&mut self) -> Result<(), SourceError> {
+        frontend::copy_done(&mut self.write);
+        self.flush().await?;
+        loop {
+            while let Some(mut frame) = self.take_frame() {
+                if frame[0] == b'd' || frame[0] == b'c' {
+                    continue;
+                }
+                match backend::Message::parse(&mut frame)? {
+                    Some(backend::Message::ReadyForQuery(_)) => {
+                        frontend::terminate(&mut self.write);
+                        return self.flush().await;
+                    }
+                    Some(backend::Message::ErrorResponse(body)) => return Err(server_error(body)),
+                    _ => {}
+                }
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+fn server_error(body: backend::ErrorResponseBody) -> SourceError {
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut fields = body.fields();
+    while let Ok(Some(field)) = fields.next() {
+        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+        match field.type_() {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    SourceError::Server { code, message }
+}

@@ -1,0 +1,228 @@
+//! The shared integration-test harness: one throwaway PostgreSQL cluster per
+//! test binary, and a fresh database, slot, publication and log dir per test,
+//! so tests in one binary run in parallel without seeing each other.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tidemark::cluster::Cluster;
+
+/// The cluster shared by every test in this binary.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start(&[]).expect("starting the throwaway PostgreSQL cluster"))
+}
+
+/// A test's own database and tidemark setup inside a cluster.
+pub struct Fixture {
+    pub cluster: &'static Cluster,
+    pub db: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A new database with `schema` applied, in the binary's shared cluster.
+    pub fn new(schema: &str) -> Fixture {
+        Fixture::in_cluster(cluster(), schema)
+    }
+
+    pub fn in_cluster(cluster: &'static Cluster, schema: &str) -> Fixture {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let db = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        cluster
+            .psql("postgres", &format!("CREATE DATABASE {db}"))
+            .expect("creating the test database");
+        if !schema.is_empty() {
+            cluster.psql(&db, schema).expect("applying the test schema");
+        }
+        Fixture {
+            cluster,
+            db,
+            dir: tempfile::tempdir().expect("creating the test dir"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.cluster.url(&self.db)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Writes a config watching `tables`; `extra` is appended as raw TOML.
+    pub fn config(&self, tables: &[&str], extra: &str) -> PathBuf {
+        self.config_with_url(&self.url(), tables, extra)
+    }
+
+    pub fn config_with_url(&self, url: &str, tables: &[&str], extra: &str) -> PathBuf {
+        let path = self.dir.path().join("tidemark.toml");
+        let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "[source]\nurl = {url:?}\ntables = [{}]\npublication = \"pub_{db}\"\nslot = \"slot_{db}\"\n\n[log]\ndir = {:?}\n{extra}\n",
+                tables.join(", "),
+                self.log_dir().display().to_string(),
+                db = self.db,
+            ),
+        )
+        .expect("writing the test config");
+        path
+    }
+
+    pub fn slot(&self) -> String {
+        format!("slot_{}", self.db)
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        self.cluster
+            .psql(&self.db, sql)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The slot's confirmed_flush_lsn.
+    pub fn confirmed_flush(&self) -> Option<tidemark::lsn::Lsn> {
+        self.psql(&format!(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+            self.slot()
+        ))
+        .parse()
+        .ok()
+    }
+
+    pub fn current_wal_lsn(&self) -> tidemark::lsn::Lsn {
+        self.psql("SELECT pg_current_wal_lsn()")
+            .parse()
+            .expect("an LSN")
+    }
+
+    /// Waits until capture has confirmed everything written to the source so far.
+    pub fn wait_caught_up(&self, limit: Duration) {
+        let target = self.current_wal_lsn();
+        wait_for(limit, "capture to confirm the current WAL position", || {
+            self.confirmed_flush().is_some_and(|c| c >= target)
+        });
+    }
+
+    /// Runs `tidemark log --json` and parses each line.
+    pub fn log_json(&self, config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = tidemark(
+            &["log", "--config", config.to_str().unwrap(), "--json"],
+            args,
+        );
+        assert!(
+            out.status.success(),
+            "tidemark log failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+/// Runs the tidemark binary to completion.
+pub fn tidemark(args: &[&str], more: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(args)
+        .args(more)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running tidemark")
+}
+
+/// A running `tidemark capture`.
+pub struct Capture {
+    pub child: Child,
+    pub stderr: PathBuf,
+}
+
+impl Capture {
+    pub fn start(config: &Path) -> Capture {
+        let stderr = config.with_extension(format!(
+            "capture-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let stderr = unique(stderr);
+        let file = std::fs::File::create(&stderr).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(["capture", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("starting tidemark capture");
+        Capture { child, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn stop(mut self) -> i32 {
+        signal(self.child.id(), libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: a crash at whatever instant this is.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Peak resident set size so far, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    path.with_extension(format!("{}.log", N.fetch_add(1, Ordering::Relaxed)))
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Polls `condition` until it holds; panics naming `what` after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tokio-postgres client to `url`.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connecting to the test cluster");
+    tokio::spawn(connection);
+    client
+}
