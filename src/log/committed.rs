@@ -428,3 +428,206 @@ fn apply<S: TxnSink>(
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::writer::LogWriter;
+    use bytes::{BufMut, BytesMut};
+
+    fn msg(build: impl FnOnce(&mut BytesMut)) -> Bytes {
+        let mut b = BytesMut::new();
+        build(&mut b);
+        b.freeze()
+    }
+
+    fn relation(stream_xid: Option<u32>) -> Bytes {
+        msg(|b| {
+            b.put_u8(b'R');
+            if let Some(x) = stream_xid {
+                b.put_u32(x);
+            }
+            b.put_u32(100);
+            b.put_slice(b"public\0t\0");
+            b.put_u8(b'd');
+            b.put_u16(1);
+            b.put_u8(1);
+            b.put_slice(b"id\0");
+            b.put_u32(23);
+            b.put_i32(-1);
+        })
+    }
+
+    fn insert(xid: Option<u32>, id: &str) -> Bytes {
+        msg(|b| {
+            b.put_u8(b'I');
+            if let Some(x) = xid {
+                b.put_u32(x);
+            }
+            b.put_u32(100);
+            b.put_u8(b'N');
+            b.put_u16(1);
+            b.put_u8(b't');
+            b.put_i32(id.len() as i32);
+            b.put_slice(id.as_bytes());
+        })
+    }
+
+    fn begin(xid: u32) -> Bytes {
+        msg(|b| {
+            b.put_u8(b'B');
+            b.put_u64(0);
+            b.put_i64(0);
+            b.put_u32(xid);
+        })
+    }
+
+    fn commit(end: u64) -> Bytes {
+        msg(|b| {
+            b.put_u8(b'C');
+            b.put_u8(0);
+            b.put_u64(end - 1);
+            b.put_u64(end);
+            b.put_i64(end as i64);
+        })
+    }
+
+    fn stream_start(xid: u32) -> Bytes {
+        msg(|b| {
+            b.put_u8(b'S');
+            b.put_u32(xid);
+            b.put_u8(1);
+        })
+    }
+
+    fn stream_commit(xid: u32, end: u64) -> Bytes {
+        msg(|b| {
+            b.put_u8(b'c');
+            b.put_u32(xid);
+            b.put_u8(0);
+            b.put_u64(end - 1);
+            b.put_u64(end);
+            b.put_i64(end as i64);
+        })
+    }
+
+    fn stream_abort(xid: u32, subxid: u32) -> Bytes {
+        msg(|b| {
+            b.put_u8(b'A');
+            b.put_u32(xid);
+            b.put_u32(subxid);
+        })
+    }
+
+    #[derive(Default)]
+    struct Collect(Vec<(u32, String)>);
+
+    impl TxnSink for Collect {
+        type Error = LogError;
+        fn begin(&mut self, _: &TxnInfo) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn change(&mut self, txn: &TxnInfo, _: Lsn, change: Change) -> Result<(), LogError> {
+            if let Change::Insert { new, .. } = change {
+                let pgoutput::TupleValue::Text(id) = &new.0[0] else {
+                    panic!()
+                };
+                self.0
+                    .push((txn.xid, String::from_utf8_lossy(id).into_owned()));
+            }
+            Ok(())
+        }
+        fn commit(&mut self, _: &TxnInfo) -> Result<(), LogError> {
+            Ok(())
+        }
+    }
+
+    fn assemble(records: Vec<Record>) -> Vec<(u32, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        for r in &records {
+            writer.append(r).unwrap();
+        }
+        writer.sync().unwrap();
+        let mut sink = Collect::default();
+        Assembler::run(dir.path(), &mut sink).unwrap();
+        sink.0
+    }
+
+    fn wal(payload: Bytes) -> Record {
+        Record::wal(Lsn(1), payload)
+    }
+
+    fn resume() -> Record {
+        Record::marker(RecordKind::Resume, Lsn(1))
+    }
+
+    #[test]
+    fn fragments_before_a_resume_are_dropped_and_the_resend_counts_once() {
+        let records = vec![
+            // Streamed transaction 7: one whole block before the crash.
+            wal(stream_start(7)),
+            wal(relation(Some(7))),
+            wal(insert(Some(7), "s1")),
+            wal(msg(|b| b.put_u8(b'E'))),
+            // Non-streamed transaction 8, cut off before its commit.
+            wal(begin(8)),
+            wal(relation(None)),
+            wal(insert(None, "t1")),
+            resume(),
+            // The server resends both whole.
+            wal(stream_start(7)),
+            wal(relation(Some(7))),
+            wal(insert(Some(7), "s1")),
+            wal(insert(Some(7), "s2")),
+            wal(msg(|b| b.put_u8(b'E'))),
+            wal(begin(8)),
+            wal(relation(None)),
+            wal(insert(None, "t1")),
+            wal(commit(50)),
+            wal(stream_commit(7, 60)),
+        ];
+        assert_eq!(
+            assemble(records),
+            vec![
+                (8, "t1".to_string()),
+                (7, "s1".to_string()),
+                (7, "s2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn aborted_streams_and_subtransactions_never_appear() {
+        let records = vec![
+            wal(stream_start(7)),
+            wal(relation(Some(7))),
+            wal(insert(Some(7), "kept")),
+            wal(insert(Some(9), "sub-aborted")),
+            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_start(8)),
+            wal(relation(Some(8))),
+            wal(insert(Some(8), "aborted")),
+            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_abort(7, 9)),
+            wal(stream_abort(8, 8)),
+            wal(stream_commit(7, 60)),
+        ];
+        assert_eq!(assemble(records), vec![(7, "kept".to_string())]);
+    }
+
+    #[test]
+    fn a_change_without_its_relation_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        for payload in [begin(1), insert(None, "x"), commit(10)] {
+            writer.append(&wal(payload)).unwrap();
+        }
+        writer.sync().unwrap();
+        let error = Assembler::run(dir.path(), &mut Collect::default()).unwrap_err();
+        assert!(
+            matches!(error, LogError::UnknownRelation { xid: 1, oid: 100 }),
+            "{error}"
+        );
+    }
+}

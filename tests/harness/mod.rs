@@ -107,6 +107,9 @@ impl Fixture {
 
     /// Waits until capture has confirmed everything written to the source so far.
     pub fn wait_caught_up(&self, limit: Duration) {
+        // Abort records are not flushed, and walsenders send only flushed WAL:
+        // committing a transaction with an xid flushes everything before it.
+        self.psql("SELECT txid_current()");
         let target = self.current_wal_lsn();
         wait_for(limit, "capture to confirm the current WAL position", || {
             self.confirmed_flush().is_some_and(|c| c >= target)
