@@ -67,11 +67,25 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            let text = format!("{:#}", failure.error).replace('\n', " ");
-            eprintln!("error: {text}");
+            eprintln!("error: {}", one_line(&failure.error));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// The error and its causes on one line, leaving out causes the text already quotes.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text.replace('\n', " ")
 }
 
 struct Failure {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what tidemark's build and tests need on a fresh Debian machine.
+# Idempotent, and quick when everything is already there. Run as root (or via sudo).
+set -euo pipefail
+
+packages=(
+  postgresql-15          # server binaries for the throwaway test clusters, pg_recvlogical, pgbench
+  postgresql-client-15
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Tests start their own clusters; never create (or start) Debian's default one.
+  $sudo mkdir -p /etc/postgresql-common
+  echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+test -x /usr/lib/postgresql/15/bin/initdb || { echo "setup: PostgreSQL 15 server binaries are missing after install" >&2; exit 1; }
+id postgres >/dev/null 2>&1 || { echo "setup: the postgres user is missing (the server refuses to run as root)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "setup: cargo is missing; install a Rust toolchain (rustup)" >&2; exit 1; }
+echo "setup: ready"
