@@ -239,6 +239,14 @@ dir = "/tmp/tm"
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config/tidemark.toml");
+        let checked = load(text, &[]).unwrap();
+        assert_eq!(checked.tables.len(), 2);
+        assert_eq!(checked.pg.get_dbname(), Some("app"));
+    }
+
+    #[test]
     fn defaults_apply() {
         let checked = load(GOOD, &[]).unwrap();
         assert_eq!(checked.config.source.slot, "tidemark");
