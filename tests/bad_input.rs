@@ -21,7 +21,9 @@ fn fixture_with_log() -> Fixture {
     let fx = Fixture::new(SCHEMA);
     let config = fx.config(&["public.payments"], "");
     let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || fx.confirmed_flush().is_some());
+    harness::wait_for(Duration::from_secs(30), "the slot", || {
+        fx.confirmed_flush().is_some()
+    });
     fx.psql("INSERT INTO payments SELECT g, g FROM generate_series(1, 50) g");
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);
@@ -57,7 +59,11 @@ fn refused_without_damage(fx: &Fixture, config: &Path, secrets: &[&str]) -> Stri
     let before = log_files(&fx.log_dir());
     assert!(!before.is_empty());
     let error = expect_refusal(config, secrets);
-    assert_eq!(log_files(&fx.log_dir()), before, "the log changed after: {error}");
+    assert_eq!(
+        log_files(&fx.log_dir()),
+        before,
+        "the log changed after: {error}"
+    );
     error
 }
 
@@ -68,17 +74,27 @@ fn a_wrong_password() {
     let config = fx.config_with_url(&url, &["public.payments"], "");
     let error = refused_without_damage(&fx, &config, &["not-the-password"]);
     assert!(error.contains("rejected user postgres"), "{error}");
-    assert!(error.contains("check the user and password in [source] url"), "{error}");
+    assert!(
+        error.contains("check the user and password in [source] url"),
+        "{error}"
+    );
 }
 
 #[test]
 fn an_unreachable_host() {
     let fx = fixture_with_log();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/{}", fx.db);
     let config = fx.config_with_url(&url, &["public.payments"], "");
     let error = refused_without_damage(&fx, &config, &["hunter2"]);
-    assert!(error.contains(&format!("cannot reach the source at 127.0.0.1:{port}")), "{error}");
+    assert!(
+        error.contains(&format!("cannot reach the source at 127.0.0.1:{port}")),
+        "{error}"
+    );
 }
 
 #[test]
@@ -97,7 +113,10 @@ fn a_table_that_does_not_exist() {
     let fx = fixture_with_log();
     let config = fx.config(&["public.payments", "public.nope"], "");
     let error = refused_without_damage(&fx, &config, &[]);
-    assert!(error.contains("table public.nope does not exist"), "{error}");
+    assert!(
+        error.contains("table public.nope does not exist"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -105,8 +124,14 @@ fn a_table_without_replica_identity() {
     let fx = fixture_with_log();
     let config = fx.config(&["public.payments", "public.nokey"], "");
     let error = refused_without_damage(&fx, &config, &[]);
-    assert!(error.contains("table public.nokey has no usable replica identity"), "{error}");
-    assert!(error.contains("ALTER TABLE public.nokey REPLICA IDENTITY FULL"), "{error}");
+    assert!(
+        error.contains("table public.nokey has no usable replica identity"),
+        "{error}"
+    );
+    assert!(
+        error.contains("ALTER TABLE public.nokey REPLICA IDENTITY FULL"),
+        "{error}"
+    );
     // The fix in the message works.
     fx.psql("ALTER TABLE nokey REPLICA IDENTITY FULL");
     let capture = Capture::start(&config);
@@ -131,7 +156,10 @@ fn a_slot_of_another_output_plugin() {
     ));
     let config = fx.config(&["public.payments"], "");
     let error = expect_refusal(&config, &[]);
-    assert!(error.contains("uses output plugin test_decoding, not pgoutput"), "{error}");
+    assert!(
+        error.contains("uses output plugin test_decoding, not pgoutput"),
+        "{error}"
+    );
     assert!(error.contains("pg_drop_replication_slot"), "{error}");
 }
 
@@ -165,11 +193,16 @@ fn a_second_capture_on_the_same_log_dir() {
     let fx = fixture_with_log();
     let config = fx.config(&["public.payments"], "");
     let first = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the first capture to stream", || {
-        first.logs().contains("streaming changes")
-    });
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the first capture to stream",
+        || first.logs().contains("streaming changes"),
+    );
     let error = expect_refusal(&config, &[]);
-    assert!(error.contains("in use by another tidemark capture"), "{error}");
+    assert!(
+        error.contains("in use by another tidemark capture"),
+        "{error}"
+    );
     assert_eq!(first.stop(), 0);
 }
 
@@ -177,7 +210,10 @@ fn a_second_capture_on_the_same_log_dir() {
 fn a_bad_lsn_argument() {
     let fx = fixture_with_log();
     let config = fx.config(&["public.payments"], "");
-    let out = harness::tidemark(&["log", "--config", config.to_str().unwrap(), "--from", "12"], &[]);
+    let out = harness::tidemark(
+        &["log", "--config", config.to_str().unwrap(), "--from", "12"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an LSN"));
 }

@@ -26,24 +26,44 @@ async fn trust_md5_and_scram_authenticate() {
              CREATE ROLE auth_trust LOGIN REPLICATION;",
         )
         .unwrap();
-    cluster.prepend_hba("host all auth_trust 127.0.0.1/32 trust").unwrap();
-    cluster.prepend_hba("host all auth_md5 127.0.0.1/32 md5").unwrap();
+    cluster
+        .prepend_hba("host all auth_trust 127.0.0.1/32 trust")
+        .unwrap();
+    cluster
+        .prepend_hba("host all auth_md5 127.0.0.1/32 md5")
+        .unwrap();
 
-    for (user, password) in [("auth_trust", "ignored"), ("auth_md5", "md5-pw"), ("auth_scram", "scram-pw")] {
+    for (user, password) in [
+        ("auth_trust", "ignored"),
+        ("auth_md5", "md5-pw"),
+        ("auth_scram", "scram-pw"),
+    ] {
         let url = cluster.url_as(user, password, &fx.db);
         let mut conn = ReplicationConnection::connect(&pg_config(&url))
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
         let rows = conn.simple_query("IDENTIFY_SYSTEM").await.unwrap();
-        assert_eq!(rows[0].len(), 4, "{user}: systemid, timeline, xlogpos, dbname");
+        assert_eq!(
+            rows[0].len(),
+            4,
+            "{user}: systemid, timeline, xlogpos, dbname"
+        );
         assert_eq!(rows[0][3].as_deref(), Some(fx.db.as_str()));
-        assert!(conn.parameter("server_version").is_some_and(|v| v.starts_with("15")));
+        assert!(conn
+            .parameter("server_version")
+            .is_some_and(|v| v.starts_with("15")));
     }
 
     for (user, password) in [("auth_md5", "wrong"), ("auth_scram", "wrong")] {
         let url = cluster.url_as(user, password, &fx.db);
-        let error = ReplicationConnection::connect(&pg_config(&url)).await.err().unwrap();
-        assert!(matches!(error, SourceError::AuthFailed { .. }), "{user}: {error}");
+        let error = ReplicationConnection::connect(&pg_config(&url))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, SourceError::AuthFailed { .. }),
+            "{user}: {error}"
+        );
         assert!(!error.is_retryable());
     }
 }
@@ -51,12 +71,17 @@ async fn trust_md5_and_scram_authenticate() {
 #[tokio::test]
 async fn a_server_error_names_its_sqlstate() {
     let fx = Fixture::new("");
-    let mut conn = ReplicationConnection::connect(&pg_config(&fx.url())).await.unwrap();
+    let mut conn = ReplicationConnection::connect(&pg_config(&fx.url()))
+        .await
+        .unwrap();
     let error = conn
         .start_replication("START_REPLICATION SLOT no_such_slot LOGICAL 0/0")
         .await
         .unwrap_err();
-    assert!(matches!(&error, SourceError::Server { code, .. } if code == "42704"), "{error}");
+    assert!(
+        matches!(&error, SourceError::Server { code, .. } if code == "42704"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -68,12 +93,17 @@ fn the_exported_snapshot_meets_the_slot_exactly() {
     let slot = fx.slot();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut conn = ReplicationConnection::connect(&pg_config(&url)).await.unwrap();
+        let mut conn = ReplicationConnection::connect(&pg_config(&url))
+            .await
+            .unwrap();
         let created = setup::create_slot(&mut conn, &slot, true).await.unwrap();
         let snapshot = created.snapshot_name.expect("an exported snapshot");
         // Written after the slot: in the stream, not in the snapshot.
         let writer = harness::connect(&url).await;
-        writer.batch_execute("INSERT INTO t SELECT generate_series(101, 150)").await.unwrap();
+        writer
+            .batch_execute("INSERT INTO t SELECT generate_series(101, 150)")
+            .await
+            .unwrap();
         let reader = harness::connect(&url).await;
         reader
             .batch_execute(&format!(
@@ -81,8 +111,15 @@ fn the_exported_snapshot_meets_the_slot_exactly() {
             ))
             .await
             .unwrap();
-        let count: i64 = reader.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
-        assert_eq!(count, 100, "the snapshot sees exactly the rows before the slot");
+        let count: i64 = reader
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            count, 100,
+            "the snapshot sees exactly the rows before the slot"
+        );
         reader.batch_execute("COMMIT").await.unwrap();
     });
 
@@ -95,5 +132,9 @@ fn the_exported_snapshot_meets_the_slot_exactly() {
         .iter()
         .map(|l| l["key"]["id"].as_str().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(ids, (101..=150).collect::<Vec<_>>(), "the stream holds exactly the rows after it");
+    assert_eq!(
+        ids,
+        (101..=150).collect::<Vec<_>>(),
+        "the stream holds exactly the rows after it"
+    );
 }

@@ -827,12 +827,28 @@ mod tests {
             .collect();
         // The balance update leaves the TOASTed column unsent; the key change carries the old key;
         // the REPLICA IDENTITY FULL table carries the whole old row.
-        assert!(matches!(updates[0], Message::Update { old: None, new, .. } if new.0[6] == TupleValue::UnchangedToast));
-        assert!(matches!(updates[1], Message::Update { old: Some(OldTuple::Key(_)), .. }));
-        assert!(matches!(updates[2], Message::Update { old: Some(OldTuple::Full(_)), .. }));
+        assert!(
+            matches!(updates[0], Message::Update { old: None, new, .. } if new.0[6] == TupleValue::UnchangedToast)
+        );
+        assert!(matches!(
+            updates[1],
+            Message::Update {
+                old: Some(OldTuple::Key(_)),
+                ..
+            }
+        ));
+        assert!(matches!(
+            updates[2],
+            Message::Update {
+                old: Some(OldTuple::Full(_)),
+                ..
+            }
+        ));
         assert!(messages.iter().any(|m| matches!(m,
             Message::LogicalMessage { prefix, content, transactional: true, .. } if prefix == "app" && &content[..] == b"hello")));
-        assert!(messages.iter().any(|m| matches!(m, Message::Truncate { relation_oids, .. } if relation_oids.len() == 2)));
+        assert!(messages.iter().any(
+            |m| matches!(m, Message::Truncate { relation_oids, .. } if relation_oids.len() == 2)
+        ));
     }
 
     #[test]
@@ -841,7 +857,9 @@ mod tests {
         let (mut starts, mut commits) = (0, 0);
         let mut inserts_by_xid = std::collections::HashMap::<u32, usize>::new();
         let mut committed_xid = None;
-        for bytes in real_messages(include_str!("../../tests/fixtures/pgoutput/v2-streamed.hex")) {
+        for bytes in real_messages(include_str!(
+            "../../tests/fixtures/pgoutput/v2-streamed.hex"
+        )) {
             let message = decode(&bytes, in_stream).unwrap();
             match message {
                 Message::StreamStart { .. } => {
@@ -849,7 +867,9 @@ mod tests {
                     starts += 1;
                 }
                 Message::StreamStop => in_stream = false,
-                Message::Insert { xid: Some(xid), .. } => *inserts_by_xid.entry(xid).or_default() += 1,
+                Message::Insert { xid: Some(xid), .. } => {
+                    *inserts_by_xid.entry(xid).or_default() += 1
+                }
                 Message::StreamCommit { xid, .. } => {
                     commits += 1;
                     committed_xid = Some(xid);
