@@ -195,6 +195,7 @@ fn the_flush_position_never_passes_the_log() {
         stream_blocks > 0,
         "large transactions arrived as streamed blocks"
     );
+    assert!(segment_count(&fx.log_dir()) > 2, "the log rolled segments");
     fx.wait_caught_up(Duration::from_secs(60));
     assert_eq!(capture.stop(), 0);
     assert_eq!(fx.confirmed_flush().unwrap(), on_disk_resume(&fx.log_dir()));
