@@ -148,7 +148,7 @@ fn the_flush_position_never_passes_the_log() {
         runtime.block_on(async {
             let client = harness::connect(&url).await;
             let mut round = 0;
-            while !stop_workload.load(std::sync::atomic::Ordering::Relaxed) || round < 20 {
+            while !stop_workload.load(std::sync::atomic::Ordering::Relaxed) || round < 30 {
                 let rows = if round % 10 == 0 { 5000 } else { 20 };
                 client
                     .batch_execute(&format!(
@@ -186,6 +186,7 @@ fn the_flush_position_never_passes_the_log() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     workload.join().unwrap();
+    fx.wait_caught_up(Duration::from_secs(60));
     let mut reader = tidemark::log::LogReader::open(&fx.log_dir()).unwrap();
     let mut stream_blocks = 0;
     while let Some((_, record)) = reader.next_record().unwrap() {
@@ -196,7 +197,6 @@ fn the_flush_position_never_passes_the_log() {
         "large transactions arrived as streamed blocks"
     );
     assert!(segment_count(&fx.log_dir()) > 2, "the log rolled segments");
-    fx.wait_caught_up(Duration::from_secs(60));
     assert_eq!(capture.stop(), 0);
     assert_eq!(fx.confirmed_flush().unwrap(), on_disk_resume(&fx.log_dir()));
 }
