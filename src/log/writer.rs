@@ -321,3 +321,162 @@ impl LogWriter {
         self.durable_ack
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::reader::LogReader;
+    use crate::log::record::RecordKind;
+    use bytes::Bytes;
+
+    fn commit(end: u64) -> Record {
+        let mut p = vec![b'C', 0];
+        p.extend(1u64.to_be_bytes());
+        p.extend(end.to_be_bytes());
+        p.extend(7i64.to_be_bytes());
+        Record::wal(Lsn(end - 1), Bytes::from(p))
+    }
+
+    fn lsns(dir: &Path) -> Vec<u64> {
+        let mut reader = LogReader::open(dir).unwrap();
+        let mut out = Vec::new();
+        while let Some((_, r)) = reader.next_record().unwrap() {
+            if r.kind != RecordKind::Seal {
+                out.push(r.lsn.0);
+            }
+        }
+        out
+    }
+
+    fn last_segment(dir: &Path) -> PathBuf {
+        segment::list(dir).unwrap().pop().unwrap().1
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_back_to_the_last_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        assert!(recovery.empty);
+        for end in [10, 20, 30] {
+            writer.append(&commit(end)).unwrap();
+        }
+        assert_eq!(writer.sync().unwrap(), Lsn(30));
+        drop(writer);
+
+        // A partial frame at the end, as a crash mid-write leaves it.
+        let path = last_segment(dir.path());
+        let whole = std::fs::metadata(&path).unwrap().len();
+        let mut partial = Vec::new();
+        commit(40).encode_into(&mut partial);
+        partial.truncate(partial.len() - 3);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&partial)
+            .unwrap();
+
+        let (mut writer, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovery.truncated_bytes, partial.len() as u64);
+        assert_eq!(recovery.resume_lsn, Lsn(30));
+        assert!(!recovery.empty);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        writer.append(&commit(50)).unwrap();
+        writer.sync().unwrap();
+        drop(writer);
+        assert_eq!(lsns(dir.path()), vec![9, 19, 29, 49]);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_tail_cuts_from_that_record_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        for end in [10, 20, 30] {
+            writer.append(&commit(end)).unwrap();
+        }
+        writer.sync().unwrap();
+        drop(writer);
+        let path = last_segment(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = HEADER_LEN as usize + commit(10).encoded_len() + 12;
+        bytes[second] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovery.resume_lsn, Lsn(10));
+        assert_eq!(lsns(dir.path()), vec![9]);
+    }
+
+    #[test]
+    fn sealed_segments_are_indexed_and_never_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        let big = Bytes::from(vec![b'I'; 300 << 10]);
+        for i in 1..=8u64 {
+            writer
+                .append(&Record::wal(Lsn(i * 100), big.clone()))
+                .unwrap();
+            writer.append(&commit(i * 100 + 50)).unwrap();
+        }
+        writer.sync().unwrap();
+        drop(writer);
+        let segments = segment::list(dir.path()).unwrap();
+        assert!(segments.len() >= 3, "rolled: {}", segments.len());
+        let (_, first) = &segments[0];
+        let index = segment::sealed_index(first)
+            .unwrap()
+            .expect("the first segment is sealed");
+        assert_eq!(index.first_lsn, Some(Lsn(100)));
+        assert_eq!(index.first_commit_time, Some(crate::lsn::PgTimestamp(7)));
+        assert!(index.ack_lsn >= Lsn(150));
+        let sealed_bytes = std::fs::read(first).unwrap();
+
+        let (mut writer, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovery.resume_lsn, Lsn(850));
+        writer.append(&commit(900)).unwrap();
+        writer.sync().unwrap();
+        drop(writer);
+        assert_eq!(std::fs::read(first).unwrap(), sealed_bytes);
+        assert_eq!(lsns(dir.path()).last(), Some(&899));
+    }
+
+    #[test]
+    fn corruption_inside_a_sealed_segment_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        let big = Bytes::from(vec![b'I'; 400 << 10]);
+        for i in 1..=6u64 {
+            writer
+                .append(&Record::wal(Lsn(i * 100), big.clone()))
+                .unwrap();
+        }
+        writer.sync().unwrap();
+        drop(writer);
+        let (_, first) = segment::list(dir.path()).unwrap().remove(0);
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes[HEADER_LEN as usize + 100] ^= 1;
+        std::fs::write(&first, bytes).unwrap();
+        let mut reader = LogReader::open(dir.path()).unwrap();
+        let error = loop {
+            match reader.next_record() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("corruption went unnoticed"),
+                Err(e) => break e,
+            }
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains(&first.display().to_string()) && text.contains("byte 16"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        assert!(matches!(
+            LogWriter::open(dir.path(), 1 << 20),
+            Err(LogError::Locked { .. })
+        ));
+    }
+}
