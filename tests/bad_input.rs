@@ -20,10 +20,7 @@ const SCHEMA: &str = "
 fn fixture_with_log() -> Fixture {
     let fx = Fixture::new(SCHEMA);
     let config = fx.config(&["public.payments"], "");
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || {
-        fx.confirmed_flush().is_some()
-    });
+    let capture = fx.start_capture(&config);
     fx.psql("INSERT INTO payments SELECT g, g FROM generate_series(1, 50) g");
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);
@@ -134,10 +131,7 @@ fn a_table_without_replica_identity() {
     );
     // The fix in the message works.
     fx.psql("ALTER TABLE nokey REPLICA IDENTITY FULL");
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
-        capture.logs().contains("streaming changes")
-    });
+    let capture = fx.start_capture(&config);
     fx.psql("INSERT INTO nokey VALUES ('now captured')");
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);

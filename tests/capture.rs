@@ -17,10 +17,7 @@ const SCHEMA: &str = "
 fn committed_changes_land_in_the_log_and_shutdown_confirms_them() {
     let fx = Fixture::new(SCHEMA);
     let config = fx.config(&["public.users", "public.payments"], "");
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || {
-        fx.confirmed_flush().is_some()
-    });
+    let capture = fx.start_capture(&config);
     fx.psql(
         "BEGIN;
          INSERT INTO users VALUES (1, 'ada'), (2, 'bob');
@@ -87,10 +84,7 @@ fn committed_changes_land_in_the_log_and_shutdown_confirms_them() {
 fn a_restart_resumes_without_loss_or_duplicates() {
     let fx = Fixture::new(SCHEMA);
     let config = fx.config(&["public.users"], "");
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || {
-        fx.confirmed_flush().is_some()
-    });
+    let capture = fx.start_capture(&config);
     fx.psql("INSERT INTO users SELECT g, 'a' FROM generate_series(1, 100) g");
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);
@@ -99,11 +93,7 @@ fn a_restart_resumes_without_loss_or_duplicates() {
     let capture = Capture::start(&config);
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);
-    let ids: Vec<i64> = fx
-        .log_json(&config, &[])
-        .iter()
-        .map(|l| l["key"]["id"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let ids = fx.logged_ids(&config);
     assert_eq!(ids, (1..=150).collect::<Vec<_>>());
 }
 
@@ -136,10 +126,7 @@ fn the_flush_position_never_passes_the_log() {
         fx.db
     ));
     let config = fx.config(&["public.users", "public.payments"], "");
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || {
-        fx.confirmed_flush().is_some()
-    });
+    let capture = fx.start_capture(&config);
     let url = fx.url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_workload = stop.clone();
@@ -209,10 +196,7 @@ fn segment_count(dir: &std::path::Path) -> usize {
 fn quiet_watched_tables_do_not_pin_wal() {
     let fx = Fixture::new(SCHEMA);
     let config = fx.config(&["public.users"], "");
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || {
-        fx.confirmed_flush().is_some()
-    });
+    let capture = fx.start_capture(&config);
     for _ in 0..10 {
         fx.psql("INSERT INTO noise (v) SELECT 'y' FROM generate_series(1, 1000)");
     }

@@ -96,10 +96,7 @@ fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
     let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
 
     // The slot must exist before the workload, or early transactions predate it.
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || {
-        fx.confirmed_flush().is_some()
-    });
+    let capture = fx.start_capture(&config);
     capture.kill();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -127,11 +127,7 @@ fn the_exported_snapshot_meets_the_slot_exactly() {
     let capture = Capture::start(&config);
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);
-    let ids: Vec<i64> = fx
-        .log_json(&config, &[])
-        .iter()
-        .map(|l| l["key"]["id"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let ids = fx.logged_ids(&config);
     assert_eq!(
         ids,
         (101..=150).collect::<Vec<_>>(),

@@ -5,16 +5,13 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Capture, Fixture};
+use harness::Fixture;
 
 #[test]
 fn two_200_mb_transactions_stream_through_in_bounded_memory() {
     let fx = Fixture::new("CREATE TABLE big (id bigint PRIMARY KEY, body text)");
     let config = fx.config(&["public.big"], "");
-    let capture = Capture::start(&config);
-    harness::wait_for(Duration::from_secs(30), "the slot", || {
-        fx.confirmed_flush().is_some()
-    });
+    let capture = fx.start_capture(&config);
 
     // 200,000 rows of ~1.06 KB each: over 200 MB per transaction, far above
     // the default logical_decoding_work_mem of 64 MB, so the server streams them.

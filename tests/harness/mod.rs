@@ -116,6 +116,23 @@ impl Fixture {
         });
     }
 
+    /// Starts `tidemark capture` and waits until it streams (the slot and publication exist).
+    pub fn start_capture(&self, config: &Path) -> Capture {
+        let capture = Capture::start(config);
+        wait_for(Duration::from_secs(30), "capture to stream", || {
+            capture.logs().contains("streaming changes")
+        });
+        capture
+    }
+
+    /// The `id` key of every change `tidemark log` shows, in order.
+    pub fn logged_ids(&self, config: &Path) -> Vec<i64> {
+        self.log_json(config, &[])
+            .iter()
+            .map(|l| l["key"]["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
     /// Runs `tidemark log --json` and parses each line.
     pub fn log_json(&self, config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
         let out = tidemark(
