@@ -23,6 +23,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# A real S3-compatible HTTP server for the S3 tests.
+MOTO_VERSION=5.2.5
+python3 -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+
 test -x /usr/lib/postgresql/15/bin/initdb || { echo "setup: PostgreSQL 15 server binaries are missing after install" >&2; exit 1; }
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres user is missing (the server refuses to run as root)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "setup: cargo is missing; install a Rust toolchain (rustup)" >&2; exit 1; }

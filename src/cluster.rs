@@ -10,7 +10,6 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +222,7 @@ impl Cluster {
                 .stdout(log.try_clone()?)
                 .stderr(log);
             self.as_owner(&mut command);
-            let child = spawn_tied_to_process(command)?;
+            let child = crate::child::spawn_tied_to_process(command)?;
             self.postmaster = Some(child);
             if self.wait_ready(Duration::from_secs(60)) {
                 return Ok(());
@@ -287,45 +286,6 @@ fn postgres_ids() -> Result<(u32, u32), ClusterError> {
             })
     };
     Ok((id("-u")?, id("-g")?))
-}
-
-/// Spawns `command` from a thread that lives as long as the process, with
-/// PR_SET_PDEATHSIG: the child is killed when this process exits, however it exits.
-/// (The signal fires when the spawning *thread* ends, hence the long-lived thread.)
-fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
-    static SPAWNER: std::sync::OnceLock<
-        mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>,
-    > = std::sync::OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
-        std::thread::Builder::new()
-            .name("tidemark-cluster-spawner".into())
-            .spawn(move || {
-                for (mut command, reply) in rx {
-                    let _ = reply.send(command.spawn());
-                }
-                loop {
-                    std::thread::park();
-                }
-            })
-            .expect("spawning the cluster spawner thread");
-        tx
-    });
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let (reply, result) = mpsc::channel();
-    spawner
-        .send((command, reply))
-        .map_err(|_| std::io::Error::other("cluster spawner thread is gone"))?;
-    result
-        .recv()
-        .map_err(|_| std::io::Error::other("cluster spawner thread is gone"))?
 }
 
 /// Removes throwaway cluster dirs in the temp dir whose server is gone (left by killed runs).

@@ -4,7 +4,9 @@
 //! slot) → `capture` → `log` (the durable segment log) → readers of the log
 //! (`inspect` today). See `docs/architecture.md`.
 
+pub mod archive;
 pub mod capture;
+pub mod child;
 pub mod cluster;
 pub mod config;
 pub mod inspect;

@@ -1,0 +1,90 @@
+//! The object store: one small trait, with a local-directory and an S3 backend.
+//!
+//! Objects are written whole and atomically (temp file + rename locally, a
+//! single PUT on S3) and never overwritten in place: every key tidemark writes
+//! names its content (an LSN range and a hash, or a manifest sequence and hash).
+
+pub mod local;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {key} does not exist in {store}")]
+    NotFound { store: String, key: String },
+    /// The store could not be reached or failed for now; retrying may succeed.
+    #[error("object store {store} is unavailable ({action} {key}): {message}")]
+    Unavailable {
+        store: String,
+        action: &'static str,
+        key: String,
+        message: String,
+    },
+    /// Retrying will not help: credentials, permissions, a bad bucket or path.
+    #[error("object store {store} refused {action} {key}: {message}; check [archive] url and the store's credentials and permissions")]
+    Refused {
+        store: String,
+        action: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("[archive] url {url} is not supported; use file:///path or s3://bucket/prefix")]
+    BadUrl { url: String },
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// What `head` and `list` report of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Writes `data` under `key` atomically, with string metadata.
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Every object whose key starts with `prefix`, sorted by key. Metadata is not filled in.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// The object's size and metadata, or `None` if it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
+    /// Where the store is, for messages (never with credentials).
+    fn describe(&self) -> String;
+}
+
+/// Opens the store an `[archive] url` names.
+pub async fn open(url: &str, s3: &s3::S3Options) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Ok(Arc::new(local::LocalStore::new(path.into())));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::BadUrl {
+                url: url.to_string(),
+            });
+        }
+        return Ok(Arc::new(s3::S3Store::new(bucket, prefix, s3).await));
+    }
+    Err(StoreError::BadUrl {
+        url: url.to_string(),
+    })
+}
