@@ -97,24 +97,17 @@ fn a_restart_resumes_without_loss_or_duplicates() {
     assert_eq!(ids, (1..=150).collect::<Vec<_>>());
 }
 
-/// The resume LSN of what is on disk right now (a superset of what is fsynced):
-/// sealed segments by their index, the open one by a scan.
+/// The resume LSN of what is on disk right now (a superset of what is fsynced),
+/// from the newest segment whose header is complete: it carries the base.
 fn on_disk_resume(dir: &std::path::Path) -> tidemark::lsn::Lsn {
     use tidemark::log::segment;
-    let segments = segment::list(dir).unwrap();
-    let Some(((_, open), sealed)) = segments.split_last() else {
-        return tidemark::lsn::Lsn::ZERO;
-    };
-    let base = sealed
+    segment::list(dir)
+        .unwrap()
         .iter()
-        .filter_map(|(_, path)| segment::sealed_index(path).unwrap())
-        .map(|index| index.ack_lsn)
-        .max()
-        .unwrap_or_default();
-    match segment::SegmentReader::open(open).unwrap() {
-        Some(mut reader) => segment::scan(&mut reader, base).unwrap().index.ack_lsn,
-        None => base,
-    }
+        .rev()
+        .find_map(|(_, path)| segment::SegmentReader::open(path).unwrap())
+        .map(|mut reader| segment::scan(&mut reader).unwrap().index.ack_lsn)
+        .unwrap_or_default()
 }
 
 #[test]

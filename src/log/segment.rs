@@ -8,16 +8,20 @@ use bytes::BytesMut;
 
 use super::record::{self, FrameError, Record, RecordKind, SegmentIndex, FRAME_HEADER};
 use super::LogError;
+use crate::lsn::Lsn;
 
 pub const MAGIC: &[u8; 8] = b"TIDEMARK";
 pub const FORMAT_VERSION: u32 = 1;
-pub const HEADER_LEN: u64 = 16;
+pub const HEADER_LEN: u64 = 24;
 const EXTENSION: &str = "seg";
 
-pub fn header() -> [u8; HEADER_LEN as usize] {
+/// A segment header; `base_ack` is the log's resume LSN when the segment was
+/// created, so each segment covers resume positions (base_ack, its own ack].
+pub fn header(base_ack: Lsn) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&base_ack.0.to_le_bytes());
     h
 }
 
@@ -66,6 +70,7 @@ pub enum Tail {
 /// Reads records one by one, verifying each CRC.
 pub struct SegmentReader {
     path: PathBuf,
+    base_ack: Lsn,
     reader: BufReader<File>,
     offset: u64,
     tail: Option<Tail>,
@@ -102,6 +107,9 @@ impl SegmentReader {
         }
         Ok(Some(SegmentReader {
             path: path.to_path_buf(),
+            base_ack: Lsn(u64::from_le_bytes(
+                head[16..24].try_into().expect("8 bytes"),
+            )),
             reader: BufReader::with_capacity(1 << 20, file),
             offset: HEADER_LEN,
             tail: None,
@@ -122,6 +130,11 @@ impl SegmentReader {
 
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The log's resume LSN when this segment was created.
+    pub fn base_ack(&self) -> Lsn {
+        self.base_ack
     }
 
     /// How reading ended, once `next_record` has returned `None`.
@@ -247,10 +260,9 @@ pub struct Scan {
 }
 
 /// Reads a whole segment, building its index; a bad frame ends the scan.
-/// `base_ack` is the log's resume position before this segment.
-pub fn scan(reader: &mut SegmentReader, base_ack: crate::lsn::Lsn) -> Result<Scan, LogError> {
+pub fn scan(reader: &mut SegmentReader) -> Result<Scan, LogError> {
     let mut index = SegmentIndex {
-        ack_lsn: base_ack,
+        ack_lsn: reader.base_ack(),
         ..SegmentIndex::default()
     };
     let mut sealed = false;

@@ -22,7 +22,7 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     /// The LSN from which the server must resend: everything before it is durable here.
     pub resume_lsn: Lsn,
-    /// Whether the log held no records at all.
+    /// Whether the log has never finished a transaction or recorded progress.
     pub empty: bool,
 }
 
@@ -37,6 +37,8 @@ pub struct LogWriter {
     index: SegmentIndex,
     segment_size: u64,
     durable_ack: Lsn,
+    /// The newest sealed segment (0 if none was sealed by this writer).
+    sealed_seq: u64,
 }
 
 impl LogWriter {
@@ -64,70 +66,49 @@ impl LogWriter {
         }
 
         let segments = segment::list(dir)?;
-        let mut base_ack = Lsn::ZERO;
-        if segments.len() >= 2 {
-            let (_, prev) = &segments[segments.len() - 2];
-            let index = segment::sealed_index(prev)?.ok_or_else(|| LogError::Corrupt {
-                path: prev.clone(),
-                offset: 0,
-                problem: super::record::FrameError::Incomplete,
-            })?;
-            base_ack = index.ack_lsn;
-        }
-        let mut empty = segments.is_empty();
-        let (seq, mut index, mut truncated_bytes, sealed) = match segments.last() {
-            None => (1, SegmentIndex::default(), 0, false),
+        let mut truncated_bytes = 0;
+        let (seq, file, len, index) = match segments.last() {
+            None => create_segment(dir, 1, Lsn::ZERO)?,
             Some((seq, path)) => match SegmentReader::open(path)? {
-                None => (*seq, SegmentIndex::default(), 0, false),
+                // Created by a roll that a crash cut short: the sealed segment before it
+                // is still here (it is uploaded only after the roll completes).
+                None => {
+                    let base = match segments.len().checked_sub(2).map(|i| &segments[i].1) {
+                        Some(prev) => sealed_ack(prev)?,
+                        None => Lsn::ZERO,
+                    };
+                    create_segment(dir, *seq, base)?
+                }
                 Some(mut reader) => {
-                    let scan = segment::scan(&mut reader, base_ack)?;
-                    let file_len = std::fs::metadata(path)
-                        .map_err(|source| LogError::Io {
-                            path: path.clone(),
-                            source,
-                        })?
-                        .len();
-                    if let Tail::Torn { offset, problem } = &scan.tail {
-                        tracing::warn!(
-                            segment = %path.display(),
-                            offset,
-                            %problem,
-                            cut_bytes = file_len - offset,
-                            "cutting the torn tail of the log back to the last whole record"
-                        );
+                    let scan = segment::scan(&mut reader)?;
+                    let io_err = |source| LogError::Io {
+                        path: path.clone(),
+                        source,
+                    };
+                    if scan.sealed {
+                        create_segment(dir, seq + 1, scan.index.ack_lsn)?
+                    } else {
+                        let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+                        if let Tail::Torn { offset, problem } = &scan.tail {
+                            let file_len = file.metadata().map_err(io_err)?.len();
+                            truncated_bytes = file_len - offset;
+                            tracing::warn!(
+                                segment = %path.display(),
+                                offset,
+                                %problem,
+                                cut_bytes = truncated_bytes,
+                                "cutting the torn tail of the log back to the last whole record"
+                            );
+                            file.set_len(*offset).map_err(io_err)?;
+                            file.sync_all().map_err(io_err)?;
+                        }
+                        (*seq, file, scan.valid_end, scan.index)
                     }
-                    empty = empty || (segments.len() == 1 && scan.index.records == 0);
-                    (*seq, scan.index, file_len - scan.valid_end, scan.sealed)
                 }
             },
         };
-        let (seq, file, len) = if sealed {
-            index = SegmentIndex {
-                ack_lsn: index.ack_lsn,
-                ..SegmentIndex::default()
-            };
-            create_segment(dir, seq + 1)?
-        } else {
-            let path = dir.join(segment::file_name(seq));
-            let io_err = |source| LogError::Io {
-                path: path.clone(),
-                source,
-            };
-            let exists_with_header = std::fs::metadata(&path).is_ok_and(|m| m.len() >= HEADER_LEN);
-            if !exists_with_header {
-                truncated_bytes = 0;
-                create_segment(dir, seq)?
-            } else {
-                let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
-                let valid_end = file.metadata().map_err(io_err)?.len() - truncated_bytes;
-                if truncated_bytes > 0 {
-                    file.set_len(valid_end).map_err(io_err)?;
-                    file.sync_all().map_err(io_err)?;
-                }
-                (seq, file, valid_end)
-            }
-        };
         let resume_lsn = index.ack_lsn;
+        let empty = resume_lsn == Lsn::ZERO;
         let mut writer = LogWriter {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -138,6 +119,7 @@ impl LogWriter {
             index,
             segment_size,
             durable_ack: resume_lsn,
+            sealed_seq: seq - 1,
         };
         writer.seek_end()?;
         Ok((
@@ -213,25 +195,40 @@ impl LogWriter {
         self.index.ack_lsn
     }
 
+    /// Seals the current segment if it holds any record, so it can be archived.
+    pub fn seal(&mut self) -> Result<(), LogError> {
+        if self.index.records > 0 {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// The newest sealed segment: every segment up to it is complete.
+    pub fn sealed_seq(&self) -> u64 {
+        self.sealed_seq
+    }
+
     /// Seals the current segment and starts the next one.
     fn roll(&mut self) -> Result<(), LogError> {
         let seal = self.index.seal_record();
         seal.encode_into(&mut self.buf);
         self.sync()?;
-        let (seq, file, len) = create_segment(&self.dir, self.seq + 1)?;
+        let (seq, file, len, index) = create_segment(&self.dir, self.seq + 1, self.index.ack_lsn)?;
         tracing::debug!(segment = %segment::file_name(self.seq), records = self.index.records, "sealed segment");
+        self.sealed_seq = self.seq;
         self.seq = seq;
         self.file = file;
         self.len = len;
-        self.index = SegmentIndex {
-            ack_lsn: self.index.ack_lsn,
-            ..SegmentIndex::default()
-        };
+        self.index = index;
         Ok(())
     }
 }
 
-fn create_segment(dir: &Path, seq: u64) -> Result<(u64, File, u64), LogError> {
+fn create_segment(
+    dir: &Path,
+    seq: u64,
+    base_ack: Lsn,
+) -> Result<(u64, File, u64, SegmentIndex), LogError> {
     let path = dir.join(segment::file_name(seq));
     let io_err = |source| LogError::Io {
         path: path.clone(),
@@ -243,7 +240,7 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(u64, File, u64), LogError> {
         .write(true)
         .open(&path)
         .map_err(io_err)?;
-    file.write_all(&segment::header()).map_err(io_err)?;
+    file.write_all(&segment::header(base_ack)).map_err(io_err)?;
     file.sync_all().map_err(io_err)?;
     // The new name must be durable too, or a crash could lose the segment's records.
     File::open(dir)
@@ -252,15 +249,35 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(u64, File, u64), LogError> {
             path: dir.to_path_buf(),
             source,
         })?;
-    Ok((seq, file, HEADER_LEN))
+    let index = SegmentIndex {
+        ack_lsn: base_ack,
+        ..SegmentIndex::default()
+    };
+    Ok((seq, file, HEADER_LEN, index))
+}
+
+fn sealed_ack(path: &Path) -> Result<Lsn, LogError> {
+    segment::sealed_index(path)?
+        .map(|index| index.ack_lsn)
+        .ok_or_else(|| LogError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            problem: super::record::FrameError::Incomplete,
+        })
 }
 
 /// Runs a `LogWriter` on its own thread with group commit: while one fsync is
 /// in flight, arriving batches queue up, and the next fsync covers them all.
 pub struct Appender {
-    batches: mpsc::Sender<Vec<Record>>,
+    commands: mpsc::Sender<Command>,
     durable: watch::Receiver<Lsn>,
+    sealed: watch::Receiver<u64>,
     thread: JoinHandle<Result<LogWriter, LogError>>,
+}
+
+enum Command {
+    Append(Vec<Record>),
+    Seal,
 }
 
 /// Batches in flight between capture and the writer thread; bounds capture's memory.
@@ -268,20 +285,36 @@ const QUEUE_DEPTH: usize = 8;
 
 impl Appender {
     pub fn start(writer: LogWriter) -> Appender {
-        let (batches, mut rx) = mpsc::channel::<Vec<Record>>(QUEUE_DEPTH);
+        let (commands, mut rx) = mpsc::channel::<Command>(QUEUE_DEPTH);
         let (durable_tx, durable) = watch::channel(writer.durable_ack);
+        let (sealed_tx, sealed) = watch::channel(writer.sealed_seq);
         let thread = std::thread::Builder::new()
             .name("tidemark-log-writer".into())
             .spawn(move || {
                 let mut writer = writer;
-                while let Some(batch) = rx.blocking_recv() {
-                    batch.iter().try_for_each(|r| writer.append(r))?;
-                    while let Ok(more) = rx.try_recv() {
-                        more.iter().try_for_each(|r| writer.append(r))?;
+                while let Some(command) = rx.blocking_recv() {
+                    let mut next = Some(command);
+                    while let Some(command) = next {
+                        match command {
+                            Command::Append(batch) => {
+                                batch.iter().try_for_each(|r| writer.append(r))?
+                            }
+                            Command::Seal => writer.seal()?,
+                        }
+                        next = rx.try_recv().ok();
                     }
                     if writer.has_unsynced_ack() {
                         let lsn = writer.sync()?;
                         durable_tx.send_replace(lsn);
+                    }
+                    if writer.sealed_seq != *sealed_tx.borrow() {
+                        // Sealing fsynced everything before the seal.
+                        durable_tx.send_if_modified(|d| {
+                            let changed = *d != writer.durable_ack;
+                            *d = writer.durable_ack;
+                            changed
+                        });
+                        sealed_tx.send_replace(writer.sealed_seq);
                     }
                 }
                 let lsn = writer.sync()?;
@@ -290,15 +323,24 @@ impl Appender {
             })
             .expect("spawning the log writer thread");
         Appender {
-            batches,
+            commands,
             durable,
+            sealed,
             thread,
         }
     }
 
     /// Queues a batch; waits while the writer is behind. Fails if the writer stopped on an error.
     pub async fn append(&self, batch: Vec<Record>) -> Result<(), ()> {
-        self.batches.send(batch).await.map_err(|_| ())
+        self.commands
+            .send(Command::Append(batch))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Asks the writer to seal the current segment (if it holds anything).
+    pub async fn seal(&self) -> Result<(), ()> {
+        self.commands.send(Command::Seal).await.map_err(|_| ())
     }
 
     /// The durable resume LSN, updated after each group fsync.
@@ -306,9 +348,14 @@ impl Appender {
         self.durable.clone()
     }
 
+    /// The newest sealed segment's sequence number.
+    pub fn sealed(&self) -> watch::Receiver<u64> {
+        self.sealed.clone()
+    }
+
     /// Flushes and fsyncs everything queued, and returns the writer (or the error that stopped it).
     pub async fn finish(self) -> Result<LogWriter, LogError> {
-        drop(self.batches);
+        drop(self.commands);
         let thread = self.thread;
         tokio::task::spawn_blocking(move || thread.join().expect("log writer thread panicked"))
             .await
@@ -465,9 +512,32 @@ mod tests {
         };
         let text = error.to_string();
         assert!(
-            text.contains(&first.display().to_string()) && text.contains("byte 16"),
+            text.contains(&first.display().to_string())
+                && text.contains(&format!("byte {HEADER_LEN}")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_resume_lsn_survives_deleting_archived_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        writer.append(&commit(100)).unwrap();
+        writer.seal().unwrap();
+        writer.append(&commit(200)).unwrap();
+        writer.seal().unwrap();
+        writer.seal().unwrap(); // nothing new: no empty segment is sealed
+        assert_eq!(writer.sealed_seq(), 2);
+        drop(writer);
+        for (seq, path) in segment::list(dir.path()).unwrap() {
+            if seq <= 2 {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let (writer, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovery.resume_lsn, Lsn(200));
+        assert!(!recovery.empty);
+        assert_eq!(writer.sealed_seq(), 2);
     }
 
     #[test]
