@@ -18,8 +18,13 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use std::sync::Arc;
 
+use tokio::sync::{watch, Notify};
+
+use crate::archive::manifest::SourceId;
+use crate::archive::uploader::{self, Uploader};
+use crate::archive::{store, ArchiveError};
 use crate::config::Checked;
 use crate::log::{Appender, LogError, LogWriter, Record, RecordKind};
 use crate::lsn::{Lsn, PgTimestamp};
@@ -37,13 +42,15 @@ pub enum CaptureError {
     Log(#[from] LogError),
     #[error("the server sent an invalid replication frame: {0}")]
     Frame(#[from] wire::FrameError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
 }
 
 impl CaptureError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CaptureError::Source(e) => e.is_retryable(),
-            CaptureError::Log(_) | CaptureError::Frame(_) => false,
+            CaptureError::Log(_) | CaptureError::Frame(_) | CaptureError::Archive(_) => false,
         }
     }
 }
@@ -71,17 +78,48 @@ pub async fn run(
         );
     }
     tracing::info!(dir = %cfg.log.dir.display(), resume = %recovery.resume_lsn, "opened the segment log");
+    let store = match &cfg.archive {
+        Some(archive) => Some(
+            store::open(&archive.url, &archive.s3_options())
+                .await
+                .map_err(ArchiveError::from)?,
+        ),
+        None => None,
+    };
+    let mut archive: Option<Archive> = None;
     let mut log_empty = recovery.empty;
     let mut streamed_once = false;
     let mut backoff = Duration::from_millis(500);
     loop {
         let session = Session::start(checked, writer, log_empty).await;
         let outcome = match session {
-            Ok(session) => {
+            Ok(mut session) => {
+                let streamed_before = streamed_once;
                 streamed_once = true;
                 backoff = Duration::from_millis(500);
                 log_empty = false;
-                session.stream(&mut shutdown).await
+                if store.is_none() && !streamed_before {
+                    tracing::warn!("no [archive] configured: changes stay in the local log only");
+                }
+                if archive.is_none() {
+                    if let (Some(store), Some(archive_cfg)) = (&store, &cfg.archive) {
+                        let uploader = Arc::new(Uploader::new(
+                            store.clone(),
+                            &cfg.log.dir,
+                            session.source.clone(),
+                        ));
+                        if let Err(e) = uploader.check().await {
+                            return Err(session.fail(Some(e.into())).await.0);
+                        }
+                        archive = Some(Archive::start(uploader, archive_cfg.upload_interval));
+                    }
+                }
+                session.archive = archive.as_ref().map(|a| a.handle());
+                let result = session.stream(&mut shutdown).await;
+                if let (Ok(_), Some(archive)) = (&result, archive.take()) {
+                    archive.finish().await;
+                }
+                result
             }
             Err((error, returned)) => Err((error, returned)),
         };
@@ -101,11 +139,70 @@ pub async fn run(
     }
 }
 
+/// The archive side of capture: the uploader task, fed by every seal.
+struct Archive {
+    uploader: Arc<Uploader>,
+    handle: ArchiveHandle,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a session needs of the archive: when to seal, and whom to tell.
+#[derive(Clone)]
+struct ArchiveHandle {
+    sealed: Arc<Notify>,
+    interval: Duration,
+}
+
+/// How long a clean stop waits for the last segments to reach the store.
+const FINAL_UPLOAD_WAIT: Duration = Duration::from_secs(30);
+
+impl Archive {
+    fn start(uploader: Arc<Uploader>, interval: Duration) -> Archive {
+        let sealed = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(uploader::run(
+            uploader.clone(),
+            sealed.clone(),
+            interval,
+            stopped,
+        ));
+        Archive {
+            uploader,
+            handle: ArchiveHandle { sealed, interval },
+            stop,
+            task,
+        }
+    }
+
+    fn handle(&self) -> ArchiveHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the uploader after one last pass over what capture sealed on its way out.
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        match tokio::time::timeout(FINAL_UPLOAD_WAIT, self.uploader.archive_sealed()).await {
+            Ok(Ok(_)) => match self.uploader.head().await {
+                Some((lsn, _)) => tracing::info!(archived = %lsn, "the archive holds everything captured"),
+                None => tracing::info!("nothing to archive"),
+            },
+            Ok(Err(error)) => tracing::warn!(%error, "the last segments stay in the local log; the next start uploads them"),
+            Err(_) => tracing::warn!("the store is slow; the last segments stay in the local log and the next start uploads them"),
+        }
+    }
+}
+
 struct Session {
     conn: ReplicationConnection,
     appender: Appender,
     status_interval: Duration,
     start: Lsn,
+    source: SourceId,
+    archive: Option<ArchiveHandle>,
+    log_dir: std::path::PathBuf,
+    max_log_bytes: u64,
 }
 
 type Failed = (CaptureError, Option<LogWriter>);
@@ -132,6 +229,16 @@ impl Session {
         let mut conn = match ReplicationConnection::connect(&checked.pg).await {
             Ok(c) => c,
             Err(e) => return Err(keep(writer)(e)),
+        };
+        let system = match conn.simple_query("IDENTIFY_SYSTEM").await {
+            Ok(rows) => rows.into_iter().next().unwrap_or_default(),
+            Err(e) => return Err(keep(writer)(e)),
+        };
+        let field = |i: usize| system.get(i).cloned().flatten().unwrap_or_default();
+        let source_id = SourceId {
+            system_identifier: field(0),
+            database: field(3),
+            slot: source.slot.clone(),
         };
         let resume = writer.durable_ack();
         let slot_position = match prepared.slot {
@@ -188,6 +295,10 @@ impl Session {
             appender,
             status_interval,
             start,
+            source: source_id,
+            archive: None,
+            log_dir: checked.config.log.dir.clone(),
+            max_log_bytes: checked.config.log.max_size.as_u64(),
         };
         if session
             .appender
@@ -216,6 +327,9 @@ impl Session {
         match self.pump(shutdown).await {
             Ok(()) => {}
             Err(e) => return Err(self.fail(Some(e)).await),
+        }
+        if self.archive.is_some() && self.appender.seal().await.is_err() {
+            return Err(self.fail(None).await);
         }
         let writer = match self.appender.finish().await {
             Ok(w) => w,
@@ -258,6 +372,12 @@ impl Session {
         let mut reply_due = false;
         let mut received = 0u64;
         let mut last_report = Instant::now();
+        let mut sealed = self.appender.sealed();
+        let seal_interval = self.archive.as_ref().map(|a| a.interval);
+        let mut next_seal = Instant::now() + seal_interval.unwrap_or(Duration::from_secs(3600));
+        let mut unsealed = false;
+        let mut log_full = false;
+        let mut last_full_warning: Option<Instant> = None;
         loop {
             while let Some(frame) = self.conn.try_next_frame()? {
                 let data = match frame {
@@ -299,6 +419,7 @@ impl Session {
             }
             if !batch.is_empty() {
                 self.send_batch(&mut batch, &mut batch_bytes).await?;
+                unsealed = true;
             }
             let now = Instant::now();
             if reply_due || now >= next_status {
@@ -310,13 +431,39 @@ impl Session {
                 reply_due = false;
                 last_status = now;
                 next_status = now + self.status_interval;
+                if self.archive.is_some() {
+                    log_full = self.local_log_bytes() >= self.max_log_bytes;
+                    if log_full
+                        && last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                    {
+                        tracing::error!(
+                            limit = self.max_log_bytes,
+                            "the local log is full of segments not yet archived; capture stops reading from the slot (PostgreSQL keeps the WAL) until the archive store accepts uploads again"
+                        );
+                        last_full_warning = Some(now);
+                    }
+                }
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 tracing::info!(confirmed = %reported, messages = received, "capture progress");
                 last_report = Instant::now();
             }
             tokio::select! {
-                filled = self.conn.fill() => filled?,
+                filled = self.conn.fill(), if !log_full => filled?,
+                _ = tokio::time::sleep_until(next_seal.into()), if seal_interval.is_some() => {
+                    if unsealed {
+                        self.appender.seal().await.map_err(|()| CaptureError::Source(SourceError::Closed))?;
+                        unsealed = false;
+                    }
+                    next_seal = Instant::now() + seal_interval.unwrap_or_default();
+                }
+                changed = sealed.changed() => {
+                    if changed.is_ok() {
+                        if let Some(archive) = &self.archive {
+                            archive.sealed.notify_one();
+                        }
+                    }
+                }
                 changed = durable.changed() => {
                     if changed.is_err() {
                         // The writer thread stopped: its error surfaces from `fail`.
@@ -328,6 +475,19 @@ impl Session {
                 _ = shutdown.changed() => return Ok(()),
             }
         }
+    }
+
+    /// Bytes of local segments: what the archive has not taken yet, plus the open segment.
+    fn local_log_bytes(&self) -> u64 {
+        crate::log::segment::list(&self.log_dir)
+            .map(|segments| {
+                segments
+                    .iter()
+                    .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     async fn send_batch(

@@ -33,6 +33,8 @@ pub enum ConfigError {
 pub struct Config {
     pub source: SourceConfig,
     pub log: LogConfig,
+    /// Without it, capture keeps changes only in the local log.
+    pub archive: Option<ArchiveConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +55,43 @@ pub struct LogConfig {
     pub dir: PathBuf,
     #[serde(default = "default_segment_size")]
     pub segment_size: ByteSize,
+    /// When local segments not yet archived reach this size, capture stops
+    /// reading from the slot (the server keeps the WAL) until the archive catches up.
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `file:///path` or `s3://bucket/prefix`.
+    pub url: String,
+    /// Sealed segments reach the store within this long of their last commit.
+    #[serde(default = "default_upload_interval", with = "humantime_serde")]
+    pub upload_interval: std::time::Duration,
+    /// An S3-compatible endpoint (MinIO, Ceph, ...); AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+impl ArchiveConfig {
+    pub fn s3_options(&self) -> crate::archive::store::s3::S3Options {
+        crate::archive::store::s3::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+        }
+    }
+}
+
+fn default_upload_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+
+fn default_max_size() -> ByteSize {
+    ByteSize::gib(10)
 }
 
 fn default_publication() -> String {
@@ -145,6 +184,26 @@ impl Config {
             .iter()
             .map(|t| TableName::parse(t))
             .collect();
+        if let Some(archive) = &config.archive {
+            if !(archive.url.starts_with("file:///") || archive.url.starts_with("s3://")) {
+                return Err(invalid(
+                    String::new(),
+                    format!("[archive] url {:?} is not supported; use file:///absolute/path or s3://bucket/prefix", archive.url),
+                ));
+            }
+            if archive.upload_interval.is_zero() {
+                return Err(invalid(
+                    String::new(),
+                    "[archive] upload_interval must be above zero, e.g. \"1s\"".into(),
+                ));
+            }
+        }
+        if config.log.max_size.as_u64() < config.log.segment_size.as_u64() * 2 {
+            return Err(invalid(
+                String::new(),
+                "[log] max_size must be at least twice [log] segment_size".into(),
+            ));
+        }
         if config.log.segment_size < ByteSize::mib(1) {
             return Err(invalid(
                 String::new(),
@@ -165,7 +224,7 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-const SECTIONS: &[&str] = &["source", "log"];
+const SECTIONS: &[&str] = &["source", "log", "archive"];
 
 /// Applies `TIDEMARK_<SECTION>_<KEY>=value`; the value is TOML if it parses as TOML, else a string.
 fn apply_env(

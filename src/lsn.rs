@@ -65,6 +65,35 @@ impl fmt::Display for PgTimestamp {
     }
 }
 
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for PgTimestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PgTimestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let time = DateTime::parse_from_rfc3339(&text).map_err(serde::de::Error::custom)?;
+        Ok(PgTimestamp(
+            time.timestamp_micros() - PG_EPOCH_OFFSET_MICROS,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +112,17 @@ mod tests {
         for text in ["", "12", "0/", "/1", "0/G", "1/2/3", "100000000/0"] {
             assert!(text.parse::<Lsn>().is_err(), "{text} parsed");
         }
+    }
+
+    #[test]
+    fn serde_uses_the_printed_forms() {
+        let lsn = Lsn(0x1_0000_00FF);
+        assert_eq!(serde_json::to_string(&lsn).unwrap(), "\"1/FF\"");
+        assert_eq!(serde_json::from_str::<Lsn>("\"1/FF\"").unwrap(), lsn);
+        let time = PgTimestamp(1_000_001);
+        let json = serde_json::to_string(&time).unwrap();
+        assert_eq!(json, "\"2000-01-01T00:00:01.000001Z\"");
+        assert_eq!(serde_json::from_str::<PgTimestamp>(&json).unwrap(), time);
     }
 
     #[test]

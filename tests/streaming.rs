@@ -26,6 +26,7 @@ fn two_200_mb_transactions_stream_through_in_bounded_memory() {
     ));
     fx.wait_caught_up(Duration::from_secs(300));
     let peak_kib = capture.peak_rss_kib();
+    let capture_logs = capture.logs();
     assert_eq!(capture.stop(), 0);
     println!("capture peak RSS: {} MiB", peak_kib / 1024);
     assert!(
@@ -54,7 +55,7 @@ fn two_200_mb_transactions_stream_through_in_bounded_memory() {
     assert_eq!(
         (stream_commits, stream_aborts),
         (1, 1),
-        "one stream commit and one stream abort recorded"
+        "one stream commit and one stream abort recorded; capture said:\n{capture_logs}"
     );
 
     let out = harness::tidemark(

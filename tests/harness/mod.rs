@@ -170,6 +170,10 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(config: &Path) -> Capture {
+        Capture::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Capture {
         let stderr = config.with_extension(format!(
             "capture-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -179,6 +183,7 @@ impl Capture {
         let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(["capture", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -269,15 +274,25 @@ pub fn s3_env() -> Vec<(&'static str, &'static str)> {
 pub fn s3() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        // Set once, before this binary's first S3 client reads them.
-        for (key, value) in s3_env() {
-            std::env::set_var(key, value);
-        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        S3Server::start_on(port)
+    })
+}
+
+impl S3Server {
+    /// Starts a server on `port`; a test may start one late, on a port capture already uses.
+    pub fn start_on(port: u16) -> S3Server {
+        static ENV: std::sync::Once = std::sync::Once::new();
+        // Set once, before this binary's first S3 client reads them.
+        ENV.call_once(|| {
+            for (key, value) in s3_env() {
+                std::env::set_var(key, value);
+            }
+        });
         let mut command = Command::new("python3");
         command
             .args([
@@ -299,10 +314,8 @@ pub fn s3() -> &'static S3Server {
             _child: child,
             endpoint: format!("http://127.0.0.1:{port}"),
         }
-    })
-}
+    }
 
-impl S3Server {
     /// Creates a fresh bucket and returns its name.
     pub async fn bucket(&self) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -311,6 +324,11 @@ impl S3Server {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        self.create_bucket(&name).await;
+        name
+    }
+
+    pub async fn create_bucket(&self, name: &str) {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .load()
@@ -323,11 +341,10 @@ impl S3Server {
         );
         client
             .create_bucket()
-            .bucket(&name)
+            .bucket(name)
             .send()
             .await
             .expect("creating a bucket");
-        name
     }
 
     pub fn options(&self) -> tidemark::archive::store::s3::S3Options {

@@ -1,0 +1,203 @@
+//! The manifest: the archive's table of contents and its commit marker
+//! (format: `proto/manifest.md`).
+//!
+//! A manifest is written last, after every object it lists, and never
+//! overwritten: each has its own key `manifests/<sequence>-<sha256>.json`, and
+//! the newest sequence is current. The key names the SHA-256 of the manifest's
+//! bytes, so a manifest is verified like every other object.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::store::ObjectStore;
+use super::ArchiveError;
+use crate::lsn::{Lsn, PgTimestamp};
+
+pub const PREFIX: &str = "manifests/";
+pub const FORMAT: &str = "tidemark-manifest";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub sequence: u64,
+    pub created_at: PgTimestamp,
+    pub source: SourceId,
+    pub segments: Vec<SegmentEntry>,
+}
+
+/// Which database and slot the archive belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceId {
+    pub system_identifier: String,
+    pub database: String,
+    pub slot: String,
+}
+
+/// One archived segment: covers resume positions (start_lsn, end_lsn].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentEntry {
+    pub key: String,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub first_commit_time: Option<PgTimestamp>,
+    pub last_commit_time: Option<PgTimestamp>,
+    pub records: u64,
+    /// Size and SHA-256 of the stored (compressed) object.
+    pub size: u64,
+    pub sha256: String,
+    /// Size and SHA-256 of the segment file before compression.
+    pub raw_size: u64,
+    pub raw_sha256: String,
+    /// The previous entry's `sha256`: the hash chain. `None` for the first.
+    pub prev_sha256: Option<String>,
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl Manifest {
+    pub fn new(source: SourceId) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            sequence: 0,
+            created_at: PgTimestamp::now(),
+            source,
+            segments: Vec::new(),
+        }
+    }
+
+    /// The next manifest's key and bytes.
+    pub fn encode(&self) -> (String, Bytes) {
+        let body = serde_json::to_vec_pretty(self).expect("manifests serialize");
+        let key = format!("{PREFIX}{:016X}-{}.json", self.sequence, sha256_hex(&body));
+        (key, Bytes::from(body))
+    }
+
+    /// Parses and verifies a manifest read from `key`.
+    pub fn decode(key: &str, body: &[u8]) -> Result<Manifest, ArchiveError> {
+        let corrupt = |problem: String| ArchiveError::Corrupt {
+            key: key.to_string(),
+            problem,
+        };
+        let (sequence, sha) = parse_key(key)
+            .ok_or_else(|| corrupt("its name is not <sequence>-<sha256>.json".into()))?;
+        let actual = sha256_hex(body);
+        if actual != sha {
+            return Err(corrupt(format!("SHA-256 is {actual}, its name says {sha}")));
+        }
+        let probe: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
+        if probe.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(corrupt("not a tidemark manifest".into()));
+        }
+        let version = probe.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version != u64::from(VERSION) {
+            return Err(ArchiveError::UnsupportedManifest {
+                key: key.to_string(),
+                version,
+            });
+        }
+        let manifest: Manifest =
+            serde_json::from_value(probe).map_err(|e| corrupt(e.to_string()))?;
+        if manifest.sequence != sequence {
+            return Err(corrupt(format!(
+                "holds sequence {}, its name says {sequence}",
+                manifest.sequence
+            )));
+        }
+        Ok(manifest)
+    }
+}
+
+/// `manifests/<16 hex>-<64 hex>.json` → (sequence, sha256).
+pub fn parse_key(key: &str) -> Option<(u64, &str)> {
+    let name = key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
+    let (sequence, sha) = name.split_once('-')?;
+    if sequence.len() != 16 || sha.len() != 64 {
+        return None;
+    }
+    Some((u64::from_str_radix(sequence, 16).ok()?, sha))
+}
+
+/// The current manifest: the one with the highest sequence, verified.
+pub async fn load_latest(
+    store: &dyn ObjectStore,
+) -> Result<Option<(String, Manifest)>, ArchiveError> {
+    let listed = store.list(PREFIX).await?;
+    let newest = listed
+        .iter()
+        .filter_map(|o| parse_key(&o.key).map(|(seq, _)| (seq, &o.key)))
+        .max();
+    let Some((_, key)) = newest else {
+        return Ok(None);
+    };
+    let body = store.get(key).await?;
+    Ok(Some((key.clone(), Manifest::decode(key, &body)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::new(SourceId {
+            system_identifier: "7300000000000000001".into(),
+            database: "app".into(),
+            slot: "tidemark".into(),
+        });
+        m.sequence = 3;
+        m.segments.push(SegmentEntry {
+            key: "segments/0000000000000000-0000000001000000-abc.seg.zst".into(),
+            start_lsn: Lsn(0),
+            end_lsn: Lsn(0x100_0000),
+            first_commit_time: Some(PgTimestamp(5)),
+            last_commit_time: Some(PgTimestamp(9)),
+            records: 12,
+            size: 100,
+            sha256: "00".repeat(32),
+            raw_size: 300,
+            raw_sha256: "11".repeat(32),
+            prev_sha256: None,
+        });
+        m
+    }
+
+    #[test]
+    fn round_trips_and_names_its_hash() {
+        let m = sample();
+        let (key, body) = m.encode();
+        assert!(key.starts_with("manifests/0000000000000003-"));
+        assert_eq!(Manifest::decode(&key, &body).unwrap(), m);
+    }
+
+    #[test]
+    fn any_flipped_bit_is_caught() {
+        let (key, body) = sample().encode();
+        for bit in (0..body.len() * 8).step_by(7) {
+            let mut flipped = body.to_vec();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let error = Manifest::decode(&key, &flipped).unwrap_err();
+            assert!(error.to_string().contains(&key), "{error}");
+        }
+    }
+
+    #[test]
+    fn another_version_is_named() {
+        let mut value: serde_json::Value = serde_json::from_slice(&sample().encode().1).unwrap();
+        value["version"] = 2.into();
+        let body = serde_json::to_vec(&value).unwrap();
+        let key = format!("{PREFIX}{:016X}-{}.json", 3, sha256_hex(&body));
+        assert!(matches!(
+            Manifest::decode(&key, &body),
+            Err(ArchiveError::UnsupportedManifest { version: 2, .. })
+        ));
+    }
+}

@@ -1,0 +1,294 @@
+//! Seals → uploads: archives every sealed local segment, then writes a new
+//! manifest listing them, then deletes the local copies.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Mutex, Notify};
+
+use super::manifest::{self, Manifest, SegmentEntry, SourceId};
+use super::store::ObjectStore;
+use super::ArchiveError;
+use crate::log::record::RecordKind;
+use crate::log::segment::{self, SegmentReader};
+use crate::log::{LogError, SegmentIndex};
+use crate::lsn::{Lsn, PgTimestamp};
+
+pub const SEGMENT_PREFIX: &str = "segments/";
+
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    log_dir: PathBuf,
+    source: SourceId,
+    /// The current manifest, read from the store on first use.
+    manifest: Mutex<Option<Manifest>>,
+}
+
+/// A sealed segment read, verified, compressed and hashed.
+struct Prepared {
+    base_ack: Lsn,
+    index: SegmentIndex,
+    raw_size: u64,
+    raw_sha256: String,
+    compressed: Bytes,
+    sha256: String,
+}
+
+impl Uploader {
+    pub fn new(store: Arc<dyn ObjectStore>, log_dir: &Path, source: SourceId) -> Uploader {
+        Uploader {
+            store,
+            log_dir: log_dir.to_path_buf(),
+            source,
+            manifest: Mutex::new(None),
+        }
+    }
+
+    /// Reads the current manifest; refuses an archive that belongs to another database.
+    async fn load(&self) -> Result<Manifest, ArchiveError> {
+        let Some((_, found)) = manifest::load_latest(&*self.store).await? else {
+            return Ok(Manifest::new(self.source.clone()));
+        };
+        if found.source.system_identifier != self.source.system_identifier
+            || found.source.database != self.source.database
+        {
+            return Err(ArchiveError::ForeignArchive {
+                store: self.store.describe(),
+                found: format!(
+                    "{} on system {}",
+                    found.source.database, found.source.system_identifier
+                ),
+                expected: format!(
+                    "{} on system {}",
+                    self.source.database, self.source.system_identifier
+                ),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Checks the archive can be used: reachable (or only unavailable for now) and ours.
+    pub async fn check(&self) -> Result<(), ArchiveError> {
+        let mut cached = self.manifest.lock().await;
+        match self.load().await {
+            Ok(m) => {
+                *cached = Some(m);
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "archive store unavailable at start; capture continues locally and uploads once it is back");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Archives every sealed local segment not yet archived; returns how many it uploaded.
+    pub async fn archive_sealed(&self) -> Result<usize, ArchiveError> {
+        let mut segments = segment::list(&self.log_dir)?;
+        segments.pop(); // the open segment
+        if segments.is_empty() {
+            return Ok(0);
+        }
+        let mut manifest = self.manifest.lock().await;
+        let mut next = match manifest.as_ref() {
+            Some(m) => m.clone(),
+            None => self.load().await?,
+        };
+        let mut done: Vec<PathBuf> = Vec::new();
+        let mut uploaded = 0;
+        for (_, path) in segments {
+            let prepared = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || prepare(&path))
+                    .await
+                    .expect("preparing a segment")?
+            };
+            if next
+                .segments
+                .iter()
+                .rev()
+                .any(|e| e.raw_sha256 == prepared.raw_sha256)
+            {
+                // Archived before a crash cut short the local delete.
+                done.push(path);
+                continue;
+            }
+            if let Some(last) = next.segments.last() {
+                if last.end_lsn != prepared.base_ack {
+                    tracing::error!(
+                        archived_to = %last.end_lsn,
+                        segment_from = %prepared.base_ack,
+                        "the archive has a gap: this segment does not continue the last archived one; restores across it will be refused"
+                    );
+                }
+            }
+            let key = format!(
+                "{SEGMENT_PREFIX}{:016X}-{:016X}-{}.seg.zst",
+                prepared.base_ack.0,
+                prepared.index.ack_lsn.0,
+                &prepared.sha256[..16]
+            );
+            let entry = SegmentEntry {
+                key: key.clone(),
+                start_lsn: prepared.base_ack,
+                end_lsn: prepared.index.ack_lsn,
+                first_commit_time: prepared.index.first_commit_time,
+                last_commit_time: prepared.index.last_commit_time,
+                records: prepared.index.records,
+                size: prepared.compressed.len() as u64,
+                sha256: prepared.sha256.clone(),
+                raw_size: prepared.raw_size,
+                raw_sha256: prepared.raw_sha256,
+                prev_sha256: next.segments.last().map(|e| e.sha256.clone()),
+            };
+            let mut metadata = std::collections::BTreeMap::new();
+            metadata.insert("sha256".to_string(), entry.sha256.clone());
+            metadata.insert("start-lsn".to_string(), entry.start_lsn.to_string());
+            metadata.insert("end-lsn".to_string(), entry.end_lsn.to_string());
+            if let Some(t) = entry.first_commit_time {
+                metadata.insert("first-commit-time".to_string(), t.to_rfc3339());
+            }
+            if let Some(t) = entry.last_commit_time {
+                metadata.insert("last-commit-time".to_string(), t.to_rfc3339());
+            }
+            // A retry after a failed manifest write finds the object already there.
+            let stored = self.store.head(&key).await?;
+            if stored.is_none_or(|o| o.size != entry.size) {
+                self.store.put(&key, prepared.compressed, &metadata).await?;
+            }
+            next.segments.push(entry);
+            done.push(path);
+            uploaded += 1;
+        }
+        if uploaded > 0 {
+            next.sequence += 1;
+            next.created_at = PgTimestamp::now();
+            let (key, body) = next.encode();
+            self.store.put(&key, body, &Default::default()).await?;
+            tracing::debug!(manifest = %key, segments = uploaded, "archived");
+        }
+        *manifest = Some(next);
+        for path in &done {
+            std::fs::remove_file(path).map_err(|source| LogError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(uploaded)
+    }
+
+    /// The newest archived resume LSN and commit time.
+    pub async fn head(&self) -> Option<(Lsn, Option<PgTimestamp>)> {
+        let manifest = self.manifest.lock().await;
+        manifest
+            .as_ref()?
+            .segments
+            .last()
+            .map(|e| (e.end_lsn, e.last_commit_time))
+    }
+}
+
+/// Verifies a sealed segment record by record, then compresses and hashes it in chunks.
+fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
+    let mut reader = SegmentReader::open(path)?.ok_or_else(|| ArchiveError::Corrupt {
+        key: path.display().to_string(),
+        problem: "the file is shorter than a segment header".into(),
+    })?;
+    let base_ack = reader.base_ack();
+    let mut index = SegmentIndex {
+        ack_lsn: base_ack,
+        ..SegmentIndex::default()
+    };
+    let mut sealed = false;
+    let corrupt = |problem: &str| ArchiveError::Corrupt {
+        key: path.display().to_string(),
+        problem: problem.to_string(),
+    };
+    while let Some((_, record)) = reader.next_record_strict()? {
+        if sealed {
+            return Err(corrupt("it has records after its Seal record"));
+        }
+        if record.kind == RecordKind::Seal {
+            if SegmentIndex::from_seal(&record) != Some(index) {
+                return Err(corrupt("its Seal record disagrees with its records"));
+            }
+            sealed = true;
+        } else {
+            index.add(&record);
+        }
+    }
+    if !sealed {
+        return Err(corrupt("it is not sealed"));
+    }
+
+    let io_err = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let mut raw_hash = Sha256::new();
+    let mut raw_size = 0u64;
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).map_err(io_err)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut chunk).map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        raw_hash.update(&chunk[..n]);
+        raw_size += n as u64;
+        std::io::Write::write_all(&mut encoder, &chunk[..n]).map_err(io_err)?;
+    }
+    let compressed = encoder.finish().map_err(io_err)?;
+    Ok(Prepared {
+        base_ack,
+        index,
+        raw_size,
+        raw_sha256: hex::encode(raw_hash.finalize()),
+        sha256: manifest::sha256_hex(&compressed),
+        compressed: Bytes::from(compressed),
+    })
+}
+
+/// Runs the uploader until `shutdown`: on every seal, and every `interval`.
+/// Store outages are retried with backoff; capture keeps writing locally meanwhile.
+pub async fn run(
+    uploader: Arc<Uploader>,
+    sealed: Arc<Notify>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = interval;
+    loop {
+        let wait = match uploader.archive_sealed().await {
+            Ok(_) => {
+                backoff = interval;
+                interval
+            }
+            Err(error) => {
+                if error.is_retryable() {
+                    tracing::warn!(%error, retry_in_s = backoff.as_secs_f64(), "archive store unavailable; capture continues locally");
+                } else {
+                    tracing::error!(%error, retry_in_s = backoff.as_secs_f64(), "archiving failed; capture continues locally");
+                }
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = sealed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

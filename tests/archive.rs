@@ -1,0 +1,217 @@
+//! Capture as a daemon with an archive: sealed segments reach the object store
+//! (local directory and S3), the manifest lists them in a hash chain, local
+//! copies go once archived, and an unreachable store loses nothing.
+
+mod harness;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::Fixture;
+use tidemark::archive::manifest::{self, Manifest};
+use tidemark::archive::store::{self, ObjectStore};
+use tidemark::log::committed::{Assembler, Change, TxnInfo, TxnSink};
+use tidemark::log::LogError;
+use tidemark::lsn::Lsn;
+
+const SCHEMA: &str = "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric, note text)";
+
+/// Counts inserted ids.
+#[derive(Default)]
+struct Ids(Vec<i64>);
+
+impl TxnSink for Ids {
+    type Error = LogError;
+    fn begin(&mut self, _: &TxnInfo) -> Result<(), LogError> {
+        Ok(())
+    }
+    fn change(&mut self, _: &TxnInfo, _: Lsn, change: Change) -> Result<(), LogError> {
+        if let Change::Insert { new, .. } = change {
+            if let tidemark::source::pgoutput::TupleValue::Text(id) = &new.0[0] {
+                self.0.push(String::from_utf8_lossy(id).parse().unwrap());
+            }
+        }
+        Ok(())
+    }
+    fn commit(&mut self, _: &TxnInfo) -> Result<(), LogError> {
+        Ok(())
+    }
+}
+
+/// The current manifest, checked: objects verified, chained and contiguous.
+async fn checked_manifest(store: &dyn ObjectStore) -> Manifest {
+    let (_, manifest) = manifest::load_latest(store)
+        .await
+        .unwrap()
+        .expect("a manifest");
+    let mut prev: Option<&manifest::SegmentEntry> = None;
+    for entry in &manifest.segments {
+        let body = store.get(&entry.key).await.unwrap();
+        assert_eq!(body.len() as u64, entry.size);
+        assert_eq!(manifest::sha256_hex(&body), entry.sha256, "{}", entry.key);
+        if let Some(prev) = prev {
+            assert_eq!(
+                entry.prev_sha256.as_deref(),
+                Some(prev.sha256.as_str()),
+                "hash chain"
+            );
+            assert_eq!(
+                entry.start_lsn, prev.end_lsn,
+                "LSN continuity at {}",
+                entry.key
+            );
+        }
+        prev = Some(entry);
+    }
+    manifest
+}
+
+/// Every id inserted, read back from the archive alone.
+async fn archived_ids(store: &dyn ObjectStore, manifest: &Manifest) -> Vec<i64> {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, entry) in manifest.segments.iter().enumerate() {
+        let body = store.get(&entry.key).await.unwrap();
+        let raw = zstd::decode_all(&body[..]).unwrap();
+        std::fs::write(
+            dir.path()
+                .join(tidemark::log::segment::file_name(i as u64 + 1)),
+            raw,
+        )
+        .unwrap();
+    }
+    let mut ids = Ids::default();
+    Assembler::run(dir.path(), &mut ids).unwrap();
+    ids.0
+}
+
+fn local_segments(dir: &Path) -> usize {
+    tidemark::log::segment::list(dir).unwrap().len()
+}
+
+async fn wait_archived(store: &dyn ObjectStore, rows: usize) -> Manifest {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some((_, m))) = manifest::load_latest(store).await {
+            if archived_ids(store, &m).await.len() >= rows {
+                return m;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn workload(fx: &Fixture, from: i64, to: i64) {
+    for start in (from..=to).step_by(100) {
+        let end = (start + 99).min(to);
+        fx.psql(&format!(
+            "INSERT INTO payments SELECT g, g, 'n' FROM generate_series({start}, {end}) g"
+        ));
+    }
+}
+
+async fn archives_everything(
+    fx: &Fixture,
+    store: Arc<dyn ObjectStore>,
+    archive_toml: &str,
+    env: &[(&str, &str)],
+) {
+    let config = fx.config(
+        &["public.payments"],
+        &format!("\n[archive]\n{archive_toml}\nupload_interval = \"200ms\"\n"),
+    );
+    let capture = harness::Capture::start_with_env(&config, env);
+    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
+        capture.logs().contains("streaming changes")
+    });
+    workload(fx, 1, 1000);
+    // While capture runs, committed changes reach the archive on their own:
+    // the open segment is sealed on the interval, long before it fills.
+    wait_archived(&*store, 1000).await;
+    workload(fx, 1001, 1500);
+    fx.wait_caught_up(Duration::from_secs(30));
+    assert_eq!(capture.stop(), 0);
+
+    let manifest = checked_manifest(&*store).await;
+    assert_eq!(
+        archived_ids(&*store, &manifest).await,
+        (1..=1500).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        local_segments(&fx.log_dir()),
+        1,
+        "only the open segment stays local"
+    );
+    assert_eq!(manifest.source.slot, fx.slot());
+}
+
+#[tokio::test]
+async fn the_local_directory_archive_holds_everything() {
+    let fx = Fixture::new(SCHEMA);
+    let dir = fx.dir.path().join("archive");
+    let url = format!("file://{}", dir.display());
+    let store = store::open(&url, &Default::default()).await.unwrap();
+    archives_everything(&fx, store, &format!("url = {url:?}"), &[]).await;
+}
+
+#[tokio::test]
+async fn the_s3_archive_holds_everything() {
+    let s3 = harness::s3();
+    let fx = Fixture::new(SCHEMA);
+    let bucket = s3.bucket().await;
+    let url = format!("s3://{bucket}/prod/db1");
+    let store = store::open(&url, &s3.options()).await.unwrap();
+    let toml = format!(
+        "url = {url:?}\nendpoint = {:?}\nregion = \"us-east-1\"\npath_style = true",
+        s3.endpoint
+    );
+    archives_everything(&fx, store, &toml, &harness::s3_env()).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_store_loses_nothing_and_catches_up() {
+    let fx = Fixture::new(SCHEMA);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let toml = format!("url = \"s3://late/db\"\nendpoint = {endpoint:?}\nregion = \"us-east-1\"\npath_style = true");
+    let config = fx.config(
+        &["public.payments"],
+        &format!("\n[archive]\n{toml}\nupload_interval = \"200ms\"\n"),
+    );
+    let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
+    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
+        capture.logs().contains("streaming changes")
+    });
+    workload(&fx, 1, 500);
+    fx.wait_caught_up(Duration::from_secs(30));
+    harness::wait_for(
+        Duration::from_secs(30),
+        "segments to pile up locally",
+        || local_segments(&fx.log_dir()) >= 2,
+    );
+    assert!(
+        capture.logs().contains("archive store unavailable"),
+        "{}",
+        capture.logs()
+    );
+
+    // The store comes up: everything captured meanwhile is uploaded.
+    let late = harness::S3Server::start_on(port);
+    late.create_bucket("late").await;
+    let store = store::open("s3://late/db", &late.options()).await.unwrap();
+    wait_archived(&*store, 500).await;
+    assert_eq!(capture.stop(), 0);
+    let manifest = checked_manifest(&*store).await;
+    assert_eq!(
+        archived_ids(&*store, &manifest).await,
+        (1..=500).collect::<Vec<_>>()
+    );
+}
