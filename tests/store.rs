@@ -50,6 +50,18 @@ async fn contract(store: &dyn ObjectStore) {
     assert_eq!(store.head("segments/a").await.unwrap(), None);
     assert_eq!(store.list("segments/").await.unwrap().len(), 1);
     assert!(store.list("nothing/").await.unwrap().is_empty());
+
+    // A file bigger than one multipart part goes up whole.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    let big: Vec<u8> = (0..(70u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &big).unwrap();
+    store.put_file("snapshots/big", &path, &meta).await.unwrap();
+    assert_eq!(
+        store.head("snapshots/big").await.unwrap().unwrap().size,
+        big.len() as u64
+    );
+    assert!(store.get("snapshots/big").await.unwrap() == big);
 }
 
 #[tokio::test]

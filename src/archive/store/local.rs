@@ -99,6 +99,37 @@ impl ObjectStore for LocalStore {
         .map_err(|e| self.error("put", key, e))
     }
 
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(key);
+        let source = source.to_path_buf();
+        let meta = serde_json::to_vec(metadata).expect("string maps serialize");
+        tokio::task::spawn_blocking(move || {
+            write_atomically(
+                &PathBuf::from(format!("{}{META_SUFFIX}", path.display())),
+                &meta,
+            )?;
+            let dir = path.parent().expect("object paths have a parent");
+            std::fs::create_dir_all(dir)?;
+            let name = path
+                .file_name()
+                .expect("object paths have a name")
+                .to_string_lossy();
+            let temp = dir.join(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
+            std::fs::copy(&source, &temp)?;
+            std::fs::File::open(&temp)?.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await
+        .expect("blocking put")
+        .map_err(|e| self.error("put", key, e))
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         tokio::fs::read(self.path(key))
             .await

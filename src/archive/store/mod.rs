@@ -60,6 +60,13 @@ pub trait ObjectStore: Send + Sync {
         data: Bytes,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), StoreError>;
+    /// Writes the file at `path` under `key`, streaming it: for objects too big to hold in memory.
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError>;
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     /// Every object whose key starts with `prefix`, sorted by key. Metadata is not filled in.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;

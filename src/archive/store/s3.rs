@@ -20,6 +20,9 @@ pub struct S3Options {
     pub path_style: bool,
 }
 
+/// Objects above this size go up in parts of this size (S3 allows 5 MiB to 5 GiB per part).
+const MULTIPART_PART: u64 = 64 << 20;
+
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -42,6 +45,71 @@ impl S3Store {
             client: Client::from_conf(config.build()),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        full_key: &str,
+        upload_id: &str,
+        path: &std::path::Path,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        let mut number = 1;
+        while offset < size {
+            let length = MULTIPART_PART.min(size - offset);
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(aws_sdk_s3::primitives::Length::Exact(length))
+                .build()
+                .await
+                .map_err(|e| self.local_error(key, e))?;
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(full_key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| self.error("put", key, e))?;
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .build(),
+            );
+            offset += length;
+            number += 1;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.error("put", key, e))?;
+        Ok(())
+    }
+
+    fn local_error(&self, key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Refused {
+            store: self.describe(),
+            action: "put",
+            key: key.to_string(),
+            message: format!("reading the local file: {e}"),
         }
     }
 
@@ -117,6 +185,60 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.error("put", key, e))?;
         Ok(())
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| self.local_error(key, e))?
+            .len();
+        let metadata: HashMap<String, String> = metadata.clone().into_iter().collect();
+        let full_key = self.full_key(key);
+        if size <= MULTIPART_PART {
+            let body = ByteStream::from_path(path)
+                .await
+                .map_err(|e| self.local_error(key, e))?;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&full_key)
+                .body(body)
+                .set_metadata(Some(metadata))
+                .send()
+                .await
+                .map_err(|e| self.error("put", key, e))?;
+            return Ok(());
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .set_metadata(Some(metadata))
+            .send()
+            .await
+            .map_err(|e| self.error("put", key, e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+        let result = self
+            .upload_parts(key, &full_key, &upload_id, path, size)
+            .await;
+        if result.is_err() {
+            // Leave no half-uploaded parts behind to be billed for.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full_key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
