@@ -111,6 +111,11 @@ pub async fn run(
                         if let Err(e) = uploader.check().await {
                             return Err(session.fail(Some(e.into())).await.0);
                         }
+                        tokio::spawn(uploader::snapshot_when_missing(
+                            uploader.clone(),
+                            checked.pg.clone(),
+                            checked.tables.clone(),
+                        ));
                         archive = Some(Archive::start(uploader, archive_cfg.upload_interval));
                     }
                 }
@@ -243,7 +248,9 @@ impl Session {
         let resume = writer.durable_ack();
         let slot_position = match prepared.slot {
             Some(slot) => slot.confirmed_flush,
-            None => match setup::create_slot(&mut conn, &source.slot, false).await {
+            None => match setup::create_slot(&mut conn, &source.slot, setup::SlotKind::Permanent)
+                .await
+            {
                 Ok(created) => created.consistent_point,
                 Err(e) => return Err(keep(writer)(e)),
             },

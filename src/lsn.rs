@@ -47,6 +47,10 @@ impl PgTimestamp {
         PgTimestamp(Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS)
     }
 
+    pub fn from_system_time(time: std::time::SystemTime) -> PgTimestamp {
+        PgTimestamp(DateTime::<Utc>::from(time).timestamp_micros() - PG_EPOCH_OFFSET_MICROS)
+    }
+
     pub fn to_utc(self) -> DateTime<Utc> {
         Utc.timestamp_micros(self.0.saturating_add(PG_EPOCH_OFFSET_MICROS))
             .single()

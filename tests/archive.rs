@@ -215,3 +215,106 @@ async fn an_unreachable_store_loses_nothing_and_catches_up() {
         (1..=500).collect::<Vec<_>>()
     );
 }
+
+const RICH_SCHEMA: &str = "
+    CREATE TYPE mood AS ENUM ('ok', 'sad');
+    CREATE TABLE accounts (
+        id bigint PRIMARY KEY,
+        owner text NOT NULL DEFAULT 'nobody',
+        balance numeric(12,2) CHECK (balance >= 0),
+        tags text[],
+        doc jsonb,
+        m mood,
+        doubled bigint GENERATED ALWAYS AS (id * 2) STORED
+    );
+    CREATE INDEX accounts_owner ON accounts (owner);
+    ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY own_rows ON accounts USING (owner = current_user);
+    INSERT INTO accounts (id, owner, balance, tags, doc, m)
+        SELECT g, 'user' || (g % 7), g / 100.0, ARRAY['a', g::text], jsonb_build_object('g', g), 'ok'
+        FROM generate_series(1, 5000) g;
+";
+
+const ROWS_MD5: &str = "SELECT md5(string_agg(a::text, '|' ORDER BY id)) FROM accounts a";
+
+#[tokio::test]
+async fn the_base_snapshot_matches_the_source_and_keeps_the_schema() {
+    let fx = Fixture::new(RICH_SCHEMA);
+    let dir = fx.dir.path().join("archive");
+    let url = format!("file://{}", dir.display());
+    let store = store::open(&url, &Default::default()).await.unwrap();
+    let config = fx.config(
+        &["public.accounts"],
+        &format!("\n[archive]\nurl = {url:?}\n"),
+    );
+    let capture = fx.start_capture(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let manifest = loop {
+        if let Ok(Some((_, m))) = manifest::load_latest(&*store).await {
+            if !m.snapshots.is_empty() {
+                break m;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot: {}",
+            capture.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(capture.stop(), 0);
+
+    let snapshot = &manifest.snapshots[0];
+    assert_eq!(snapshot.method, "copy");
+    let schema_body = store.get(&snapshot.schema.key).await.unwrap();
+    assert_eq!(manifest::sha256_hex(&schema_body), snapshot.schema.sha256);
+    let schema: tidemark::archive::schema::SchemaSet =
+        serde_json::from_slice(&schema_body).unwrap();
+    let table = &schema.tables[0];
+    assert_eq!(table.primary_key, vec!["id"]);
+    assert!(table
+        .constraints
+        .iter()
+        .any(|c| c.sql.starts_with("CHECK ((balance >=")));
+    assert!(table.indexes.iter().any(|i| i.name == "accounts_owner"));
+    assert!(table.row_security && table.policies[0].name == "own_rows");
+    assert_eq!(table.columns[6].generated.as_deref(), Some("(id * 2)"));
+    assert_eq!(schema.enums[0].labels, vec!["ok", "sad"]);
+
+    // Load the snapshot into an empty database with the archived schema alone.
+    let target = Fixture::new("");
+    let client = harness::connect(&target.url()).await;
+    for e in &schema.enums {
+        let labels: Vec<String> = e.labels.iter().map(|l| format!("'{l}'")).collect();
+        client
+            .batch_execute(&format!(
+                "CREATE TYPE {}.{} AS ENUM ({})",
+                e.schema,
+                e.name,
+                labels.join(", ")
+            ))
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute(&table.create_table_sql())
+        .await
+        .unwrap();
+    let object = &snapshot.tables[0];
+    let body = store.get(&object.key).await.unwrap();
+    assert_eq!(manifest::sha256_hex(&body), object.sha256);
+    let rows = zstd::decode_all(&body[..]).unwrap();
+    assert_eq!(rows.len() as u64, object.raw_size);
+    let sink = client
+        .copy_in(&format!(
+            "COPY accounts ({}) FROM STDIN (FORMAT binary)",
+            object.columns.join(", ")
+        ))
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    use futures_util::SinkExt;
+    sink.send(bytes::Bytes::from(rows)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    assert_eq!(target.psql(ROWS_MD5), fx.psql(ROWS_MD5));
+}

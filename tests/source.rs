@@ -96,7 +96,9 @@ fn the_exported_snapshot_meets_the_slot_exactly() {
         let mut conn = ReplicationConnection::connect(&pg_config(&url))
             .await
             .unwrap();
-        let created = setup::create_slot(&mut conn, &slot, true).await.unwrap();
+        let created = setup::create_slot(&mut conn, &slot, setup::SlotKind::PermanentWithSnapshot)
+            .await
+            .unwrap();
         let snapshot = created.snapshot_name.expect("an exported snapshot");
         // Written after the slot: in the stream, not in the snapshot.
         let writer = harness::connect(&url).await;

@@ -26,7 +26,43 @@ pub struct Manifest {
     pub sequence: u64,
     pub created_at: PgTimestamp,
     pub source: SourceId,
+    /// Base snapshots, oldest first.
+    pub snapshots: Vec<SnapshotEntry>,
     pub segments: Vec<SegmentEntry>,
+}
+
+/// A base snapshot: every watched table as of `lsn` (all transactions that
+/// finished at or before it, none after).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotEntry {
+    pub lsn: Lsn,
+    pub time: PgTimestamp,
+    /// `copy` (read from the source) or `compaction` (built from the archive).
+    pub method: String,
+    pub schema: ObjectRef,
+    pub tables: Vec<TableObject>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One table's rows: binary COPY format, zstd-compressed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableObject {
+    pub table: String,
+    pub key: String,
+    /// The copied columns, in order (generated columns are not copied).
+    pub columns: Vec<String>,
+    pub size: u64,
+    pub sha256: String,
+    pub raw_size: u64,
 }
 
 /// Which database and slot the archive belongs to.
@@ -70,6 +106,7 @@ impl Manifest {
             sequence: 0,
             created_at: PgTimestamp::now(),
             source,
+            snapshots: Vec::new(),
             segments: Vec::new(),
         }
     }

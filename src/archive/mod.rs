@@ -13,6 +13,8 @@
 //! - A local segment is deleted only after a manifest listing it is stored.
 
 pub mod manifest;
+pub mod schema;
+pub mod snapshot;
 pub mod store;
 pub mod uploader;
 
@@ -36,10 +38,16 @@ pub enum ArchiveError {
     },
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
 }
 
 impl ArchiveError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ArchiveError::Store(e) if e.is_retryable())
+        match self {
+            ArchiveError::Store(e) => e.is_retryable(),
+            ArchiveError::Source(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 }

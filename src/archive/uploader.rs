@@ -10,7 +10,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex, Notify};
 
-use super::manifest::{self, Manifest, SegmentEntry, SourceId};
+use super::manifest::{self, Manifest, SegmentEntry, SnapshotEntry, SourceId};
 use super::store::ObjectStore;
 use super::ArchiveError;
 use crate::log::record::RecordKind;
@@ -170,11 +170,7 @@ impl Uploader {
             uploaded += 1;
         }
         if uploaded > 0 {
-            next.sequence += 1;
-            next.created_at = PgTimestamp::now();
-            let (key, body) = next.encode();
-            self.store.put(&key, body, &Default::default()).await?;
-            tracing::debug!(manifest = %key, segments = uploaded, "archived");
+            self.commit(&mut next).await?;
         }
         *manifest = Some(next);
         for path in &done {
@@ -184,6 +180,38 @@ impl Uploader {
             })?;
         }
         Ok(uploaded)
+    }
+
+    /// Stores `next` as the following manifest: the commit point of everything it lists.
+    async fn commit(&self, next: &mut Manifest) -> Result<(), ArchiveError> {
+        next.sequence += 1;
+        next.created_at = PgTimestamp::now();
+        let (key, body) = next.encode();
+        self.store.put(&key, body, &Default::default()).await?;
+        tracing::debug!(manifest = %key, "manifest stored");
+        Ok(())
+    }
+
+    /// Whether the archive has no base snapshot yet (and so no restore point).
+    pub async fn needs_snapshot(&self) -> Result<bool, ArchiveError> {
+        let mut manifest = self.manifest.lock().await;
+        if manifest.is_none() {
+            *manifest = Some(self.load().await?);
+        }
+        Ok(manifest.as_ref().is_some_and(|m| m.snapshots.is_empty()))
+    }
+
+    /// Lists a stored base snapshot in a new manifest.
+    pub async fn add_snapshot(&self, entry: SnapshotEntry) -> Result<(), ArchiveError> {
+        let mut manifest = self.manifest.lock().await;
+        let mut next = match manifest.as_ref() {
+            Some(m) => m.clone(),
+            None => self.load().await?,
+        };
+        next.snapshots.push(entry);
+        self.commit(&mut next).await?;
+        *manifest = Some(next);
+        Ok(())
     }
 
     /// The newest archived resume LSN and commit time.
@@ -257,6 +285,45 @@ fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
         sha256: manifest::sha256_hex(&compressed),
         compressed: Bytes::from(compressed),
     })
+}
+
+/// Takes a base snapshot if the archive has none, retrying while the source or store is unavailable.
+pub async fn snapshot_when_missing(
+    uploader: Arc<Uploader>,
+    pg: tokio_postgres::Config,
+    tables: Vec<crate::source::setup::TableName>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let result = async {
+            if !uploader.needs_snapshot().await? {
+                return Ok(());
+            }
+            let parallel = tables.len().clamp(1, 4);
+            let entry = super::snapshot::take(
+                &pg,
+                &tables,
+                uploader.store.clone(),
+                &uploader.log_dir,
+                parallel,
+            )
+            .await?;
+            uploader.add_snapshot(entry).await
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, retry_in_s = backoff.as_secs(), "base snapshot failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+            Err(error) => {
+                tracing::error!(%error, "base snapshot failed; the archive has no restore point until a snapshot succeeds (restart capture to retry)");
+                return;
+            }
+        }
+    }
 }
 
 /// Runs the uploader until `shutdown`: on every seal, and every `interval`.

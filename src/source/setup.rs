@@ -303,20 +303,30 @@ pub struct CreatedSlot {
     pub snapshot_name: Option<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Capture's own slot.
+    Permanent,
+    /// A permanent slot whose exported snapshot matches its start exactly.
+    PermanentWithSnapshot,
+    /// Dropped when its connection closes; for a base snapshot taken while capture runs.
+    TemporaryWithSnapshot,
+}
+
 /// Creates a logical pgoutput slot, optionally exporting a snapshot consistent with it.
 pub async fn create_slot(
     conn: &mut ReplicationConnection,
     slot: &str,
-    export_snapshot: bool,
+    kind: SlotKind,
 ) -> Result<CreatedSlot, SourceError> {
-    let snapshot = if export_snapshot {
-        "EXPORT_SNAPSHOT"
-    } else {
-        "NOEXPORT_SNAPSHOT"
+    let options = match kind {
+        SlotKind::Permanent => "LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+        SlotKind::PermanentWithSnapshot => "LOGICAL pgoutput EXPORT_SNAPSHOT",
+        SlotKind::TemporaryWithSnapshot => "TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
     };
     let rows = conn
         .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot}",
+            "CREATE_REPLICATION_SLOT {} {options}",
             quote_ident(slot)
         ))
         .await?;

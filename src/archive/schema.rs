@@ -1,0 +1,308 @@
+//! Table schemas as restore needs them, read from the catalog under the
+//! snapshot's exported snapshot, so they match the copied rows exactly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::setup::{quote_ident, TableName};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSchema {
+    pub schema: String,
+    pub name: String,
+    /// In attribute order, dropped columns left out.
+    pub columns: Vec<ColumnDef>,
+    /// pg_class.relreplident: d, f, i or n.
+    pub replica_identity: String,
+    pub primary_key: Vec<String>,
+    /// Primary key, unique, check, foreign key and exclusion constraints.
+    pub constraints: Vec<NamedSql>,
+    /// Indexes that do not back a constraint.
+    pub indexes: Vec<NamedSql>,
+    pub row_security: bool,
+    pub force_row_security: bool,
+    pub policies: Vec<Policy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnDef {
+    pub name: String,
+    /// As format_type prints it, e.g. `numeric(12,2)` or `public.mood`.
+    pub type_sql: String,
+    pub type_oid: u32,
+    pub default: Option<String>,
+    pub not_null: bool,
+    /// `a` (ALWAYS) or `d` (BY DEFAULT) for identity columns.
+    pub identity: Option<String>,
+    /// The expression of a stored generated column.
+    pub generated: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedSql {
+    pub name: String,
+    pub sql: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    /// r, a, w, d or * (ALL).
+    pub command: String,
+    pub permissive: bool,
+    pub roles: Vec<String>,
+    pub using: Option<String>,
+    pub check: Option<String>,
+}
+
+/// A user-defined enum type a watched table uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnumType {
+    pub schema: String,
+    pub name: String,
+    pub labels: Vec<String>,
+}
+
+/// Everything a snapshot's schema object holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSet {
+    pub server_version_num: i32,
+    pub enums: Vec<EnumType>,
+    pub tables: Vec<TableSchema>,
+}
+
+/// Reads the schema of `tables` through `client` (inside the snapshot's transaction).
+pub async fn read(
+    client: &tokio_postgres::Client,
+    tables: &[TableName],
+) -> Result<SchemaSet, tokio_postgres::Error> {
+    let server_version_num: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let mut out = Vec::new();
+    for table in tables {
+        out.push(read_table(client, table).await?);
+    }
+    let type_oids: Vec<u32> = out
+        .iter()
+        .flat_map(|t| t.columns.iter().map(|c| c.type_oid))
+        .collect();
+    let enums = client
+        .query(
+            "SELECT n.nspname::text, t.typname::text,
+                    ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+             WHERE t.typtype = 'e' AND t.oid = ANY($1) ORDER BY 1, 2",
+            &[&type_oids],
+        )
+        .await?
+        .iter()
+        .map(|r| EnumType {
+            schema: r.get(0),
+            name: r.get(1),
+            labels: r.get(2),
+        })
+        .collect();
+    Ok(SchemaSet {
+        server_version_num,
+        enums,
+        tables: out,
+    })
+}
+
+async fn read_table(
+    client: &tokio_postgres::Client,
+    table: &TableName,
+) -> Result<TableSchema, tokio_postgres::Error> {
+    let regclass = table.quoted();
+    let rel = client
+        .query_one(
+            "SELECT c.oid, c.relreplident::text, c.relrowsecurity, c.relforcerowsecurity
+             FROM pg_class c WHERE c.oid = $1::text::regclass",
+            &[&regclass],
+        )
+        .await?;
+    let oid: u32 = rel.get(0);
+    let columns = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid,
+                    pg_get_expr(d.adbin, d.adrelid), a.attnotnull,
+                    NULLIF(a.attidentity, '')::text, NULLIF(a.attgenerated, '')::text
+             FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let generated: Option<String> = r.get(6);
+            let expression: Option<String> = r.get(3);
+            ColumnDef {
+                name: r.get(0),
+                type_sql: r.get(1),
+                type_oid: r.get(2),
+                default: if generated.is_some() { None } else { expression.clone() },
+                not_null: r.get(4),
+                identity: r.get(5),
+                generated: generated.and(expression),
+            }
+        })
+        .collect();
+    let primary_key = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let constraints = client
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = $1 AND contype IN ('p', 'u', 'c', 'f', 'x')
+             ORDER BY contype = 'f', conname",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| NamedSql {
+            name: r.get(0),
+            sql: r.get(1),
+        })
+        .collect();
+    let indexes = client
+        .query(
+            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid)
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = $1
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+             ORDER BY 1",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| NamedSql { name: r.get(0), sql: r.get(1) })
+        .collect();
+    let policies = client
+        .query(
+            "SELECT p.polname::text, p.polcmd::text, p.polpermissive,
+                    ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r)::text END FROM unnest(p.polroles) r),
+                    pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+             FROM pg_policy p WHERE p.polrelid = $1 ORDER BY 1",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| Policy {
+            name: r.get(0),
+            command: r.get(1),
+            permissive: r.get(2),
+            roles: r.get(3),
+            using: r.get(4),
+            check: r.get(5),
+        })
+        .collect();
+    Ok(TableSchema {
+        schema: table.schema.clone(),
+        name: table.name.clone(),
+        columns,
+        replica_identity: rel.get(1),
+        primary_key,
+        constraints,
+        indexes,
+        row_security: rel.get(2),
+        force_row_security: rel.get(3),
+        policies,
+    })
+}
+
+impl TableSchema {
+    pub fn table_name(&self) -> TableName {
+        TableName {
+            schema: self.schema.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// `CREATE TABLE` with columns, types, defaults and NOT NULL; constraints,
+    /// indexes and policies come later (after the data is loaded).
+    pub fn create_table_sql(&self) -> String {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut sql = format!("{} {}", quote_ident(&c.name), c.type_sql);
+                if let Some(expr) = &c.generated {
+                    sql += &format!(" GENERATED ALWAYS AS ({expr}) STORED");
+                }
+                if let Some(default) = &c.default {
+                    sql += &format!(" DEFAULT {default}");
+                }
+                if c.not_null {
+                    sql += " NOT NULL";
+                }
+                sql
+            })
+            .collect();
+        format!(
+            "CREATE TABLE {} ({})",
+            self.table_name().quoted(),
+            columns.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_table_keeps_order_types_defaults_and_not_null() {
+        let table = TableSchema {
+            schema: "public".into(),
+            name: "pay ments".into(),
+            columns: vec![
+                ColumnDef {
+                    name: "id".into(),
+                    type_sql: "bigint".into(),
+                    type_oid: 20,
+                    default: Some("nextval('s'::regclass)".into()),
+                    not_null: true,
+                    identity: None,
+                    generated: None,
+                },
+                ColumnDef {
+                    name: "cents".into(),
+                    type_sql: "numeric(12,2)".into(),
+                    type_oid: 1700,
+                    default: None,
+                    not_null: false,
+                    identity: None,
+                    generated: Some("(id * 2)".into()),
+                },
+            ],
+            replica_identity: "d".into(),
+            primary_key: vec!["id".into()],
+            constraints: vec![],
+            indexes: vec![],
+            row_security: false,
+            force_row_security: false,
+            policies: vec![],
+        };
+        assert_eq!(
+            table.create_table_sql(),
+            "CREATE TABLE \"public\".\"pay ments\" (\"id\" bigint DEFAULT nextval('s'::regclass) NOT NULL, \"cents\" numeric(12,2) GENERATED ALWAYS AS ((id * 2)) STORED)"
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Base snapshots: every watched table copied under one exported snapshot,
+//! consistent with a replication slot position.
+//!
+//! Why a snapshot plus the segments after it is exact: a temporary logical
+//! slot is created with EXPORT_SNAPSHOT. Its consistent point C is such that
+//! the exported snapshot sees exactly the transactions that committed before
+//! C, and decoding from C yields exactly those that commit after it. Capture's
+//! own slot confirmed no further than C when the temporary slot was created
+//! (it cannot confirm what the server has not yet written), so the archived
+//! segments hold every transaction that finishes after C.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::manifest::{sha256_hex, ObjectRef, SnapshotEntry, TableObject};
+use super::schema::{self, SchemaSet};
+use super::store::ObjectStore;
+use super::ArchiveError;
+use crate::lsn::PgTimestamp;
+use crate::source::conn::{describe_target, ReplicationConnection};
+use crate::source::setup::{self, TableName};
+use crate::source::SourceError;
+
+pub const PREFIX: &str = "snapshots/";
+
+/// Copies every table of `tables` and uploads the snapshot; returns its manifest entry.
+pub async fn take(
+    pg: &tokio_postgres::Config,
+    tables: &[TableName],
+    store: Arc<dyn ObjectStore>,
+    work_dir: &Path,
+    parallel: usize,
+) -> Result<SnapshotEntry, ArchiveError> {
+    let mut conn = ReplicationConnection::connect(pg).await?;
+    let slot = format!("tidemark_snapshot_{}", std::process::id());
+    let created =
+        setup::create_slot(&mut conn, &slot, setup::SlotKind::TemporaryWithSnapshot).await?;
+    let snapshot_name = created
+        .snapshot_name
+        .ok_or_else(|| SourceError::Protocol("the temporary slot exported no snapshot".into()))?;
+    let lsn = created.consistent_point;
+    tracing::info!(%lsn, tables = tables.len(), "taking a base snapshot");
+    let started = std::time::Instant::now();
+
+    let (schema_set, time) = {
+        let client = snapshot_client(pg, &snapshot_name).await?;
+        let set = schema::read(&client, tables)
+            .await
+            .map_err(|e| sql_error(e, pg))?;
+        let time: std::time::SystemTime = client
+            .query_one("SELECT statement_timestamp()", &[])
+            .await
+            .map_err(|e| sql_error(e, pg))?
+            .get(0);
+        (set, PgTimestamp::from_system_time(time))
+    };
+    let schema_body =
+        bytes::Bytes::from(serde_json::to_vec_pretty(&schema_set).expect("schemas serialize"));
+    let schema_key = format!("{PREFIX}{:016X}/schema.json", lsn.0);
+    let schema_ref = ObjectRef {
+        key: schema_key.clone(),
+        size: schema_body.len() as u64,
+        sha256: sha256_hex(&schema_body),
+    };
+    store
+        .put(&schema_key, schema_body, &Default::default())
+        .await?;
+
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut workers = Vec::new();
+    for table in &schema_set.tables {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (pg, store, snapshot_name) = (pg.clone(), store.clone(), snapshot_name.clone());
+        let work_dir = work_dir.to_path_buf();
+        let table = table.clone();
+        let key = format!(
+            "{PREFIX}{:016X}/{}.{}.copy.zst",
+            lsn.0, table.schema, table.name
+        );
+        workers.push(tokio::spawn(async move {
+            let _permit = permit;
+            copy_table(&pg, &snapshot_name, &table, &key, &*store, &work_dir).await
+        }));
+    }
+    let mut objects = Vec::new();
+    for worker in workers {
+        objects.push(worker.await.expect("a copy worker panicked")?);
+    }
+    // Closing the replication connection drops the temporary slot and its snapshot.
+    drop(conn);
+    let entry = SnapshotEntry {
+        lsn,
+        time,
+        method: "copy".into(),
+        schema: schema_ref,
+        tables: objects,
+    };
+    tracing::info!(
+        %lsn,
+        bytes = entry.tables.iter().map(|t| t.size).sum::<u64>(),
+        seconds = started.elapsed().as_secs_f64(),
+        "base snapshot stored"
+    );
+    Ok(entry)
+}
+
+fn sql_error(e: tokio_postgres::Error, pg: &tokio_postgres::Config) -> ArchiveError {
+    SourceError::from_sql(e, &describe_target(pg), pg.get_user().unwrap_or("postgres")).into()
+}
+
+/// A connection whose open transaction sees exactly the exported snapshot.
+async fn snapshot_client(
+    pg: &tokio_postgres::Config,
+    snapshot: &str,
+) -> Result<tokio_postgres::Client, ArchiveError> {
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| sql_error(e, pg))?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            setup::quote_literal(snapshot)
+        ))
+        .await
+        .map_err(|e| sql_error(e, pg))?;
+    Ok(client)
+}
+
+/// COPY one table out in binary, compressing and hashing on a blocking thread into a temp file.
+async fn copy_table(
+    pg: &tokio_postgres::Config,
+    snapshot: &str,
+    table: &schema::TableSchema,
+    key: &str,
+    store: &dyn ObjectStore,
+    work_dir: &Path,
+) -> Result<TableObject, ArchiveError> {
+    let client = snapshot_client(pg, snapshot).await?;
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| c.generated.is_none())
+        .map(|c| c.name.clone())
+        .collect();
+    let column_list = columns
+        .iter()
+        .map(|c| setup::quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "COPY {} ({column_list}) TO STDOUT (FORMAT binary)",
+        table.table_name().quoted()
+    );
+    let temp =
+        tempfile::NamedTempFile::new_in(work_dir).map_err(|source| crate::log::LogError::Dir {
+            path: work_dir.to_path_buf(),
+            source,
+        })?;
+    let (chunks, mut rx) = mpsc::channel::<bytes::Bytes>(16);
+    let file = temp.reopen().map_err(|source| crate::log::LogError::Io {
+        path: temp.path().to_path_buf(),
+        source,
+    })?;
+    let compressor = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64, String)> {
+        let mut out = HashingWriter::new(std::io::BufWriter::new(file));
+        let mut encoder = zstd::stream::Encoder::new(&mut out, 3)?;
+        let mut raw = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            raw += chunk.len() as u64;
+            encoder.write_all(&chunk)?;
+        }
+        encoder.finish()?;
+        out.inner.flush()?;
+        out.inner.get_ref().sync_all()?;
+        Ok((raw, out.len, hex::encode(out.hasher.finalize())))
+    });
+    let stream = client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| sql_error(e, pg))?;
+    futures_util::pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| sql_error(e, pg))?;
+        if chunks.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(chunks);
+    let (raw_size, size, sha256) =
+        compressor
+            .await
+            .expect("the compressor panicked")
+            .map_err(|source| crate::log::LogError::Io {
+                path: temp.path().to_path_buf(),
+                source,
+            })?;
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert("sha256".to_string(), sha256.clone());
+    store.put_file(key, temp.path(), &metadata).await?;
+    Ok(TableObject {
+        table: table.table_name().to_string(),
+        key: key.to_string(),
+        columns,
+        size,
+        sha256,
+        raw_size,
+    })
+}
+
+/// Passes writes through while hashing and counting them.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl SchemaSet {
+    pub fn table(&self, name: &TableName) -> Option<&schema::TableSchema> {
+        self.tables
+            .iter()
+            .find(|t| t.schema == name.schema && t.name == name.name)
+    }
+}
