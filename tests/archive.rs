@@ -318,3 +318,108 @@ async fn the_base_snapshot_matches_the_source_and_keeps_the_schema() {
     assert_eq!(sink.finish().await.unwrap(), 5000);
     assert_eq!(target.psql(ROWS_MD5), fx.psql(ROWS_MD5));
 }
+
+fn flip_bit(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = at % bytes.len();
+    bytes[at] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn list_and_verify_see_the_archive_and_name_each_corruption() {
+    let fx = Fixture::new(RICH_SCHEMA);
+    let dir = fx.dir.path().join("archive");
+    let url = format!("file://{}", dir.display());
+    let store = store::open(&url, &Default::default()).await.unwrap();
+    let config = fx.config(
+        &["public.accounts"],
+        &format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n"),
+    );
+    let capture = fx.start_capture(&config);
+    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
+        capture.logs().contains("base snapshot stored")
+    });
+    fx.psql("UPDATE accounts SET balance = balance + 1 WHERE id <= 100");
+    fx.psql("DELETE FROM accounts WHERE id > 4900");
+    fx.wait_caught_up(Duration::from_secs(30));
+    assert_eq!(capture.stop(), 0);
+    let cfg = config.to_str().unwrap();
+
+    let out = harness::tidemark(&["list", "--config", cfg, "--json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, manifest) = manifest::load_latest(&*store).await.unwrap().unwrap();
+    let snapshot = &manifest.snapshots[0];
+    assert_eq!(list["window"]["earliest"]["lsn"], snapshot.lsn.to_string());
+    assert_eq!(
+        list["window"]["latest"]["lsn"],
+        manifest.segments.last().unwrap().end_lsn.to_string()
+    );
+    assert!(list["window"]["latest"]["time"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
+    assert!(list["segments"]["count"].as_u64().unwrap() >= 1);
+    assert_eq!(list["gaps"], serde_json::json!([]));
+    let text = harness::tidemark(&["list", "--config", cfg], &[]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Restore window:"));
+
+    let verify = |deep: bool| {
+        let mut args = vec!["verify", "--config", cfg, "--json"];
+        if deep {
+            args.push("--deep");
+        }
+        let out = harness::tidemark(&args, &[]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            out.status.code(),
+            report,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, report, _) = verify(true);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["ok"], true);
+    assert!(report["objects_checked"].as_u64().unwrap() >= 4);
+
+    let table_key = snapshot.tables[0].key.clone();
+    let segment_key = manifest.segments[0].key.clone();
+    let (manifest_key, _) = manifest::load_latest(&*store).await.unwrap().unwrap();
+    for key in [&table_key, &segment_key, &manifest_key] {
+        let path = dir.join(key);
+        let original = std::fs::read(&path).unwrap();
+        flip_bit(&path, original.len() / 2);
+        let (code, report, stderr) = verify(false);
+        assert_eq!(
+            code,
+            Some(1),
+            "a flipped bit in {key} went unnoticed: {report}"
+        );
+        assert_eq!(report["ok"], false);
+        assert!(
+            report["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["key"] == key.as_str()),
+            "{report}"
+        );
+        assert!(stderr.contains(key.as_str()), "{stderr}");
+        std::fs::write(&path, original).unwrap();
+    }
+    std::fs::remove_file(dir.join(&segment_key)).unwrap();
+    let (code, report, _) = verify(false);
+    assert_eq!(code, Some(1));
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains("missing from the store"),
+        "{report}"
+    );
+}

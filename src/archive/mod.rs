@@ -12,11 +12,13 @@
 //!   end. A break is reported as a gap, never bridged.
 //! - A local segment is deleted only after a manifest listing it is stored.
 
+pub mod inventory;
 pub mod manifest;
 pub mod schema;
 pub mod snapshot;
 pub mod store;
 pub mod uploader;
+pub mod verify;
 
 use store::StoreError;
 

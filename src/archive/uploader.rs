@@ -13,8 +13,7 @@ use tokio::sync::{watch, Mutex, Notify};
 use super::manifest::{self, Manifest, SegmentEntry, SnapshotEntry, SourceId};
 use super::store::ObjectStore;
 use super::ArchiveError;
-use crate::log::record::RecordKind;
-use crate::log::segment::{self, SegmentReader};
+use crate::log::segment;
 use crate::log::{LogError, SegmentIndex};
 use crate::lsn::{Lsn, PgTimestamp};
 
@@ -227,36 +226,7 @@ impl Uploader {
 
 /// Verifies a sealed segment record by record, then compresses and hashes it in chunks.
 fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
-    let mut reader = SegmentReader::open(path)?.ok_or_else(|| ArchiveError::Corrupt {
-        key: path.display().to_string(),
-        problem: "the file is shorter than a segment header".into(),
-    })?;
-    let base_ack = reader.base_ack();
-    let mut index = SegmentIndex {
-        ack_lsn: base_ack,
-        ..SegmentIndex::default()
-    };
-    let mut sealed = false;
-    let corrupt = |problem: &str| ArchiveError::Corrupt {
-        key: path.display().to_string(),
-        problem: problem.to_string(),
-    };
-    while let Some((_, record)) = reader.next_record_strict()? {
-        if sealed {
-            return Err(corrupt("it has records after its Seal record"));
-        }
-        if record.kind == RecordKind::Seal {
-            if SegmentIndex::from_seal(&record) != Some(index) {
-                return Err(corrupt("its Seal record disagrees with its records"));
-            }
-            sealed = true;
-        } else {
-            index.add(&record);
-        }
-    }
-    if !sealed {
-        return Err(corrupt("it is not sealed"));
-    }
+    let (base_ack, index) = segment::verify_sealed(path)?;
 
     let io_err = |source| LogError::Io {
         path: path.to_path_buf(),

@@ -54,6 +54,8 @@ pub enum LogError {
         offset: u64,
         problem: record::FrameError,
     },
+    #[error("segment {} is not a whole sealed segment: {problem}", path.display())]
+    NotSealed { path: PathBuf, problem: String },
     #[error("{} is not a tidemark segment (bad magic); remove stray .seg files from the log dir", path.display())]
     NotASegment { path: PathBuf },
     #[error("segment {} has format version {version}; this tidemark reads version {}", path.display(), segment::FORMAT_VERSION)]

@@ -277,3 +277,36 @@ pub fn scan(reader: &mut SegmentReader) -> Result<Scan, LogError> {
         tail: reader.tail().cloned().unwrap_or(Tail::Clean),
     })
 }
+
+/// Checks a whole sealed segment: every record's CRC, nothing after the Seal,
+/// and a Seal that agrees with the records. Returns its base and its index.
+pub fn verify_sealed(path: &Path) -> Result<(Lsn, SegmentIndex), LogError> {
+    let not_sealed = |problem: &str| LogError::NotSealed {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    };
+    let mut reader = SegmentReader::open(path)?
+        .ok_or_else(|| not_sealed("it is shorter than a segment header"))?;
+    let mut index = SegmentIndex {
+        ack_lsn: reader.base_ack(),
+        ..SegmentIndex::default()
+    };
+    let mut sealed = false;
+    while let Some((_, record)) = reader.next_record_strict()? {
+        if sealed {
+            return Err(not_sealed("it has records after its Seal record"));
+        }
+        if record.kind == RecordKind::Seal {
+            if SegmentIndex::from_seal(&record) != Some(index) {
+                return Err(not_sealed("its Seal record disagrees with its records"));
+            }
+            sealed = true;
+        } else {
+            index.add(&record);
+        }
+    }
+    if !sealed {
+        return Err(not_sealed("it has no Seal record"));
+    }
+    Ok((reader.base_ack(), index))
+}

@@ -1,0 +1,307 @@
+//! What the archive can restore: the window, the snapshots, the segments and
+//! any gaps, computed from the manifest alone (`tidemark list`).
+
+use serde::Serialize;
+
+use super::manifest::Manifest;
+use crate::lsn::{Lsn, PgTimestamp};
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Inventory {
+    /// `None` while the archive has no base snapshot: nothing is restorable yet.
+    pub window: Option<Window>,
+    pub snapshots: Vec<SnapshotSummary>,
+    pub segments: SegmentSummary,
+    pub gaps: Vec<Gap>,
+    pub manifest: Option<ManifestSummary>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Window {
+    pub earliest: Point,
+    pub latest: Point,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
+pub struct Point {
+    pub time: PgTimestamp,
+    pub lsn: Lsn,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    pub lsn: Lsn,
+    pub time: PgTimestamp,
+    pub method: String,
+    pub tables: usize,
+    pub bytes: u64,
+    pub raw_bytes: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, Default)]
+pub struct SegmentSummary {
+    pub count: usize,
+    pub bytes: u64,
+    pub raw_bytes: u64,
+    pub first_lsn: Option<Lsn>,
+    pub last_lsn: Option<Lsn>,
+}
+
+/// Resume positions in (from, to] that no archived segment covers.
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
+pub struct Gap {
+    pub from: Lsn,
+    pub to: Lsn,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ManifestSummary {
+    pub key: String,
+    pub sequence: u64,
+}
+
+/// Breaks in the segment chain, in order.
+pub fn gaps(manifest: &Manifest) -> Vec<Gap> {
+    manifest
+        .segments
+        .windows(2)
+        .filter(|pair| pair[1].start_lsn != pair[0].end_lsn)
+        .map(|pair| Gap {
+            from: pair[0].end_lsn,
+            to: pair[1].start_lsn,
+        })
+        .collect()
+}
+
+/// The newest point restorable from a snapshot at `lsn`: the end of the
+/// contiguous run of segments that continues it.
+pub fn chain_end(manifest: &Manifest, lsn: Lsn, time: PgTimestamp) -> Point {
+    let mut end = Point { time, lsn };
+    let mut covered = false;
+    for segment in &manifest.segments {
+        if !covered {
+            // The segment the snapshot falls in (or the first after it, if they touch).
+            if segment.start_lsn <= lsn && lsn <= segment.end_lsn {
+                covered = true;
+            } else {
+                continue;
+            }
+        } else if segment.start_lsn != end.lsn {
+            break;
+        }
+        if segment.end_lsn > end.lsn {
+            end.lsn = segment.end_lsn;
+            if let Some(t) = segment.last_commit_time {
+                end.time = end.time.max(t);
+            }
+        }
+    }
+    end
+}
+
+pub fn inventory(manifest: Option<(&str, &Manifest)>) -> Inventory {
+    let Some((key, manifest)) = manifest else {
+        return Inventory {
+            window: None,
+            snapshots: Vec::new(),
+            segments: SegmentSummary::default(),
+            gaps: Vec::new(),
+            manifest: None,
+        };
+    };
+    let earliest = manifest
+        .snapshots
+        .iter()
+        .min_by_key(|s| s.lsn)
+        .map(|s| Point {
+            time: s.time,
+            lsn: s.lsn,
+        });
+    let latest = manifest
+        .snapshots
+        .iter()
+        .map(|s| chain_end(manifest, s.lsn, s.time))
+        .max_by_key(|p| p.lsn);
+    Inventory {
+        window: earliest
+            .zip(latest)
+            .map(|(earliest, latest)| Window { earliest, latest }),
+        snapshots: manifest
+            .snapshots
+            .iter()
+            .map(|s| SnapshotSummary {
+                lsn: s.lsn,
+                time: s.time,
+                method: s.method.clone(),
+                tables: s.tables.len(),
+                bytes: s.tables.iter().map(|t| t.size).sum::<u64>() + s.schema.size,
+                raw_bytes: s.tables.iter().map(|t| t.raw_size).sum(),
+            })
+            .collect(),
+        segments: SegmentSummary {
+            count: manifest.segments.len(),
+            bytes: manifest.segments.iter().map(|s| s.size).sum(),
+            raw_bytes: manifest.segments.iter().map(|s| s.raw_size).sum(),
+            first_lsn: manifest.segments.first().map(|s| s.start_lsn),
+            last_lsn: manifest.segments.last().map(|s| s.end_lsn),
+        },
+        gaps: gaps(manifest),
+        manifest: Some(ManifestSummary {
+            key: key.to_string(),
+            sequence: manifest.sequence,
+        }),
+    }
+}
+
+impl std::fmt::Display for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(manifest) = &self.manifest else {
+            return writeln!(
+                f,
+                "The archive is empty: capture has not uploaded anything yet."
+            );
+        };
+        match &self.window {
+            Some(w) => writeln!(
+                f,
+                "Restore window: {} ({}) to {} ({})",
+                w.earliest.time, w.earliest.lsn, w.latest.time, w.latest.lsn
+            )?,
+            None => writeln!(f, "Restore window: none yet (no base snapshot)")?,
+        }
+        writeln!(f, "Snapshots: {}", self.snapshots.len())?;
+        for s in &self.snapshots {
+            writeln!(
+                f,
+                "  {:>12}  {}  {:<10} {} tables, {} stored ({} raw)",
+                s.lsn.to_string(),
+                s.time,
+                s.method,
+                s.tables,
+                bytesize::ByteSize(s.bytes),
+                bytesize::ByteSize(s.raw_bytes)
+            )?;
+        }
+        let seg = &self.segments;
+        write!(
+            f,
+            "Segments: {}, {} stored ({} raw)",
+            seg.count,
+            bytesize::ByteSize(seg.bytes),
+            bytesize::ByteSize(seg.raw_bytes)
+        )?;
+        if let (Some(first), Some(last)) = (seg.first_lsn, seg.last_lsn) {
+            write!(f, ", covering {first} to {last}")?;
+        }
+        writeln!(f)?;
+        if self.gaps.is_empty() {
+            writeln!(f, "Gaps: none")?;
+        } else {
+            for gap in &self.gaps {
+                writeln!(
+                    f,
+                    "Gap: nothing archived between {} and {}",
+                    gap.from, gap.to
+                )?;
+            }
+        }
+        writeln!(
+            f,
+            "Manifest: {} (sequence {})",
+            manifest.key, manifest.sequence
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::manifest::{ObjectRef, SegmentEntry, SnapshotEntry, SourceId};
+
+    fn segment(start: u64, end: u64, last_time: i64) -> SegmentEntry {
+        SegmentEntry {
+            key: format!("segments/{start}-{end}"),
+            start_lsn: Lsn(start),
+            end_lsn: Lsn(end),
+            first_commit_time: Some(PgTimestamp(last_time - 1)),
+            last_commit_time: Some(PgTimestamp(last_time)),
+            records: 1,
+            size: 10,
+            sha256: String::new(),
+            raw_size: 30,
+            raw_sha256: String::new(),
+            prev_sha256: None,
+        }
+    }
+
+    fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
+        SnapshotEntry {
+            lsn: Lsn(lsn),
+            time: PgTimestamp(time),
+            method: "copy".into(),
+            schema: ObjectRef {
+                key: "s".into(),
+                size: 1,
+                sha256: String::new(),
+            },
+            tables: vec![],
+        }
+    }
+
+    fn manifest(snapshots: Vec<SnapshotEntry>, segments: Vec<SegmentEntry>) -> Manifest {
+        let mut m = Manifest::new(SourceId {
+            system_identifier: "1".into(),
+            database: "d".into(),
+            slot: "s".into(),
+        });
+        m.snapshots = snapshots;
+        m.segments = segments;
+        m
+    }
+
+    #[test]
+    fn the_window_runs_from_the_oldest_snapshot_to_the_chain_end() {
+        let m = manifest(
+            vec![snapshot(150, 15)],
+            vec![
+                segment(0, 100, 10),
+                segment(100, 200, 20),
+                segment(200, 300, 30),
+            ],
+        );
+        let inv = inventory(Some(("k", &m)));
+        let w = inv.window.unwrap();
+        assert_eq!((w.earliest.lsn, w.latest.lsn), (Lsn(150), Lsn(300)));
+        assert_eq!(w.latest.time, PgTimestamp(30));
+        assert!(inv.gaps.is_empty());
+        assert_eq!(inv.segments.bytes, 30);
+    }
+
+    #[test]
+    fn a_gap_ends_the_window_and_is_reported() {
+        let m = manifest(
+            vec![snapshot(50, 5)],
+            vec![
+                segment(0, 100, 10),
+                segment(100, 200, 20),
+                segment(250, 300, 30),
+            ],
+        );
+        let inv = inventory(Some(("k", &m)));
+        assert_eq!(inv.window.unwrap().latest.lsn, Lsn(200));
+        assert_eq!(
+            inv.gaps,
+            vec![Gap {
+                from: Lsn(200),
+                to: Lsn(250)
+            }]
+        );
+    }
+
+    #[test]
+    fn no_snapshot_means_no_window() {
+        let m = manifest(vec![], vec![segment(0, 100, 10)]);
+        assert_eq!(inventory(Some(("k", &m))).window, None);
+        assert_eq!(inventory(None).manifest, None);
+    }
+}
