@@ -26,13 +26,14 @@ use crate::archive::manifest::SourceId;
 use crate::archive::uploader::{self, Uploader};
 use crate::archive::{store, ArchiveError};
 use crate::config::Checked;
+use crate::log::record::finished_transaction;
 use crate::log::{Appender, LogError, LogWriter, Record, RecordKind};
 use crate::lsn::{Lsn, PgTimestamp};
 use crate::source::conn::{ReplicationConnection, StreamFrame};
-use crate::source::pgoutput::finishing_end_lsn;
 use crate::source::setup::{self, quote_ident, quote_literal, SourceSpec};
 use crate::source::wire::{self, ServerFrame};
 use crate::source::SourceError;
+use crate::telemetry::{self, Progress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -87,11 +88,12 @@ pub async fn run(
         None => None,
     };
     let mut archive: Option<Archive> = None;
+    let progress = Arc::new(Progress::default());
     let mut log_empty = recovery.empty;
     let mut streamed_once = false;
     let mut backoff = Duration::from_millis(500);
     loop {
-        let session = Session::start(checked, writer, log_empty).await;
+        let session = Session::start(checked, writer, log_empty, &progress).await;
         let outcome = match session {
             Ok(mut session) => {
                 let streamed_before = streamed_once;
@@ -107,6 +109,7 @@ pub async fn run(
                             store.clone(),
                             &cfg.log.dir,
                             session.source.clone(),
+                            progress.clone(),
                         ));
                         if let Err(e) = uploader.check().await {
                             return Err(session.fail(Some(e.into())).await.0);
@@ -131,6 +134,7 @@ pub async fn run(
         match outcome {
             Ok(lsn) => return Ok(lsn),
             Err((error, Some(returned))) if streamed_once && error.is_retryable() => {
+                metrics::counter!(telemetry::ERRORS, "kind" => "source").increment(1);
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "capture interrupted; reconnecting");
                 writer = returned;
                 tokio::select! {
@@ -208,6 +212,7 @@ struct Session {
     archive: Option<ArchiveHandle>,
     log_dir: std::path::PathBuf,
     max_log_bytes: u64,
+    progress: Arc<Progress>,
 }
 
 type Failed = (CaptureError, Option<LogWriter>);
@@ -218,6 +223,7 @@ impl Session {
         checked: &Checked,
         writer: LogWriter,
         log_empty: bool,
+        progress: &Arc<Progress>,
     ) -> Result<Session, Failed> {
         let source = &checked.config.source;
         let spec = SourceSpec {
@@ -306,6 +312,7 @@ impl Session {
             archive: None,
             log_dir: checked.config.log.dir.clone(),
             max_log_bytes: checked.config.log.max_size.as_u64(),
+            progress: progress.clone(),
         };
         if session
             .appender
@@ -384,6 +391,8 @@ impl Session {
         let mut next_seal = Instant::now() + seal_interval.unwrap_or(Duration::from_secs(3600));
         let mut unsealed = false;
         let mut log_full = false;
+        let mut counts = telemetry::ChangeCounts::default();
+        let mut server_end = self.start;
         let mut last_full_warning: Option<Instant> = None;
         loop {
             while let Some(frame) = self.conn.try_next_frame()? {
@@ -393,7 +402,9 @@ impl Session {
                 };
                 match wire::parse_server_frame(data)? {
                     ServerFrame::XLogData {
-                        wal_start, payload, ..
+                        wal_start,
+                        wal_end,
+                        payload,
                     } => {
                         match payload.first() {
                             Some(b'B' | b'b') => txn_open = true,
@@ -402,9 +413,12 @@ impl Session {
                             Some(b'E') => in_block = false,
                             _ => {}
                         }
-                        if let Some(end) = finishing_end_lsn(&payload) {
+                        if let Some((end, time)) = finished_transaction(&payload) {
                             appended_ack = appended_ack.max(end);
+                            self.progress.captured(time);
                         }
+                        counts.observe(&payload, in_block);
+                        server_end = server_end.max(wal_end);
                         received += 1;
                         batch_bytes += payload.len();
                         batch.push(Record::wal(wal_start, payload));
@@ -416,6 +430,7 @@ impl Session {
                         wal_end,
                         reply_requested,
                     } => {
+                        server_end = server_end.max(wal_end);
                         if !txn_open && !in_block && wal_end > appended_ack {
                             batch.push(Record::marker(RecordKind::Progress, wal_end));
                             appended_ack = wal_end;
@@ -438,8 +453,17 @@ impl Session {
                 reply_due = false;
                 last_status = now;
                 next_status = now + self.status_interval;
+                counts.flush();
+                metrics::gauge!(telemetry::CONFIRMED_LSN).set(flushed.0 as f64);
+                metrics::gauge!(telemetry::SLOT_LAG_BYTES)
+                    .set(server_end.0.saturating_sub(flushed.0) as f64);
+                let (log_bytes, log_segments) = self.local_log_size();
+                metrics::gauge!(telemetry::LOG_BYTES).set(log_bytes as f64);
+                metrics::gauge!(telemetry::LOG_SEGMENTS).set(log_segments as f64);
                 if self.archive.is_some() {
-                    log_full = self.local_log_bytes() >= self.max_log_bytes;
+                    metrics::gauge!(telemetry::ARCHIVE_HEAD_AGE)
+                        .set(self.progress.head_age_seconds());
+                    log_full = log_bytes >= self.max_log_bytes;
                     if log_full
                         && last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
                     {
@@ -484,17 +508,15 @@ impl Session {
         }
     }
 
-    /// Bytes of local segments: what the archive has not taken yet, plus the open segment.
-    fn local_log_bytes(&self) -> u64 {
-        crate::log::segment::list(&self.log_dir)
-            .map(|segments| {
-                segments
-                    .iter()
-                    .filter_map(|(_, p)| std::fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+    /// Bytes and count of local segments: what the archive has not taken yet, plus the open one.
+    fn local_log_size(&self) -> (u64, usize) {
+        let segments = crate::log::segment::list(&self.log_dir).unwrap_or_default();
+        let bytes = segments
+            .iter()
+            .filter_map(|(_, p)| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        (bytes, segments.len())
     }
 
     async fn send_batch(

@@ -35,6 +35,28 @@ pub struct Config {
     pub log: LogConfig,
     /// Without it, capture keeps changes only in the local log.
     pub archive: Option<ArchiveConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served; loopback unless configured otherwise.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9817))
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,7 +246,7 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-const SECTIONS: &[&str] = &["source", "log", "archive"];
+const SECTIONS: &[&str] = &["source", "log", "archive", "metrics"];
 
 /// Applies `TIDEMARK_<SECTION>_<KEY>=value`; the value is TOML if it parses as TOML, else a string.
 fn apply_env(

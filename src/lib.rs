@@ -13,3 +13,4 @@ pub mod inspect;
 pub mod log;
 pub mod lsn;
 pub mod source;
+pub mod telemetry;

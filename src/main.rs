@@ -124,6 +124,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Capture { config } => {
             let checked = Config::load(&config).map_err(bad_input)?;
+            tidemark::telemetry::install(checked.config.metrics.listen).map_err(bad_input)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_stop_signal().await;

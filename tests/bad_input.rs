@@ -192,6 +192,8 @@ fn a_second_capture_on_the_same_log_dir() {
         "the first capture to stream",
         || first.logs().contains("streaming changes"),
     );
+    // Same log dir, its own metrics port: only the log lock stands in the way.
+    let config = fx.config(&["public.payments"], "");
     let error = expect_refusal(&config, &[]);
     assert!(
         error.contains("in use by another tidemark capture"),
@@ -210,4 +212,27 @@ fn a_bad_lsn_argument() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an LSN"));
+}
+
+#[test]
+fn a_metrics_port_in_use() {
+    let fx = fixture_with_log();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = fx.config(&["public.payments"], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        &format!("listen = \"127.0.0.1:{}\"", harness::metrics_port(&config)),
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let error = refused_without_damage(&fx, &config, &[]);
+    assert!(
+        error.contains(&format!("cannot serve metrics on 127.0.0.1:{port}")),
+        "{error}"
+    );
+    assert!(
+        error.contains("set [metrics] listen to a free address"),
+        "{error}"
+    );
 }

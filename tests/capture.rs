@@ -202,3 +202,52 @@ fn quiet_watched_tables_do_not_pin_wal() {
     assert_eq!(capture.stop(), 0);
     assert!(fx.log_json(&config, &[]).is_empty());
 }
+
+#[test]
+fn metrics_move_while_capture_runs_and_show_no_secret() {
+    let fx = Fixture::new(SCHEMA);
+    let archive = fx.dir.path().join("archive");
+    let config = fx.config(
+        &["public.users", "public.payments"],
+        &format!(
+            "\n[archive]\nurl = \"file://{}\"\nupload_interval = \"200ms\"\n",
+            archive.display()
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    let port = harness::metrics_port(&config);
+    let inserts = "tidemark_changes_total{table=\"public.users\",op=\"insert\"}";
+    let before = harness::scrape(port);
+    fx.psql("INSERT INTO users SELECT g, 'm' FROM generate_series(1, 40) g");
+    fx.psql("UPDATE users SET name = 'n' WHERE id <= 5");
+    fx.wait_caught_up(Duration::from_secs(30));
+    let mut after = String::new();
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the metrics to show the changes",
+        || {
+            after = harness::scrape(port);
+            harness::sample(&after, inserts) == Some(40.0)
+                && harness::sample(&after, "tidemark_upload_seconds_count")
+                    .is_some_and(|n| n >= 1.0)
+        },
+    );
+    assert_eq!(
+        harness::sample(
+            &after,
+            "tidemark_changes_total{table=\"public.users\",op=\"update\"}"
+        ),
+        Some(5.0)
+    );
+    let confirmed = |m: &str| harness::sample(m, "tidemark_confirmed_lsn").unwrap_or(0.0);
+    assert!(
+        confirmed(&after) > confirmed(&before),
+        "the confirmed LSN moved"
+    );
+    assert!(harness::sample(&after, "tidemark_log_bytes").unwrap() > 0.0);
+    assert!(harness::sample(&after, "tidemark_slot_lag_bytes").is_some());
+    assert!(harness::sample(&after, "tidemark_archive_head_age_seconds").is_some());
+    assert!(!after.contains(tidemark::cluster::SUPERUSER_PASSWORD));
+    assert!(!after.contains("postgres://"));
+    assert_eq!(capture.stop(), 0);
+}

@@ -25,6 +25,7 @@ pub struct Uploader {
     source: SourceId,
     /// The current manifest, read from the store on first use.
     manifest: Mutex<Option<Manifest>>,
+    progress: Arc<crate::telemetry::Progress>,
 }
 
 /// A sealed segment read, verified, compressed and hashed.
@@ -38,12 +39,18 @@ struct Prepared {
 }
 
 impl Uploader {
-    pub fn new(store: Arc<dyn ObjectStore>, log_dir: &Path, source: SourceId) -> Uploader {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        log_dir: &Path,
+        source: SourceId,
+        progress: Arc<crate::telemetry::Progress>,
+    ) -> Uploader {
         Uploader {
             store,
             log_dir: log_dir.to_path_buf(),
             source,
             manifest: Mutex::new(None),
+            progress,
         }
     }
 
@@ -162,7 +169,10 @@ impl Uploader {
             // A retry after a failed manifest write finds the object already there.
             let stored = self.store.head(&key).await?;
             if stored.is_none_or(|o| o.size != entry.size) {
+                let started = std::time::Instant::now();
                 self.store.put(&key, prepared.compressed, &metadata).await?;
+                metrics::histogram!(crate::telemetry::UPLOAD_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
             }
             next.segments.push(entry);
             done.push(path);
@@ -170,6 +180,9 @@ impl Uploader {
         }
         if uploaded > 0 {
             self.commit(&mut next).await?;
+            if let Some(time) = next.segments.last().and_then(|e| e.last_commit_time) {
+                self.progress.archived(time);
+            }
         }
         *manifest = Some(next);
         for path in &done {
@@ -312,6 +325,8 @@ pub async fn run(
                 interval
             }
             Err(error) => {
+                metrics::counter!(crate::telemetry::UPLOAD_FAILURES).increment(1);
+                metrics::counter!(crate::telemetry::ERRORS, "kind" => "archive").increment(1);
                 if error.is_retryable() {
                     tracing::warn!(%error, retry_in_s = backoff.as_secs_f64(), "archive store unavailable; capture continues locally");
                 } else {

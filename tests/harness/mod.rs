@@ -69,10 +69,11 @@ impl Fixture {
         std::fs::write(
             &path,
             format!(
-                "[source]\nurl = {url:?}\ntables = [{}]\npublication = \"pub_{db}\"\nslot = \"slot_{db}\"\n\n[log]\ndir = {:?}\n{extra}\n",
+                "[source]\nurl = {url:?}\ntables = [{}]\npublication = \"pub_{db}\"\nslot = \"slot_{db}\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\ndir = {:?}\n{extra}\n",
                 tables.join(", "),
                 self.log_dir().display().to_string(),
                 db = self.db,
+                port = free_port(),
             ),
         )
         .expect("writing the test config");
@@ -150,6 +151,48 @@ impl Fixture {
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
     }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The metrics port a config written by `Fixture::config` uses.
+pub fn metrics_port(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
+    line.trim_end_matches('"')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// GET /metrics from a capture, as text.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The value of the first sample whose line starts with `series` (name plus labels).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Runs the tidemark binary to completion.

@@ -1,0 +1,141 @@
+//! Prometheus metrics: every series is named `tidemark_*` and served on
+//! `[metrics] listen` at `/metrics` through metrics-exporter-prometheus.
+//! Series carry no connection strings or credentials.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::lsn::PgTimestamp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot serve metrics on {addr}: {reason}; set [metrics] listen to a free address, e.g. \"127.0.0.1:9818\"")]
+    Listen { addr: SocketAddr, reason: String },
+}
+
+pub const SLOT_LAG_BYTES: &str = "tidemark_slot_lag_bytes";
+pub const CONFIRMED_LSN: &str = "tidemark_confirmed_lsn";
+pub const CHANGES: &str = "tidemark_changes_total";
+pub const LOG_BYTES: &str = "tidemark_log_bytes";
+pub const LOG_SEGMENTS: &str = "tidemark_log_segments";
+pub const UPLOAD_SECONDS: &str = "tidemark_upload_seconds";
+pub const UPLOAD_FAILURES: &str = "tidemark_upload_failures_total";
+pub const ARCHIVE_HEAD_AGE: &str = "tidemark_archive_head_age_seconds";
+pub const ERRORS: &str = "tidemark_errors_total";
+
+/// Starts the exporter on `listen`. Must run inside the tokio runtime.
+pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .build()
+        .map_err(|e| TelemetryError::Listen {
+            addr: listen,
+            reason: e.to_string(),
+        })?;
+    // Only the first install in a process takes effect (tests may run several).
+    if metrics::set_global_recorder(recorder).is_ok() {
+        tokio::spawn(exporter);
+    }
+    describe_gauge!(
+        SLOT_LAG_BYTES,
+        Unit::Bytes,
+        "WAL the server has written past what tidemark confirmed"
+    );
+    describe_gauge!(
+        CONFIRMED_LSN,
+        "The last LSN confirmed to PostgreSQL, as a number"
+    );
+    describe_counter!(CHANGES, "Changes captured, by table and op");
+    describe_gauge!(LOG_BYTES, Unit::Bytes, "Size of the local segment log");
+    describe_gauge!(LOG_SEGMENTS, "Segments in the local log");
+    describe_histogram!(UPLOAD_SECONDS, Unit::Seconds, "Time to upload one segment");
+    describe_counter!(UPLOAD_FAILURES, "Failed archive passes");
+    describe_gauge!(
+        ARCHIVE_HEAD_AGE,
+        Unit::Seconds,
+        "How far the newest archived commit trails the newest captured one: the live RPO"
+    );
+    describe_counter!(ERRORS, "Errors, by kind");
+    Ok(())
+}
+
+/// Commit times seen by capture and by the archive, for the head-age gauge.
+#[derive(Default)]
+pub struct Progress {
+    captured_us: AtomicI64,
+    archived_us: AtomicI64,
+}
+
+impl Progress {
+    pub fn captured(&self, time: PgTimestamp) {
+        self.captured_us.fetch_max(time.0, Ordering::Relaxed);
+    }
+
+    pub fn archived(&self, time: PgTimestamp) {
+        self.archived_us.fetch_max(time.0, Ordering::Relaxed);
+    }
+
+    /// Seconds between the newest captured and the newest archived commit.
+    pub fn head_age_seconds(&self) -> f64 {
+        let captured = self.captured_us.load(Ordering::Relaxed);
+        let archived = self.archived_us.load(Ordering::Relaxed);
+        (captured - archived).max(0) as f64 / 1e6
+    }
+}
+
+/// Counts changes per table and op in capture's loop, flushing to the
+/// recorder on each status tick rather than once per message.
+#[derive(Default)]
+pub struct ChangeCounts {
+    names: std::collections::HashMap<u32, String>,
+    pending: std::collections::HashMap<(u32, u8), u64>,
+}
+
+impl ChangeCounts {
+    /// Notes one pgoutput message; `in_block` says whether it carries a stream xid.
+    pub fn observe(&mut self, payload: &bytes::Bytes, in_block: bool) {
+        use crate::source::pgoutput::{decode, Message};
+        let oid_at = if in_block { 5 } else { 1 };
+        match payload.first() {
+            Some(&tag @ (b'I' | b'U' | b'D')) => {
+                if let Some(oid) = payload.get(oid_at..oid_at + 4) {
+                    let oid = u32::from_be_bytes(oid.try_into().expect("4 bytes"));
+                    *self.pending.entry((oid, tag)).or_default() += 1;
+                }
+            }
+            Some(b'R' | b'T') => match decode(payload, in_block) {
+                Ok(Message::Relation(r)) => {
+                    self.names
+                        .insert(r.oid, format!("{}.{}", r.namespace, r.name));
+                }
+                Ok(Message::Truncate { relation_oids, .. }) => {
+                    for oid in relation_oids {
+                        *self.pending.entry((oid, b'T')).or_default() += 1;
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    pub fn flush(&mut self) {
+        for ((oid, tag), count) in self.pending.drain() {
+            let table = self
+                .names
+                .get(&oid)
+                .cloned()
+                .unwrap_or_else(|| format!("oid:{oid}"));
+            let op = match tag {
+                b'I' => "insert",
+                b'U' => "update",
+                b'D' => "delete",
+                _ => "truncate",
+            };
+            metrics::counter!(CHANGES, "table" => table, "op" => op).increment(count);
+        }
+    }
+}
