@@ -119,7 +119,11 @@ pub async fn run(
                             checked.pg.clone(),
                             checked.tables.clone(),
                         ));
-                        archive = Some(Archive::start(uploader, archive_cfg.upload_interval));
+                        archive = Some(Archive::start(
+                            uploader,
+                            archive_cfg.upload_interval,
+                            archive_cfg.compact_interval,
+                        ));
                     }
                 }
                 session.archive = archive.as_ref().map(|a| a.handle());
@@ -167,9 +171,14 @@ struct ArchiveHandle {
 const FINAL_UPLOAD_WAIT: Duration = Duration::from_secs(30);
 
 impl Archive {
-    fn start(uploader: Arc<Uploader>, interval: Duration) -> Archive {
+    fn start(uploader: Arc<Uploader>, interval: Duration, compact_interval: Duration) -> Archive {
         let sealed = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(uploader::compact_periodically(
+            uploader.clone(),
+            compact_interval,
+            stopped.clone(),
+        ));
         let task = tokio::spawn(uploader::run(
             uploader.clone(),
             sealed.clone(),

@@ -91,6 +91,9 @@ pub struct ArchiveConfig {
     /// Sealed segments reach the store within this long of their last commit.
     #[serde(default = "default_upload_interval", with = "humantime_serde")]
     pub upload_interval: std::time::Duration,
+    /// Capture builds a new base snapshot from the archive this often.
+    #[serde(default = "default_compact_interval", with = "humantime_serde")]
+    pub compact_interval: std::time::Duration,
     /// An S3-compatible endpoint (MinIO, Ceph, ...); AWS when absent.
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -110,6 +113,10 @@ impl ArchiveConfig {
 
 fn default_upload_interval() -> std::time::Duration {
     std::time::Duration::from_secs(1)
+}
+
+fn default_compact_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(6 * 3600)
 }
 
 fn default_max_size() -> ByteSize {

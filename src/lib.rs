@@ -12,5 +12,6 @@ pub mod config;
 pub mod inspect;
 pub mod log;
 pub mod lsn;
+pub mod restore;
 pub mod source;
 pub mod telemetry;

@@ -48,6 +48,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build a new base snapshot from the newest one plus the archived segments after it,
+    /// without reading the source. Capture also does this every [archive] compact_interval.
+    Compact {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+    },
     /// Re-read every archived object and check sizes, SHA-256, the hash chain and LSN continuity.
     /// Exits 1 naming each bad object.
     Verify {
@@ -181,6 +187,49 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{inventory}");
             }
             Ok(())
+        }
+        Command::Compact { config } => {
+            let checked = Config::load(&config).map_err(bad_input)?;
+            let store = open_archive(&checked.config).await?;
+            let log_dir = &checked.config.log.dir;
+            std::fs::create_dir_all(log_dir)
+                .map_err(|e| bad_input(anyhow::anyhow!("log dir {}: {e}", log_dir.display())))?;
+            // One writer per archive: capture compacts by itself while it runs.
+            let _lock = tidemark::log::writer::lock_dir(log_dir).map_err(|e| match e {
+                tidemark::log::LogError::Locked { path } => bad_input(anyhow::anyhow!(
+                    "capture is running on {} and compacts every [archive] compact_interval; stop it first to compact by hand",
+                    path.display()
+                )),
+                other => bad_input(other),
+            })?;
+            let Some((_, manifest)) = tidemark::archive::manifest::load_latest(&*store)
+                .await
+                .map_err(archive_failure)?
+            else {
+                println!("The archive is empty; nothing to compact.");
+                return Ok(());
+            };
+            match tidemark::archive::compact::compact(store.clone(), &manifest, log_dir).await {
+                Ok(Some(done)) => {
+                    let lsn = done.snapshot.lsn;
+                    tidemark::archive::manifest::commit_snapshot(&*store, done.snapshot)
+                        .await
+                        .map_err(archive_failure)?;
+                    println!(
+                        "New base snapshot at {lsn}: {} transactions, {} changes applied to the previous one.",
+                        done.transactions, done.changes
+                    );
+                    Ok(())
+                }
+                Ok(None) => {
+                    println!("Nothing to compact: no snapshot yet, or no archived change after the newest one.");
+                    Ok(())
+                }
+                Err(error) => Err(Failure {
+                    error: error.into(),
+                    code: 1,
+                }),
+            }
         }
         Command::Verify { config, deep, json } => {
             let checked = Config::load(&config).map_err(bad_input)?;

@@ -25,6 +25,7 @@ pub const UPLOAD_SECONDS: &str = "tidemark_upload_seconds";
 pub const UPLOAD_FAILURES: &str = "tidemark_upload_failures_total";
 pub const ARCHIVE_HEAD_AGE: &str = "tidemark_archive_head_age_seconds";
 pub const ERRORS: &str = "tidemark_errors_total";
+pub const COMPACTION_SECONDS: &str = "tidemark_compaction_seconds";
 
 /// Starts the exporter on `listen`. Must run inside the tokio runtime.
 pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
@@ -59,6 +60,11 @@ pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
         "How far the newest archived commit trails the newest captured one: the live RPO"
     );
     describe_counter!(ERRORS, "Errors, by kind");
+    describe_histogram!(
+        COMPACTION_SECONDS,
+        Unit::Seconds,
+        "Time to build a snapshot by compaction"
+    );
     Ok(())
 }
 

@@ -164,6 +164,25 @@ pub fn parse_key(key: &str) -> Option<(u64, &str)> {
     Some((u64::from_str_radix(sequence, 16).ok()?, sha))
 }
 
+/// Lists a new snapshot in the next manifest. Only for a caller that is the
+/// archive's sole writer (it holds the log dir's lock).
+pub async fn commit_snapshot(
+    store: &dyn ObjectStore,
+    entry: SnapshotEntry,
+) -> Result<String, ArchiveError> {
+    let (_, mut next) = load_latest(store)
+        .await?
+        .ok_or_else(|| ArchiveError::Missing {
+            key: format!("{PREFIX}(any)"),
+        })?;
+    next.snapshots.push(entry);
+    next.sequence += 1;
+    next.created_at = PgTimestamp::now();
+    let (key, body) = next.encode();
+    store.put(&key, body, &Default::default()).await?;
+    Ok(key)
+}
+
 /// The current manifest: the one with the highest sequence, verified.
 pub async fn load_latest(
     store: &dyn ObjectStore,

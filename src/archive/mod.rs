@@ -12,6 +12,7 @@
 //!   end. A break is reported as a gap, never bridged.
 //! - A local segment is deleted only after a manifest listing it is stored.
 
+pub mod compact;
 pub mod inventory;
 pub mod manifest;
 pub mod schema;

@@ -88,7 +88,10 @@ pub async fn take(
         );
         workers.push(tokio::spawn(async move {
             let _permit = permit;
-            copy_table(&pg, &snapshot_name, &table, &key, &*store, &work_dir).await
+            let client = snapshot_client(&pg, &snapshot_name).await?;
+            copy_table(&client, &table, &key, &*store, &work_dir)
+                .await
+                .map_err(|e| e.with_sql(&pg))
         }));
     }
     let mut objects = Vec::new();
@@ -137,16 +140,36 @@ async fn snapshot_client(
     Ok(client)
 }
 
-/// COPY one table out in binary, compressing and hashing on a blocking thread into a temp file.
-async fn copy_table(
-    pg: &tokio_postgres::Config,
-    snapshot: &str,
+/// A copy failed in the database, or in the archive.
+pub enum CopyError {
+    Sql(tokio_postgres::Error),
+    Archive(ArchiveError),
+}
+
+impl CopyError {
+    pub fn with_sql(self, pg: &tokio_postgres::Config) -> ArchiveError {
+        match self {
+            CopyError::Sql(e) => sql_error(e, pg),
+            CopyError::Archive(e) => e,
+        }
+    }
+}
+
+impl<E: Into<ArchiveError>> From<E> for CopyError {
+    fn from(e: E) -> Self {
+        CopyError::Archive(e.into())
+    }
+}
+
+/// COPY one table out of `client`'s transaction in binary, compressing and
+/// hashing on a blocking thread into a temp file, then uploads it.
+pub async fn copy_table(
+    client: &tokio_postgres::Client,
     table: &schema::TableSchema,
     key: &str,
     store: &dyn ObjectStore,
     work_dir: &Path,
-) -> Result<TableObject, ArchiveError> {
-    let client = snapshot_client(pg, snapshot).await?;
+) -> Result<TableObject, CopyError> {
     let columns: Vec<String> = table
         .columns
         .iter()
@@ -188,10 +211,10 @@ async fn copy_table(
     let stream = client
         .copy_out(sql.as_str())
         .await
-        .map_err(|e| sql_error(e, pg))?;
+        .map_err(CopyError::Sql)?;
     futures_util::pin_mut!(stream);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| sql_error(e, pg))?;
+        let chunk = chunk.map_err(CopyError::Sql)?;
         if chunks.send(chunk).await.is_err() {
             break;
         }

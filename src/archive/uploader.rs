@@ -204,6 +204,15 @@ impl Uploader {
         Ok(())
     }
 
+    /// A copy of the current manifest, read from the store if not yet loaded.
+    pub async fn manifest(&self) -> Result<Manifest, ArchiveError> {
+        let mut manifest = self.manifest.lock().await;
+        if manifest.is_none() {
+            *manifest = Some(self.load().await?);
+        }
+        Ok(manifest.clone().expect("just loaded"))
+    }
+
     /// Whether the archive has no base snapshot yet (and so no restore point).
     pub async fn needs_snapshot(&self) -> Result<bool, ArchiveError> {
         let mut manifest = self.manifest.lock().await;
@@ -305,6 +314,36 @@ pub async fn snapshot_when_missing(
                 tracing::error!(%error, "base snapshot failed; the archive has no restore point until a snapshot succeeds (restart capture to retry)");
                 return;
             }
+        }
+    }
+}
+
+/// Compacts every `interval` until `shutdown`: a new base snapshot from the archive alone.
+pub async fn compact_periodically(
+    uploader: Arc<Uploader>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let result = async {
+            let manifest = uploader.manifest().await?;
+            match super::compact::compact(uploader.store.clone(), &manifest, &uploader.log_dir)
+                .await?
+            {
+                Some(done) => Ok::<_, super::compact::CompactError>(
+                    uploader.add_snapshot(done.snapshot).await?,
+                ),
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            metrics::counter!(crate::telemetry::ERRORS, "kind" => "compaction").increment(1);
+            tracing::error!(%error, "compaction failed; the next interval retries");
         }
     }
 }

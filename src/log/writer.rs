@@ -49,21 +49,7 @@ impl LogWriter {
             source,
         };
         std::fs::create_dir_all(dir).map_err(dir_err)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("LOCK"))
-            .map_err(dir_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(LogError::Locked {
-                    path: dir.to_path_buf(),
-                })
-            }
-            Err(TryLockError::Error(source)) => return Err(dir_err(source)),
-        }
+        let lock = lock_dir(dir)?;
 
         let segments = segment::list(dir)?;
         let mut truncated_bytes = 0;
@@ -221,6 +207,28 @@ impl LogWriter {
         self.len = len;
         self.index = index;
         Ok(())
+    }
+}
+
+/// Takes the log dir's lock: one writer of the log (and of its archive) at a time.
+/// The lock is held until the returned file is dropped.
+pub fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let dir_err = |source| LogError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(dir_err)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(LogError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(source)) => Err(dir_err(source)),
     }
 }
 

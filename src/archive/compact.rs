@@ -1,0 +1,202 @@
+//! Compaction: a new base snapshot at X from the newest snapshot plus the
+//! archived segments up to X, without reading the source database.
+//!
+//! The merge runs in a throwaway PostgreSQL cluster: the snapshot is loaded,
+//! the committed transactions after it are applied in commit order, keyed by
+//! replica identity (rows without a key as a multiset), and each table is
+//! copied out again. PostgreSQL does the external sort and merge, so memory
+//! stays bounded for tables larger than RAM. Every type keeps its exact
+//! representation, an unchanged TOAST value keeps the last full value, and
+//! columns added or dropped mid-stream follow the source's Relation messages.
+//! X is the end of the contiguous segment chain, so the result is exactly the
+//! source's state after the last transaction finishing at or before X.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::inventory;
+use super::manifest::{self, Manifest, ObjectRef, SnapshotEntry};
+use super::schema::{self, SchemaSet};
+use super::snapshot::{self, PREFIX};
+use super::store::ObjectStore;
+use super::ArchiveError;
+use crate::cluster::Cluster;
+use crate::log::committed::Assembler;
+use crate::restore::apply::{Applier, Bounds, Target};
+use crate::restore::load::{self, ClientExecutor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("compaction needs a scratch PostgreSQL: {0}")]
+    ScratchCluster(#[from] crate::cluster::ClusterError),
+    #[error("compaction's scratch database failed: {0}")]
+    ScratchSql(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Apply(#[from] crate::restore::apply::ApplyError),
+}
+
+pub struct Compacted {
+    pub snapshot: SnapshotEntry,
+    pub transactions: u64,
+    pub changes: u64,
+}
+
+/// Builds a snapshot at the end of the chain after the newest snapshot; `None` if there is nothing new.
+pub async fn compact(
+    store: Arc<dyn ObjectStore>,
+    manifest: &Manifest,
+    work_dir: &Path,
+) -> Result<Option<Compacted>, CompactError> {
+    let Some(base) = manifest.snapshots.iter().max_by_key(|s| s.lsn) else {
+        return Ok(None);
+    };
+    let end = inventory::chain_end(manifest, base.lsn, base.time);
+    if end.lsn <= base.lsn {
+        return Ok(None);
+    }
+    let segments: Vec<_> = manifest
+        .segments
+        .iter()
+        .filter(|s| s.end_lsn > base.lsn && s.start_lsn < end.lsn)
+        .cloned()
+        .collect();
+    let started = std::time::Instant::now();
+    tracing::info!(from = %base.lsn, to = %end.lsn, segments = segments.len(), "compacting");
+
+    let schema_body = load::fetch_verified(
+        &*store,
+        &base.schema.key,
+        base.schema.size,
+        &base.schema.sha256,
+    )
+    .await?;
+    let schema_set: SchemaSet =
+        serde_json::from_slice(&schema_body).map_err(|e| ArchiveError::Corrupt {
+            key: base.schema.key.clone(),
+            problem: e.to_string(),
+        })?;
+
+    let scratch = tokio::task::spawn_blocking(|| Cluster::start(&[]))
+        .await
+        .expect("starting the scratch cluster")?;
+    let (client, connection) =
+        tokio_postgres::connect(&scratch.url("postgres"), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let client = Arc::new(client);
+
+    load::create_tables(&client, &schema_set).await?;
+    for object in &base.tables {
+        load::load_table(&client, &*store, object).await?;
+    }
+    load::add_primary_keys(&client, &schema_set).await?;
+
+    let segment_dir = tempfile::tempdir_in(work_dir).map_err(|source| {
+        ArchiveError::from(crate::log::LogError::Dir {
+            path: work_dir.to_path_buf(),
+            source,
+        })
+    })?;
+    load::fetch_segments(&*store, &segments, segment_dir.path()).await?;
+    let tables: HashMap<String, Vec<(String, u32)>> = schema_set
+        .tables
+        .iter()
+        .map(|t| {
+            let columns = t
+                .columns
+                .iter()
+                .filter(|c| c.generated.is_none())
+                .map(|c| (c.name.clone(), c.type_oid))
+                .collect();
+            (t.table_name().to_string(), columns)
+        })
+        .collect();
+    let type_names: HashMap<u32, String> = schema_set
+        .tables
+        .iter()
+        .flat_map(|t| t.columns.iter().map(|c| (c.type_oid, c.type_sql.clone())))
+        .filter(|(oid, _)| *oid >= 16384)
+        .collect();
+    let executor = ClientExecutor {
+        client: client.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let bounds = Bounds {
+        after: base.lsn,
+        until: Target::Lsn(end.lsn),
+    };
+    let dir = segment_dir.path().to_path_buf();
+    let (transactions, changes) = tokio::task::spawn_blocking(
+        move || -> Result<(u64, u64), crate::restore::apply::ApplyError> {
+            let mut applier = Applier::new(executor, bounds, tables, type_names);
+            Assembler::run(&dir, &mut applier)?;
+            applier.finish()?;
+            Ok((applier.applied_txns, applier.applied_changes))
+        },
+    )
+    .await
+    .expect("applying segments")?;
+
+    // The schema as it now is: columns from the scratch tables, the rest as the base had it.
+    let names: Vec<_> = schema_set.tables.iter().map(|t| t.table_name()).collect();
+    let current = schema::read(&client, &names).await?;
+    let mut new_schema = schema_set.clone();
+    for (table, now) in new_schema.tables.iter_mut().zip(current.tables) {
+        table.columns = now.columns;
+    }
+    let schema_body =
+        bytes::Bytes::from(serde_json::to_vec_pretty(&new_schema).expect("schemas serialize"));
+    let schema_key = format!("{PREFIX}{:016X}/schema.json", end.lsn.0);
+    let schema_ref = ObjectRef {
+        key: schema_key.clone(),
+        size: schema_body.len() as u64,
+        sha256: manifest::sha256_hex(&schema_body),
+    };
+    store
+        .put(&schema_key, schema_body, &Default::default())
+        .await
+        .map_err(ArchiveError::from)?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let mut objects = Vec::new();
+    for table in &new_schema.tables {
+        let key = format!(
+            "{PREFIX}{:016X}/{}.{}.copy.zst",
+            end.lsn.0, table.schema, table.name
+        );
+        let object = snapshot::copy_table(&client, table, &key, &*store, work_dir)
+            .await
+            .map_err(|e| match e {
+                snapshot::CopyError::Sql(e) => CompactError::ScratchSql(e),
+                snapshot::CopyError::Archive(e) => CompactError::Archive(e),
+            })?;
+        objects.push(object);
+    }
+    client.batch_execute("COMMIT").await?;
+    drop(client);
+    drop(scratch);
+    let snapshot = SnapshotEntry {
+        lsn: end.lsn,
+        time: end.time,
+        method: "compaction".into(),
+        schema: schema_ref,
+        tables: objects,
+    };
+    tracing::info!(
+        lsn = %end.lsn,
+        transactions,
+        changes,
+        seconds = started.elapsed().as_secs_f64(),
+        "compaction stored a new base snapshot"
+    );
+    metrics::histogram!(crate::telemetry::COMPACTION_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    Ok(Some(Compacted {
+        snapshot,
+        transactions,
+        changes,
+    }))
+}

@@ -1,0 +1,193 @@
+//! Getting archived data into a database: verified downloads, the schema, and
+//! bulk loads of snapshot tables.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+
+use super::apply::Executor;
+use crate::archive::manifest::{self, SegmentEntry, TableObject};
+use crate::archive::schema::SchemaSet;
+use crate::archive::store::ObjectStore;
+use crate::archive::ArchiveError;
+use crate::source::setup::{quote_ident, quote_literal};
+
+/// Fetches an object and checks it against the manifest's size and SHA-256.
+pub async fn fetch_verified(
+    store: &dyn ObjectStore,
+    key: &str,
+    size: u64,
+    sha256: &str,
+) -> Result<Bytes, ArchiveError> {
+    let data = store.get(key).await.map_err(|e| match e {
+        crate::archive::store::StoreError::NotFound { key, .. } => ArchiveError::Missing { key },
+        other => other.into(),
+    })?;
+    let actual = manifest::sha256_hex(&data);
+    if data.len() as u64 != size || actual != sha256 {
+        return Err(ArchiveError::Corrupt {
+            key: key.to_string(),
+            problem: format!(
+                "{} bytes with SHA-256 {actual}; the manifest says {size} bytes with {sha256}",
+                data.len()
+            ),
+        });
+    }
+    Ok(data)
+}
+
+/// Downloads segments into `dir` as a local log (decompressed, numbered in order).
+pub async fn fetch_segments(
+    store: &dyn ObjectStore,
+    segments: &[SegmentEntry],
+    dir: &Path,
+) -> Result<(), ArchiveError> {
+    for (i, entry) in segments.iter().enumerate() {
+        let data = fetch_verified(store, &entry.key, entry.size, &entry.sha256).await?;
+        let raw = tokio::task::spawn_blocking(move || zstd::decode_all(&data[..]))
+            .await
+            .expect("decompressing a segment")
+            .map_err(|e| ArchiveError::Corrupt {
+                key: entry.key.clone(),
+                problem: format!("does not decompress: {e}"),
+            })?;
+        if manifest::sha256_hex(&raw) != entry.raw_sha256 {
+            return Err(ArchiveError::Corrupt {
+                key: entry.key.clone(),
+                problem: "its decompressed bytes do not match the manifest's raw SHA-256".into(),
+            });
+        }
+        let path = dir.join(crate::log::segment::file_name(i as u64 + 1));
+        std::fs::write(&path, raw).map_err(|source| crate::log::LogError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// Creates the enums, schemas and tables (columns only: constraints come after the load).
+pub async fn create_tables(
+    client: &tokio_postgres::Client,
+    schema: &SchemaSet,
+) -> Result<(), tokio_postgres::Error> {
+    for e in &schema.enums {
+        let labels: Vec<String> = e.labels.iter().map(|l| quote_literal(l)).collect();
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TYPE {schema}.{name} AS ENUM ({labels})",
+                schema = quote_ident(&e.schema),
+                name = quote_ident(&e.name),
+                labels = labels.join(", ")
+            ))
+            .await?;
+    }
+    for table in &schema.tables {
+        let mut sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {};",
+            quote_ident(&table.schema)
+        );
+        for seq in &table.sequences {
+            sql += &format!(
+                "CREATE SEQUENCE IF NOT EXISTS {}.{};",
+                quote_ident(&seq.schema),
+                quote_ident(&seq.name)
+            );
+        }
+        sql += &table.create_table_sql();
+        sql += ";";
+        for seq in &table.sequences {
+            sql += &format!(
+                "ALTER SEQUENCE {}.{} OWNED BY {}.{};",
+                quote_ident(&seq.schema),
+                quote_ident(&seq.name),
+                table.table_name().quoted(),
+                quote_ident(&seq.column)
+            );
+        }
+        client.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+/// Adds each table's primary key, so changes find their rows by index.
+pub async fn add_primary_keys(
+    client: &tokio_postgres::Client,
+    schema: &SchemaSet,
+) -> Result<(), tokio_postgres::Error> {
+    for table in &schema.tables {
+        for constraint in table
+            .constraints
+            .iter()
+            .filter(|c| c.sql.starts_with("PRIMARY KEY"))
+        {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} {}",
+                    table.table_name().quoted(),
+                    quote_ident(&constraint.name),
+                    constraint.sql
+                ))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads one snapshot table with binary COPY.
+pub async fn load_table(
+    client: &tokio_postgres::Client,
+    store: &dyn ObjectStore,
+    object: &TableObject,
+) -> Result<u64, ArchiveError> {
+    let data = fetch_verified(store, &object.key, object.size, &object.sha256).await?;
+    let raw = tokio::task::spawn_blocking(move || zstd::decode_all(&data[..]))
+        .await
+        .expect("decompressing a snapshot table")
+        .map_err(|e| ArchiveError::Corrupt {
+            key: object.key.clone(),
+            problem: format!("does not decompress: {e}"),
+        })?;
+    let columns: Vec<String> = object.columns.iter().map(|c| quote_ident(c)).collect();
+    let table = crate::source::setup::TableName::parse(&object.table);
+    let sql = format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        table.quoted(),
+        columns.join(", ")
+    );
+    let load = async {
+        let sink = client.copy_in(sql.as_str()).await?;
+        futures_util::pin_mut!(sink);
+        sink.send(Bytes::from(raw)).await?;
+        sink.finish().await
+    };
+    load.await.map_err(|e| ArchiveError::Corrupt {
+        key: object.key.clone(),
+        problem: format!("the target refused its rows: {e}"),
+    })
+}
+
+/// Runs the applier's SQL on a tokio-postgres client from a blocking thread.
+pub struct ClientExecutor {
+    pub client: std::sync::Arc<tokio_postgres::Client>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Executor for ClientExecutor {
+    fn execute(&mut self, sql: &str) -> Result<(), String> {
+        self.runtime
+            .block_on(self.client.batch_execute(sql))
+            .map_err(|e| {
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_string())
+            })
+    }
+
+    fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String, String> {
+        self.runtime
+            .block_on(
+                self.client
+                    .query_one("SELECT format_type($1, $2)", &[&oid, &typmod]),
+            )
+            .map(|row| row.get(0))
+            .map_err(|e| e.to_string())
+    }
+}
