@@ -99,7 +99,7 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
         .await
         .unwrap();
     for object in &compacted.tables {
-        tidemark::restore::load::load_table(&client, &*store, object)
+        tidemark::restore::load::load_table(&client, &*store, object, target.dir.path())
             .await
             .unwrap();
     }

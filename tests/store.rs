@@ -62,6 +62,12 @@ async fn contract(store: &dyn ObjectStore) {
         big.len() as u64
     );
     assert!(store.get("snapshots/big").await.unwrap() == big);
+    let copy = dir.path().join("copy");
+    assert_eq!(
+        store.get_to_file("snapshots/big", &copy).await.unwrap(),
+        big.len() as u64
+    );
+    assert!(std::fs::read(&copy).unwrap() == big);
 }
 
 #[tokio::test]

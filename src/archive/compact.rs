@@ -89,7 +89,7 @@ pub async fn compact(
 
     load::create_tables(&client, &schema_set).await?;
     for object in &base.tables {
-        load::load_table(&client, &*store, object).await?;
+        load::load_table(&client, &*store, object, work_dir).await?;
     }
     load::add_primary_keys(&client, &schema_set).await?;
 

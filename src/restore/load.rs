@@ -5,6 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use sha2::{Digest, Sha256};
 
 use super::apply::Executor;
 use crate::archive::manifest::{self, SegmentEntry, TableObject};
@@ -132,20 +133,69 @@ pub async fn add_primary_keys(
     Ok(())
 }
 
-/// Loads one snapshot table with binary COPY.
+/// Loads one snapshot table with binary COPY, streaming: the object goes to a
+/// temp file in `work_dir`, is verified, and is decompressed in chunks into COPY.
 pub async fn load_table(
     client: &tokio_postgres::Client,
     store: &dyn ObjectStore,
     object: &TableObject,
+    work_dir: &Path,
 ) -> Result<u64, ArchiveError> {
-    let data = fetch_verified(store, &object.key, object.size, &object.sha256).await?;
-    let raw = tokio::task::spawn_blocking(move || zstd::decode_all(&data[..]))
-        .await
-        .expect("decompressing a snapshot table")
-        .map_err(|e| ArchiveError::Corrupt {
-            key: object.key.clone(),
-            problem: format!("does not decompress: {e}"),
+    let temp =
+        tempfile::NamedTempFile::new_in(work_dir).map_err(|source| crate::log::LogError::Dir {
+            path: work_dir.to_path_buf(),
+            source,
         })?;
+    let size = store
+        .get_to_file(&object.key, temp.path())
+        .await
+        .map_err(|e| match e {
+            crate::archive::store::StoreError::NotFound { key, .. } => {
+                ArchiveError::Missing { key }
+            }
+            other => other.into(),
+        })?;
+    let path = temp.path().to_path_buf();
+    let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .expect("hashing a snapshot table")
+    .map_err(|source| crate::log::LogError::Io {
+        path: temp.path().to_path_buf(),
+        source,
+    })?;
+    if size != object.size || actual != object.sha256 {
+        return Err(ArchiveError::Corrupt {
+            key: object.key.clone(),
+            problem: format!(
+                "{size} bytes with SHA-256 {actual}; the manifest says {} bytes with {}",
+                object.size, object.sha256
+            ),
+        });
+    }
+
+    let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let path = temp.path().to_path_buf();
+    let key = object.key.clone();
+    let decompressor = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let mut decoder = zstd::stream::Decoder::new(file).map_err(|e| e.to_string())?;
+        loop {
+            let mut chunk = vec![0u8; 1 << 20];
+            let n = std::io::Read::read(&mut decoder, &mut chunk).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(());
+            }
+            chunk.truncate(n);
+            if chunks.blocking_send(Bytes::from(chunk)).is_err() {
+                return Ok(());
+            }
+        }
+    });
     let columns: Vec<String> = object.columns.iter().map(|c| quote_ident(c)).collect();
     let table = crate::source::setup::TableName::parse(&object.table);
     let sql = format!(
@@ -156,11 +206,21 @@ pub async fn load_table(
     let load = async {
         let sink = client.copy_in(sql.as_str()).await?;
         futures_util::pin_mut!(sink);
-        sink.send(Bytes::from(raw)).await?;
+        while let Some(chunk) = rx.recv().await {
+            sink.send(chunk).await?;
+        }
         sink.finish().await
     };
-    load.await.map_err(|e| ArchiveError::Corrupt {
-        key: object.key.clone(),
+    let loaded = load.await;
+    let decompressed = decompressor.await.expect("decompressing a snapshot table");
+    if let Err(problem) = decompressed {
+        return Err(ArchiveError::Corrupt {
+            key,
+            problem: format!("does not decompress: {problem}"),
+        });
+    }
+    loaded.map_err(|e| ArchiveError::Corrupt {
+        key,
         problem: format!("the target refused its rows: {e}"),
     })
 }

@@ -137,6 +137,12 @@ impl ObjectStore for LocalStore {
             .map_err(|e| self.error("get", key, e))
     }
 
+    async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
+        tokio::fs::copy(self.path(key), path)
+            .await
+            .map_err(|e| self.error("get", key, e))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_string();

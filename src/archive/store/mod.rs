@@ -68,6 +68,8 @@ pub trait ObjectStore: Send + Sync {
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), StoreError>;
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Streams the object into a new file at `path`; returns its size.
+    async fn get_to_file(&self, key: &str, path: &std::path::Path) -> Result<u64, StoreError>;
     /// Every object whose key starts with `prefix`, sorted by key. Metadata is not filled in.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;

@@ -263,6 +263,31 @@ impl ObjectStore for S3Store {
         Ok(body.into_bytes())
     }
 
+    async fn get_to_file(&self, key: &str, path: &std::path::Path) -> Result<u64, StoreError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.error("get", key, e))?;
+        let unavailable = |message: String| StoreError::Unavailable {
+            store: self.describe(),
+            action: "get",
+            key: key.to_string(),
+            message,
+        };
+        let mut body = output.body.into_async_read();
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| self.local_error(key, e))?;
+        let size = tokio::io::copy(&mut body, &mut file)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(size)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let full_prefix = self.full_key(prefix);
         let strip = if self.prefix.is_empty() {
