@@ -11,20 +11,17 @@
 //! X is the end of the contiguous segment chain, so the result is exactly the
 //! source's state after the last transaction finishing at or before X.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::inventory;
 use super::manifest::{self, Manifest, ObjectRef, SnapshotEntry};
-use super::schema::{self, SchemaSet};
+use super::schema;
 use super::snapshot::{self, PREFIX};
 use super::store::ObjectStore;
 use super::ArchiveError;
 use crate::cluster::Cluster;
-use crate::log::committed::Assembler;
-use crate::restore::apply::{Applier, Bounds, Target};
-use crate::restore::load::{self, ClientExecutor};
+use crate::restore::apply::Target;
+use crate::restore::rebuild;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -35,7 +32,7 @@ pub enum CompactError {
     #[error("compaction's scratch database failed: {0}")]
     ScratchSql(#[from] tokio_postgres::Error),
     #[error(transparent)]
-    Apply(#[from] crate::restore::apply::ApplyError),
+    Rebuild(#[from] crate::restore::rebuild::RebuildError),
 }
 
 pub struct Compacted {
@@ -50,34 +47,16 @@ pub async fn compact(
     manifest: &Manifest,
     work_dir: &Path,
 ) -> Result<Option<Compacted>, CompactError> {
-    let Some(base) = manifest.snapshots.iter().max_by_key(|s| s.lsn) else {
-        return Ok(None);
-    };
-    let end = inventory::chain_end(manifest, base.lsn, base.time);
-    if end.lsn <= base.lsn {
+    if manifest.snapshots.is_empty() {
         return Ok(None);
     }
-    let segments: Vec<_> = manifest
-        .segments
-        .iter()
-        .filter(|s| s.end_lsn > base.lsn && s.start_lsn < end.lsn)
-        .cloned()
-        .collect();
+    let plan = rebuild::plan(manifest, Target::Latest)?;
+    let end = plan.chain_end;
+    if end.lsn <= plan.snapshot.lsn {
+        return Ok(None);
+    }
     let started = std::time::Instant::now();
-    tracing::info!(from = %base.lsn, to = %end.lsn, segments = segments.len(), "compacting");
-
-    let schema_body = load::fetch_verified(
-        &*store,
-        &base.schema.key,
-        base.schema.size,
-        &base.schema.sha256,
-    )
-    .await?;
-    let schema_set: SchemaSet =
-        serde_json::from_slice(&schema_body).map_err(|e| ArchiveError::Corrupt {
-            key: base.schema.key.clone(),
-            problem: e.to_string(),
-        })?;
+    tracing::info!(from = %plan.snapshot.lsn, to = %end.lsn, segments = plan.segments.len(), "compacting");
 
     let scratch = tokio::task::spawn_blocking(|| Cluster::start(&[]))
         .await
@@ -86,63 +65,17 @@ pub async fn compact(
         tokio_postgres::connect(&scratch.url("postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let client = Arc::new(client);
-
-    load::create_tables(&client, &schema_set).await?;
-    for object in &base.tables {
-        load::load_table(&client, &*store, object, work_dir).await?;
-    }
-    load::add_primary_keys(&client, &schema_set).await?;
-
-    let segment_dir = tempfile::tempdir_in(work_dir).map_err(|source| {
-        ArchiveError::from(crate::log::LogError::Dir {
-            path: work_dir.to_path_buf(),
-            source,
-        })
-    })?;
-    load::fetch_segments(&*store, &segments, segment_dir.path()).await?;
-    let tables: HashMap<String, Vec<(String, u32)>> = schema_set
-        .tables
-        .iter()
-        .map(|t| {
-            let columns = t
-                .columns
-                .iter()
-                .filter(|c| c.generated.is_none())
-                .map(|c| (c.name.clone(), c.type_oid))
-                .collect();
-            (t.table_name().to_string(), columns)
-        })
-        .collect();
-    let type_names: HashMap<u32, String> = schema_set
-        .tables
-        .iter()
-        .flat_map(|t| t.columns.iter().map(|c| (c.type_oid, c.type_sql.clone())))
-        .filter(|(oid, _)| *oid >= 16384)
-        .collect();
-    let executor = ClientExecutor {
-        client: client.clone(),
-        runtime: tokio::runtime::Handle::current(),
-    };
-    let bounds = Bounds {
-        after: base.lsn,
-        until: Target::Lsn(end.lsn),
-    };
-    let dir = segment_dir.path().to_path_buf();
-    let (transactions, changes) = tokio::task::spawn_blocking(
-        move || -> Result<(u64, u64), crate::restore::apply::ApplyError> {
-            let mut applier = Applier::new(executor, bounds, tables, type_names);
-            Assembler::run(&dir, &mut applier)?;
-            applier.finish()?;
-            Ok((applier.applied_txns, applier.applied_changes))
-        },
-    )
-    .await
-    .expect("applying segments")?;
+    let rebuilt = rebuild::rebuild(&*store, &plan, client.clone(), work_dir).await?;
 
     // The schema as it now is: columns from the scratch tables, the rest as the base had it.
-    let names: Vec<_> = schema_set.tables.iter().map(|t| t.table_name()).collect();
+    let names: Vec<_> = rebuilt
+        .schema
+        .tables
+        .iter()
+        .map(|t| t.table_name())
+        .collect();
     let current = schema::read(&client, &names).await?;
-    let mut new_schema = schema_set.clone();
+    let mut new_schema = rebuilt.schema.clone();
     for (table, now) in new_schema.tables.iter_mut().zip(current.tables) {
         table.columns = now.columns;
     }
@@ -187,8 +120,8 @@ pub async fn compact(
     };
     tracing::info!(
         lsn = %end.lsn,
-        transactions,
-        changes,
+        transactions = rebuilt.transactions,
+        changes = rebuilt.changes,
         seconds = started.elapsed().as_secs_f64(),
         "compaction stored a new base snapshot"
     );
@@ -196,7 +129,7 @@ pub async fn compact(
         .record(started.elapsed().as_secs_f64());
     Ok(Some(Compacted {
         snapshot,
-        transactions,
-        changes,
+        transactions: rebuilt.transactions,
+        changes: rebuilt.changes,
     }))
 }

@@ -11,3 +11,4 @@
 
 pub mod apply;
 pub mod load;
+pub mod rebuild;

@@ -1,0 +1,287 @@
+//! Planning and running a rebuild: the newest snapshot at or before the
+//! target, the contiguous segments after it, loaded and applied into a database.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::apply::{Applier, ApplyError, Bounds, Target};
+use super::load::{self, ClientExecutor};
+use crate::archive::inventory;
+use crate::archive::manifest::{Manifest, SegmentEntry, SnapshotEntry};
+use crate::archive::schema::SchemaSet;
+use crate::archive::store::ObjectStore;
+use crate::archive::ArchiveError;
+use crate::log::committed::Assembler;
+use crate::lsn::Lsn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("nothing is restorable yet: the archive has no base snapshot; let capture run until `tidemark list` shows a window")]
+    NoSnapshot,
+    #[error("{target} is outside the restore window ({earliest} to {latest}); pick a point inside it (`tidemark list` shows the window)")]
+    OutsideWindow {
+        target: String,
+        earliest: String,
+        latest: String,
+    },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("the target database failed: {0}")]
+    Target(#[from] tokio_postgres::Error),
+}
+
+/// What a rebuild reads: one snapshot and the segments after it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub snapshot: SnapshotEntry,
+    pub segments: Vec<SegmentEntry>,
+    pub bounds: Bounds,
+    /// The newest point the chain reaches.
+    pub chain_end: inventory::Point,
+}
+
+fn describe(target: Target) -> String {
+    match target {
+        Target::Lsn(lsn) => format!("LSN {lsn}"),
+        Target::Time(time) => format!("time {time}"),
+        Target::Latest => "latest".into(),
+    }
+}
+
+/// Picks the newest snapshot at or before `target` and the contiguous chain after it.
+pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
+    let at_or_before = |s: &&SnapshotEntry| match target {
+        Target::Lsn(lsn) => s.lsn <= lsn,
+        Target::Time(time) => s.time <= time,
+        Target::Latest => true,
+    };
+    let Some(snapshot) = manifest
+        .snapshots
+        .iter()
+        .filter(at_or_before)
+        .max_by_key(|s| s.lsn)
+    else {
+        let window = inventory::inventory(Some(("", manifest)))
+            .window
+            .ok_or(RebuildError::NoSnapshot)?;
+        return Err(RebuildError::OutsideWindow {
+            target: describe(target),
+            earliest: format!("{} ({})", window.earliest.time, window.earliest.lsn),
+            latest: format!("{} ({})", window.latest.time, window.latest.lsn),
+        });
+    };
+    let chain_end = inventory::chain_end(manifest, snapshot.lsn, snapshot.time);
+    let beyond = match target {
+        Target::Lsn(lsn) => lsn > chain_end.lsn,
+        Target::Time(time) => time > chain_end.time,
+        Target::Latest => false,
+    };
+    if beyond {
+        let window = inventory::inventory(Some(("", manifest)))
+            .window
+            .ok_or(RebuildError::NoSnapshot)?;
+        return Err(RebuildError::OutsideWindow {
+            target: describe(target),
+            earliest: format!("{} ({})", window.earliest.time, window.earliest.lsn),
+            latest: format!("{} ({})", chain_end.time, chain_end.lsn),
+        });
+    }
+    let segments = manifest
+        .segments
+        .iter()
+        .filter(|s| s.end_lsn > snapshot.lsn && s.start_lsn < chain_end.lsn)
+        .cloned()
+        .collect();
+    Ok(Plan {
+        snapshot: snapshot.clone(),
+        segments,
+        bounds: Bounds {
+            after: snapshot.lsn,
+            until: match target {
+                Target::Latest => Target::Lsn(chain_end.lsn),
+                other => other,
+            },
+        },
+        chain_end,
+    })
+}
+
+pub struct Rebuilt {
+    pub schema: SchemaSet,
+    pub transactions: u64,
+    pub changes: u64,
+    pub rows_loaded: u64,
+}
+
+/// Loads the plan's snapshot into `client`'s (empty) database and applies the segments.
+pub async fn rebuild(
+    store: &dyn ObjectStore,
+    plan: &Plan,
+    client: Arc<tokio_postgres::Client>,
+    work_dir: &Path,
+) -> Result<Rebuilt, RebuildError> {
+    let snapshot = &plan.snapshot;
+    let schema_body = load::fetch_verified(
+        store,
+        &snapshot.schema.key,
+        snapshot.schema.size,
+        &snapshot.schema.sha256,
+    )
+    .await?;
+    let schema: SchemaSet =
+        serde_json::from_slice(&schema_body).map_err(|e| ArchiveError::Corrupt {
+            key: snapshot.schema.key.clone(),
+            problem: e.to_string(),
+        })?;
+    load::create_tables(&client, &schema).await?;
+    let mut rows_loaded = 0;
+    for object in &snapshot.tables {
+        rows_loaded += load::load_table(&client, store, object, work_dir).await?;
+    }
+    load::add_primary_keys(&client, &schema).await?;
+
+    let segment_dir = tempfile::tempdir_in(work_dir).map_err(|source| {
+        ArchiveError::from(crate::log::LogError::Dir {
+            path: work_dir.to_path_buf(),
+            source,
+        })
+    })?;
+    load::fetch_segments(store, &plan.segments, segment_dir.path()).await?;
+    let tables: HashMap<String, Vec<(String, u32)>> = schema
+        .tables
+        .iter()
+        .map(|t| {
+            let columns = t
+                .columns
+                .iter()
+                .filter(|c| c.generated.is_none())
+                .map(|c| (c.name.clone(), c.type_oid))
+                .collect();
+            (t.table_name().to_string(), columns)
+        })
+        .collect();
+    let type_names: HashMap<u32, String> = schema
+        .tables
+        .iter()
+        .flat_map(|t| t.columns.iter().map(|c| (c.type_oid, c.type_sql.clone())))
+        .filter(|(oid, _)| *oid >= 16384)
+        .collect();
+    let executor = ClientExecutor {
+        client,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let bounds = plan.bounds;
+    let dir = segment_dir.path().to_path_buf();
+    let (transactions, changes) =
+        tokio::task::spawn_blocking(move || -> Result<(u64, u64), ApplyError> {
+            let mut applier = Applier::new(executor, bounds, tables, type_names);
+            Assembler::run(&dir, &mut applier)?;
+            applier.finish()?;
+            Ok((applier.applied_txns, applier.applied_changes))
+        })
+        .await
+        .expect("applying segments")?;
+    Ok(Rebuilt {
+        schema,
+        transactions,
+        changes,
+        rows_loaded,
+    })
+}
+
+impl Plan {
+    /// The LSN the rebuilt state corresponds to, when the target is an LSN.
+    pub fn target_lsn(&self) -> Option<Lsn> {
+        match self.bounds.until {
+            Target::Lsn(lsn) => Some(lsn),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::manifest::{ObjectRef, SourceId};
+    use crate::lsn::PgTimestamp;
+
+    fn segment(start: u64, end: u64, time: i64) -> SegmentEntry {
+        SegmentEntry {
+            key: format!("s{start}"),
+            start_lsn: Lsn(start),
+            end_lsn: Lsn(end),
+            first_commit_time: Some(PgTimestamp(time)),
+            last_commit_time: Some(PgTimestamp(time)),
+            records: 1,
+            size: 1,
+            sha256: String::new(),
+            raw_size: 1,
+            raw_sha256: String::new(),
+            prev_sha256: None,
+        }
+    }
+
+    fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
+        SnapshotEntry {
+            lsn: Lsn(lsn),
+            time: PgTimestamp(time),
+            method: "copy".into(),
+            schema: ObjectRef {
+                key: String::new(),
+                size: 0,
+                sha256: String::new(),
+            },
+            tables: vec![],
+        }
+    }
+
+    fn manifest() -> Manifest {
+        let mut m = Manifest::new(SourceId {
+            system_identifier: "1".into(),
+            database: "d".into(),
+            slot: "s".into(),
+        });
+        m.snapshots = vec![snapshot(100, 10), snapshot(300, 30)];
+        m.segments = vec![
+            segment(50, 200, 20),
+            segment(200, 400, 40),
+            segment(400, 500, 50),
+        ];
+        m
+    }
+
+    #[test]
+    fn picks_the_newest_snapshot_at_or_before_the_target() {
+        let m = manifest();
+        let p = plan(&m, Target::Time(PgTimestamp(25))).unwrap();
+        assert_eq!(p.snapshot.lsn, Lsn(100));
+        assert_eq!(p.segments.len(), 3);
+        let p = plan(&m, Target::Lsn(Lsn(450))).unwrap();
+        assert_eq!(p.snapshot.lsn, Lsn(300));
+        assert_eq!(
+            p.segments.iter().map(|s| s.start_lsn.0).collect::<Vec<_>>(),
+            vec![200, 400]
+        );
+        let p = plan(&m, Target::Latest).unwrap();
+        assert_eq!(p.bounds.until, Target::Lsn(Lsn(500)));
+    }
+
+    #[test]
+    fn targets_outside_the_window_name_it() {
+        let m = manifest();
+        let before = plan(&m, Target::Time(PgTimestamp(5)))
+            .unwrap_err()
+            .to_string();
+        assert!(before.contains("outside the restore window"), "{before}");
+        assert!(plan(&m, Target::Lsn(Lsn(501))).is_err());
+        let mut empty = m.clone();
+        empty.snapshots.clear();
+        assert!(matches!(
+            plan(&empty, Target::Latest),
+            Err(RebuildError::NoSnapshot)
+        ));
+    }
+}
