@@ -123,6 +123,7 @@ pub async fn run(
                             uploader,
                             archive_cfg.upload_interval,
                             archive_cfg.compact_interval,
+                            cfg.retention.clone(),
                         ));
                     }
                 }
@@ -171,12 +172,18 @@ struct ArchiveHandle {
 const FINAL_UPLOAD_WAIT: Duration = Duration::from_secs(30);
 
 impl Archive {
-    fn start(uploader: Arc<Uploader>, interval: Duration, compact_interval: Duration) -> Archive {
+    fn start(
+        uploader: Arc<Uploader>,
+        interval: Duration,
+        compact_interval: Duration,
+        retention: Option<crate::archive::retention::RetentionPolicy>,
+    ) -> Archive {
         let sealed = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(uploader::compact_periodically(
             uploader.clone(),
             compact_interval,
+            retention,
             stopped.clone(),
         ));
         let task = tokio::spawn(uploader::run(

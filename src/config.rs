@@ -37,6 +37,8 @@ pub struct Config {
     pub archive: Option<ArchiveConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Without it, nothing archived is ever deleted.
+    pub retention: Option<crate::archive::retention::RetentionPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +229,12 @@ impl Config {
                 ));
             }
         }
+        if config.retention.is_some() && config.archive.is_none() {
+            return Err(invalid(
+                String::new(),
+                "[retention] needs an [archive] to prune; add one or remove [retention]".into(),
+            ));
+        }
         if config.log.max_size.as_u64() < config.log.segment_size.as_u64() * 2 {
             return Err(invalid(
                 String::new(),
@@ -253,7 +261,7 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-const SECTIONS: &[&str] = &["source", "log", "archive", "metrics"];
+const SECTIONS: &[&str] = &["source", "log", "archive", "metrics", "retention"];
 
 /// Applies `TIDEMARK_<SECTION>_<KEY>=value`; the value is TOML if it parses as TOML, else a string.
 fn apply_env(

@@ -63,6 +63,21 @@ impl PgTimestamp {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a timestamp; write it as RFC 3339 with a zone, e.g. 2026-11-21T10:15:00Z")]
+pub struct ParseTimestampError(String);
+
+impl FromStr for PgTimestamp {
+    type Err = ParseTimestampError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let time =
+            DateTime::parse_from_rfc3339(s).map_err(|_| ParseTimestampError(s.to_string()))?;
+        Ok(PgTimestamp(
+            time.timestamp_micros() - PG_EPOCH_OFFSET_MICROS,
+        ))
+    }
+}
+
 impl fmt::Display for PgTimestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_rfc3339())

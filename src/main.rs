@@ -54,6 +54,18 @@ enum Command {
         #[arg(long, env = "TIDEMARK_CONFIG")]
         config: PathBuf,
     },
+    /// Delete what [retention] no longer needs: the manifest first, the objects after.
+    /// Capture also prunes after each compaction.
+    Prune {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+        /// Show what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read every archived object and check sizes, SHA-256, the hash chain and LSN continuity.
     /// Exits 1 naming each bad object.
     Verify {
@@ -212,9 +224,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             match tidemark::archive::compact::compact(store.clone(), &manifest, log_dir).await {
                 Ok(Some(done)) => {
                     let lsn = done.snapshot.lsn;
-                    tidemark::archive::manifest::commit_snapshot(&*store, done.snapshot)
-                        .await
-                        .map_err(archive_failure)?;
+                    tidemark::archive::manifest::update(&*store, |m| {
+                        m.snapshots.push(done.snapshot)
+                    })
+                    .await
+                    .map_err(archive_failure)?;
                     println!(
                         "New base snapshot at {lsn}: {} transactions, {} changes applied to the previous one.",
                         done.transactions, done.changes
@@ -230,6 +244,53 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     code: 1,
                 }),
             }
+        }
+        Command::Prune {
+            config,
+            dry_run,
+            json,
+        } => {
+            let checked = Config::load(&config).map_err(bad_input)?;
+            let policy = checked.config.retention.clone().ok_or_else(|| {
+                bad_input(anyhow::anyhow!(
+                    "the config has no [retention] section; add one, e.g. window = \"7d\", daily = 7, weekly = 4, monthly = 6"
+                ))
+            })?;
+            let store = open_archive(&checked.config).await?;
+            let _lock = sole_writer(&checked.config.log.dir, "prunes after every compaction")?;
+            let Some((_, manifest)) = tidemark::archive::manifest::load_latest(&*store)
+                .await
+                .map_err(archive_failure)?
+            else {
+                println!("The archive is empty; nothing to prune.");
+                return Ok(());
+            };
+            let plan = tidemark::archive::retention::plan(
+                &manifest,
+                &policy,
+                tidemark::lsn::PgTimestamp::now(),
+            );
+            if !dry_run && !plan.is_empty() {
+                tidemark::archive::manifest::update(&*store, |m| plan.apply_to(m))
+                    .await
+                    .map_err(archive_failure)?;
+                tidemark::archive::retention::delete(&*store, &plan)
+                    .await
+                    .map_err(archive_failure)?;
+            }
+            if json {
+                print_json(&plan);
+            } else {
+                let verb = if dry_run { "Would delete" } else { "Deleted" };
+                println!(
+                    "{verb} {} snapshots and {} segments ({}); {} snapshots kept.",
+                    plan.deleted_snapshots.len(),
+                    plan.deleted_segments,
+                    bytesize::ByteSize(plan.deleted_bytes),
+                    plan.kept_snapshots.len()
+                );
+            }
+            Ok(())
         }
         Command::Verify { config, deep, json } => {
             let checked = Config::load(&config).map_err(bad_input)?;
@@ -274,6 +335,20 @@ async fn open_archive(
     tidemark::archive::store::open(&archive.url, &archive.s3_options())
         .await
         .map_err(bad_input)
+}
+
+/// Takes the log dir's lock, so this command is the archive's only writer;
+/// capture holds it while it runs and does `what` by itself.
+fn sole_writer(log_dir: &std::path::Path, what: &str) -> Result<std::fs::File, Failure> {
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| bad_input(anyhow::anyhow!("log dir {}: {e}", log_dir.display())))?;
+    tidemark::log::writer::lock_dir(log_dir).map_err(|e| match e {
+        tidemark::log::LogError::Locked { path } => bad_input(anyhow::anyhow!(
+            "capture is running on {} and {what}; stop it first to do this by hand",
+            path.display()
+        )),
+        other => bad_input(other),
+    })
 }
 
 /// Exit 2 for what a person must fix in the config or credentials, 1 for the rest.

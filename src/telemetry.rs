@@ -26,6 +26,7 @@ pub const UPLOAD_FAILURES: &str = "tidemark_upload_failures_total";
 pub const ARCHIVE_HEAD_AGE: &str = "tidemark_archive_head_age_seconds";
 pub const ERRORS: &str = "tidemark_errors_total";
 pub const COMPACTION_SECONDS: &str = "tidemark_compaction_seconds";
+pub const PRUNE_SECONDS: &str = "tidemark_prune_seconds";
 
 /// Starts the exporter on `listen`. Must run inside the tokio runtime.
 pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {

@@ -164,18 +164,18 @@ pub fn parse_key(key: &str) -> Option<(u64, &str)> {
     Some((u64::from_str_radix(sequence, 16).ok()?, sha))
 }
 
-/// Lists a new snapshot in the next manifest. Only for a caller that is the
-/// archive's sole writer (it holds the log dir's lock).
-pub async fn commit_snapshot(
+/// Writes the next manifest: the current one changed by `change`. Only for a
+/// caller that is the archive's sole writer (it holds the log dir's lock).
+pub async fn update(
     store: &dyn ObjectStore,
-    entry: SnapshotEntry,
+    change: impl FnOnce(&mut Manifest),
 ) -> Result<String, ArchiveError> {
     let (_, mut next) = load_latest(store)
         .await?
         .ok_or_else(|| ArchiveError::Missing {
             key: format!("{PREFIX}(any)"),
         })?;
-    next.snapshots.push(entry);
+    change(&mut next);
     next.sequence += 1;
     next.created_at = PgTimestamp::now();
     let (key, body) = next.encode();

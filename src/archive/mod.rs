@@ -15,6 +15,7 @@
 pub mod compact;
 pub mod inventory;
 pub mod manifest;
+pub mod retention;
 pub mod schema;
 pub mod snapshot;
 pub mod store;

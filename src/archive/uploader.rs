@@ -222,17 +222,44 @@ impl Uploader {
         Ok(manifest.as_ref().is_some_and(|m| m.snapshots.is_empty()))
     }
 
-    /// Lists a stored base snapshot in a new manifest.
-    pub async fn add_snapshot(&self, entry: SnapshotEntry) -> Result<(), ArchiveError> {
+    /// Writes the next manifest: the current one changed by `change`.
+    pub async fn update(&self, change: impl FnOnce(&mut Manifest)) -> Result<(), ArchiveError> {
         let mut manifest = self.manifest.lock().await;
         let mut next = match manifest.as_ref() {
             Some(m) => m.clone(),
             None => self.load().await?,
         };
-        next.snapshots.push(entry);
+        change(&mut next);
         self.commit(&mut next).await?;
         *manifest = Some(next);
         Ok(())
+    }
+
+    /// Lists a stored base snapshot in a new manifest.
+    pub async fn add_snapshot(&self, entry: SnapshotEntry) -> Result<(), ArchiveError> {
+        self.update(|m| m.snapshots.push(entry)).await
+    }
+
+    /// Prunes what `policy` no longer needs: the manifest first, the objects after.
+    pub async fn prune(
+        &self,
+        policy: &super::retention::RetentionPolicy,
+    ) -> Result<super::retention::PrunePlan, ArchiveError> {
+        let started = std::time::Instant::now();
+        let plan = super::retention::plan(&self.manifest().await?, policy, PgTimestamp::now());
+        if !plan.is_empty() {
+            self.update(|m| plan.apply_to(m)).await?;
+            super::retention::delete(&*self.store, &plan).await?;
+            tracing::info!(
+                snapshots = plan.deleted_snapshots.len(),
+                segments = plan.deleted_segments,
+                bytes = plan.deleted_bytes,
+                "pruned what retention no longer needs"
+            );
+        }
+        metrics::histogram!(crate::telemetry::PRUNE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        Ok(plan)
     }
 
     /// The newest archived resume LSN and commit time.
@@ -318,10 +345,12 @@ pub async fn snapshot_when_missing(
     }
 }
 
-/// Compacts every `interval` until `shutdown`: a new base snapshot from the archive alone.
+/// Compacts every `interval` until `shutdown` (a new base snapshot from the
+/// archive alone), then prunes by `retention` if it is set.
 pub async fn compact_periodically(
     uploader: Arc<Uploader>,
     interval: Duration,
+    retention: Option<super::retention::RetentionPolicy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -344,6 +373,12 @@ pub async fn compact_periodically(
         if let Err(error) = result {
             metrics::counter!(crate::telemetry::ERRORS, "kind" => "compaction").increment(1);
             tracing::error!(%error, "compaction failed; the next interval retries");
+        }
+        if let Some(policy) = &retention {
+            if let Err(error) = uploader.prune(policy).await {
+                metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
+                tracing::error!(%error, "pruning failed; the next interval retries");
+            }
         }
     }
 }

@@ -1,0 +1,292 @@
+//! Retention: what `tidemark prune` may delete without losing a restore point
+//! it promised to keep.
+//!
+//! Why pruning never breaks a kept point: every point in the window lies at
+//! or after the window's start, so it is restored from the newest snapshot at
+//! or before that start (the anchor) plus the segments after the anchor; both
+//! are kept, as is every later snapshot. Older daily, weekly and monthly
+//! snapshots are kept whole, as restore points of their own. Pruning writes
+//! the manifest without the pruned entries first and deletes objects after,
+//! so a crash in between leaves only unlisted objects behind.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Datelike;
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{Manifest, SegmentEntry, SnapshotEntry};
+use crate::lsn::{Lsn, PgTimestamp};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Every restore point this recent stays restorable.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Beyond the window, keep the newest snapshot of each of this many days...
+    #[serde(default)]
+    pub daily: usize,
+    /// ...ISO weeks...
+    #[serde(default)]
+    pub weekly: usize,
+    /// ...and months.
+    #[serde(default)]
+    pub monthly: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PrunePlan {
+    /// The snapshot that restores the window's oldest point.
+    pub anchor: Option<Lsn>,
+    pub kept_snapshots: Vec<Lsn>,
+    #[serde(skip)]
+    pub delete_snapshots: Vec<SnapshotEntry>,
+    #[serde(skip)]
+    pub delete_segments: Vec<SegmentEntry>,
+    pub deleted_snapshots: Vec<Lsn>,
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+}
+
+pub fn plan(manifest: &Manifest, policy: &RetentionPolicy, now: PgTimestamp) -> PrunePlan {
+    let window_start = PgTimestamp(now.0 - policy.window.as_micros() as i64);
+    let mut snapshots: Vec<&SnapshotEntry> = manifest.snapshots.iter().collect();
+    snapshots.sort_by_key(|s| s.lsn);
+    let Some(anchor) = snapshots
+        .iter()
+        .rev()
+        .find(|s| s.time <= window_start)
+        .or_else(|| snapshots.first())
+        .copied()
+    else {
+        return PrunePlan::default();
+    };
+    let older: Vec<&SnapshotEntry> = snapshots
+        .iter()
+        .copied()
+        .filter(|s| s.lsn < anchor.lsn)
+        .collect();
+    let mut keep: Vec<Lsn> = snapshots
+        .iter()
+        .filter(|s| s.lsn >= anchor.lsn)
+        .map(|s| s.lsn)
+        .collect();
+    let newest_per = |bucket: &dyn Fn(&SnapshotEntry) -> (i32, u32), count: usize| -> Vec<Lsn> {
+        let mut newest: BTreeMap<(i32, u32), Lsn> = BTreeMap::new();
+        for s in &older {
+            let entry = newest.entry(bucket(s)).or_insert(s.lsn);
+            *entry = (*entry).max(s.lsn);
+        }
+        newest.values().rev().take(count).copied().collect()
+    };
+    keep.extend(newest_per(
+        &|s| (s.time.to_utc().year(), s.time.to_utc().ordinal()),
+        policy.daily,
+    ));
+    keep.extend(newest_per(
+        &|s| {
+            let week = s.time.to_utc().iso_week();
+            (week.year(), week.week())
+        },
+        policy.weekly,
+    ));
+    keep.extend(newest_per(
+        &|s| (s.time.to_utc().year(), s.time.to_utc().month()),
+        policy.monthly,
+    ));
+    keep.sort();
+    keep.dedup();
+    let delete_snapshots: Vec<SnapshotEntry> = manifest
+        .snapshots
+        .iter()
+        .filter(|s| !keep.contains(&s.lsn))
+        .cloned()
+        .collect();
+    let delete_segments: Vec<SegmentEntry> = manifest
+        .segments
+        .iter()
+        .filter(|s| s.end_lsn <= anchor.lsn)
+        .cloned()
+        .collect();
+    PrunePlan {
+        anchor: Some(anchor.lsn),
+        kept_snapshots: keep,
+        deleted_snapshots: delete_snapshots.iter().map(|s| s.lsn).collect(),
+        deleted_segments: delete_segments.len(),
+        deleted_bytes: delete_segments.iter().map(|s| s.size).sum::<u64>()
+            + delete_snapshots
+                .iter()
+                .map(|s| s.schema.size + s.tables.iter().map(|t| t.size).sum::<u64>())
+                .sum::<u64>(),
+        delete_snapshots,
+        delete_segments,
+    }
+}
+
+impl PrunePlan {
+    pub fn is_empty(&self) -> bool {
+        self.delete_snapshots.is_empty() && self.delete_segments.is_empty()
+    }
+
+    /// Removes the pruned entries from a manifest (the next one to be written).
+    pub fn apply_to(&self, manifest: &mut Manifest) {
+        manifest
+            .snapshots
+            .retain(|s| !self.deleted_snapshots.contains(&s.lsn));
+        let gone: Vec<&str> = self
+            .delete_segments
+            .iter()
+            .map(|s| s.key.as_str())
+            .collect();
+        manifest
+            .segments
+            .retain(|s| !gone.contains(&s.key.as_str()));
+    }
+
+    /// Every object key the plan deletes.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.delete_segments.iter().map(|s| s.key.clone()).collect();
+        for s in &self.delete_snapshots {
+            keys.push(s.schema.key.clone());
+            keys.extend(s.tables.iter().map(|t| t.key.clone()));
+        }
+        keys
+    }
+}
+
+/// How many older manifests to keep beside the current one (for forensics).
+pub const MANIFESTS_KEPT: usize = 16;
+
+/// Deletes the plan's objects, then manifests beyond the newest few. Call
+/// only after a manifest without the pruned entries is stored.
+pub async fn delete(
+    store: &dyn super::store::ObjectStore,
+    plan: &PrunePlan,
+) -> Result<usize, super::ArchiveError> {
+    let mut deleted = 0;
+    for key in plan.keys() {
+        store.delete(&key).await?;
+        deleted += 1;
+    }
+    let manifests = store.list(super::manifest::PREFIX).await?;
+    let mut keys: Vec<(u64, String)> = manifests
+        .into_iter()
+        .filter_map(|o| Some((super::manifest::parse_key(&o.key)?.0, o.key)))
+        .collect();
+    keys.sort();
+    let excess = keys.len().saturating_sub(MANIFESTS_KEPT + 1);
+    for (_, key) in keys.into_iter().take(excess) {
+        store.delete(&key).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::manifest::{ObjectRef, SourceId};
+
+    const DAY: i64 = 86_400_000_000;
+
+    fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
+        SnapshotEntry {
+            lsn: Lsn(lsn),
+            time: PgTimestamp(time),
+            method: "compaction".into(),
+            schema: ObjectRef {
+                key: format!("snap{lsn}/schema"),
+                size: 1,
+                sha256: String::new(),
+            },
+            tables: vec![],
+        }
+    }
+
+    fn segment(start: u64, end: u64) -> SegmentEntry {
+        SegmentEntry {
+            key: format!("seg{start}"),
+            start_lsn: Lsn(start),
+            end_lsn: Lsn(end),
+            first_commit_time: None,
+            last_commit_time: None,
+            records: 1,
+            size: 10,
+            sha256: String::new(),
+            raw_size: 10,
+            raw_sha256: String::new(),
+            prev_sha256: None,
+        }
+    }
+
+    fn manifest() -> Manifest {
+        let mut m = Manifest::new(SourceId {
+            system_identifier: "1".into(),
+            database: "d".into(),
+            slot: "s".into(),
+        });
+        // One snapshot a day for 40 days (LSN = day * 100), segments between them.
+        m.snapshots = (1..=40)
+            .map(|d| snapshot(d * 100, d as i64 * DAY))
+            .collect();
+        m.segments = (0..40).map(|d| segment(d * 100, d * 100 + 100)).collect();
+        m
+    }
+
+    fn policy(window_days: u64, daily: usize, weekly: usize, monthly: usize) -> RetentionPolicy {
+        RetentionPolicy {
+            window: Duration::from_secs(window_days * 86_400),
+            daily,
+            weekly,
+            monthly,
+        }
+    }
+
+    #[test]
+    fn the_window_keeps_its_anchor_and_everything_after() {
+        let m = manifest();
+        let now = PgTimestamp(40 * DAY + DAY / 2);
+        let p = plan(&m, &policy(7, 0, 0, 0), now);
+        // Window start is day 33.5: anchored by the day-33 snapshot.
+        assert_eq!(p.anchor, Some(Lsn(3300)));
+        assert_eq!(p.kept_snapshots.first(), Some(&Lsn(3300)));
+        assert_eq!(p.kept_snapshots.len(), 8);
+        assert!(p.delete_segments.iter().all(|s| s.end_lsn <= Lsn(3300)));
+        assert_eq!(p.delete_segments.len(), 33);
+        let mut after = m.clone();
+        p.apply_to(&mut after);
+        assert_eq!(after.segments.first().unwrap().start_lsn, Lsn(3300));
+        assert_eq!(after.snapshots.len(), 8);
+    }
+
+    #[test]
+    fn daily_weekly_and_monthly_snapshots_survive_beyond_the_window() {
+        let m = manifest();
+        let now = PgTimestamp(40 * DAY + DAY / 2);
+        let p = plan(&m, &policy(7, 3, 2, 1), now);
+        for kept in [3200, 3100, 3000] {
+            assert!(p.kept_snapshots.contains(&Lsn(kept)), "daily {kept}");
+        }
+        assert!(p.kept_snapshots.len() >= 8 + 3);
+        assert!(p.kept_snapshots.len() <= 8 + 3 + 2 + 1);
+        // Segments are only kept from the anchor on: older snapshots stand alone.
+        assert_eq!(p.delete_segments.len(), 33);
+    }
+
+    #[test]
+    fn a_window_longer_than_the_archive_keeps_every_restore_point() {
+        let m = manifest();
+        let p = plan(&m, &policy(365, 0, 0, 0), PgTimestamp(40 * DAY));
+        assert_eq!(p.anchor, Some(Lsn(100)));
+        assert!(p.delete_snapshots.is_empty());
+        // Only what precedes the oldest snapshot, which nothing can restore.
+        assert_eq!(
+            p.delete_segments
+                .iter()
+                .map(|s| s.end_lsn)
+                .collect::<Vec<_>>(),
+            vec![Lsn(100)]
+        );
+    }
+}
