@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::archive::manifest::SourceId;
 use crate::archive::uploader::{self, Uploader};
-use crate::archive::{store, ArchiveError};
+use crate::archive::ArchiveError;
 use crate::config::Checked;
 use crate::log::record::finished_transaction;
 use crate::log::{Appender, LogError, LogWriter, Record, RecordKind};
@@ -80,11 +80,7 @@ pub async fn run(
     }
     tracing::info!(dir = %cfg.log.dir.display(), resume = %recovery.resume_lsn, "opened the segment log");
     let store = match &cfg.archive {
-        Some(archive) => Some(
-            store::open(&archive.url, &archive.s3_options())
-                .await
-                .map_err(ArchiveError::from)?,
-        ),
+        Some(archive) => Some(archive.open_store().await.map_err(ArchiveError::from)?),
         None => None,
     };
     let mut archive: Option<Archive> = None;

@@ -101,9 +101,37 @@ pub struct ArchiveConfig {
     pub region: Option<String>,
     #[serde(default)]
     pub path_style: bool,
+    /// A file holding the 32-byte AES-256 key as 64 hex characters.
+    pub encryption_key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the key as 64 hex characters.
+    pub encryption_key_env: Option<String>,
 }
 
 impl ArchiveConfig {
+    /// The encryption key, if one is configured. Its bytes are never logged.
+    pub fn key(
+        &self,
+    ) -> Result<Option<std::sync::Arc<crate::archive::crypt::Key>>, crate::archive::crypt::CryptError>
+    {
+        use crate::archive::crypt::Key;
+        let key = match (&self.encryption_key_file, &self.encryption_key_env) {
+            (Some(path), _) => Some(Key::from_file(path)?),
+            (None, Some(name)) => Some(Key::from_env(name)?),
+            (None, None) => None,
+        };
+        Ok(key.map(std::sync::Arc::new))
+    }
+
+    /// Opens the archive's store, with the configured key.
+    pub async fn open_store(
+        &self,
+    ) -> Result<
+        std::sync::Arc<dyn crate::archive::store::ObjectStore>,
+        crate::archive::store::StoreError,
+    > {
+        crate::archive::store::open_with_key(&self.url, &self.s3_options(), self.key()?).await
+    }
+
     pub fn s3_options(&self) -> crate::archive::store::s3::S3Options {
         crate::archive::store::s3::S3Options {
             endpoint: self.endpoint.clone(),
@@ -220,6 +248,12 @@ impl Config {
                 return Err(invalid(
                     String::new(),
                     format!("[archive] url {:?} is not supported; use file:///absolute/path or s3://bucket/prefix", archive.url),
+                ));
+            }
+            if archive.encryption_key_file.is_some() && archive.encryption_key_env.is_some() {
+                return Err(invalid(
+                    String::new(),
+                    "[archive] takes encryption_key_file or encryption_key_env, not both".into(),
                 ));
             }
             if archive.upload_interval.is_zero() {

@@ -332,9 +332,7 @@ async fn open_archive(
             "the config has no [archive] section; add one with url = \"file:///path\" or \"s3://bucket/prefix\""
         ))
     })?;
-    tidemark::archive::store::open(&archive.url, &archive.s3_options())
-        .await
-        .map_err(bad_input)
+    archive.open_store().await.map_err(bad_input)
 }
 
 /// Takes the log dir's lock, so this command is the archive's only writer;
@@ -356,6 +354,11 @@ fn archive_failure(error: tidemark::archive::ArchiveError) -> Failure {
     use tidemark::archive::{store::StoreError, ArchiveError};
     let code = match &error {
         ArchiveError::Store(StoreError::Refused { .. } | StoreError::BadUrl { .. }) => BAD_INPUT,
+        ArchiveError::Store(StoreError::Crypt(e))
+            if !matches!(e, tidemark::archive::crypt::CryptError::Damaged { .. }) =>
+        {
+            BAD_INPUT
+        }
         _ => 1,
     };
     Failure {

@@ -423,3 +423,122 @@ async fn list_and_verify_see_the_archive_and_name_each_corruption() {
         "{report}"
     );
 }
+
+const KEY_HEX: &str = "8f1e6a2b9c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccdde";
+const OTHER_KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !path.to_string_lossy().ends_with(".meta.json") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_encrypted_archive_is_unreadable_without_its_key() {
+    let fx = Fixture::new(RICH_SCHEMA);
+    fx.psql("UPDATE accounts SET owner = 'secret-marker-4242' WHERE id = 1");
+    let key_file = fx.dir.path().join("archive.key");
+    std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
+    let dir = fx.dir.path().join("archive");
+    let url = format!("file://{}", dir.display());
+    let archive = format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n");
+    let config = fx.config(
+        &["public.accounts"],
+        &format!(
+            "{archive}encryption_key_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
+        capture.logs().contains("base snapshot stored")
+    });
+    fx.psql("UPDATE accounts SET owner = 'secret-marker-4343' WHERE id = 2");
+    fx.wait_caught_up(Duration::from_secs(30));
+    let logs = capture.logs();
+    assert_eq!(capture.stop(), 0);
+    assert!(!logs.contains(KEY_HEX));
+
+    // Everything stored is ciphertext.
+    let files = files_under(&dir);
+    assert!(files.len() >= 4);
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            bytes.starts_with(tidemark::archive::crypt::MAGIC),
+            "{} is not encrypted",
+            file.display()
+        );
+        assert!(
+            !bytes.windows(13).any(|w| w == b"secret-marker"),
+            "{} leaks plaintext",
+            file.display()
+        );
+    }
+
+    let cfg = config.to_str().unwrap();
+    let verify = harness::tidemark(&["verify", "--config", cfg, "--deep"], &[]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let key = tidemark::archive::crypt::Key::from_hex(KEY_HEX).unwrap();
+    let store = store::open_with_key(&url, &Default::default(), Some(Arc::new(key)))
+        .await
+        .unwrap();
+    let (_, manifest) = manifest::load_latest(&*store).await.unwrap().unwrap();
+    assert_eq!(
+        manifest.encryption_key_id.as_deref(),
+        Some(
+            tidemark::archive::crypt::Key::from_hex(KEY_HEX)
+                .unwrap()
+                .id()
+                .as_str()
+        )
+    );
+    let plan =
+        tidemark::restore::rebuild::plan(&manifest, tidemark::restore::apply::Target::Latest)
+            .unwrap();
+    let target = Fixture::new("");
+    let client = Arc::new(harness::connect(&target.url()).await);
+    tidemark::restore::rebuild::rebuild(&*store, &plan, client, target.dir.path())
+        .await
+        .unwrap();
+    assert_eq!(target.psql(ROWS_MD5), fx.psql(ROWS_MD5));
+
+    // No key, then the wrong key: one clear line each, exit 2, no key material.
+    let no_key = fx.config(&["public.accounts"], &archive);
+    let out = harness::tidemark(&["list", "--config", no_key.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is encrypted") && stderr.contains("no key is configured"),
+        "{stderr}"
+    );
+    let other = fx.dir.path().join("other.key");
+    std::fs::write(&other, OTHER_KEY_HEX).unwrap();
+    let wrong = fx.config(
+        &["public.accounts"],
+        &format!(
+            "{archive}encryption_key_file = {:?}\n",
+            other.display().to_string()
+        ),
+    );
+    let out = harness::tidemark(&["verify", "--config", wrong.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("but the configured key is"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains(KEY_HEX) && !stderr.contains(OTHER_KEY_HEX));
+}

@@ -26,6 +26,8 @@ pub struct Manifest {
     pub sequence: u64,
     pub created_at: PgTimestamp,
     pub source: SourceId,
+    /// The id of the key the archive's objects are encrypted with (null: not encrypted).
+    pub encryption_key_id: Option<String>,
     /// Base snapshots, oldest first.
     pub snapshots: Vec<SnapshotEntry>,
     pub segments: Vec<SegmentEntry>,
@@ -106,6 +108,7 @@ impl Manifest {
             sequence: 0,
             created_at: PgTimestamp::now(),
             source,
+            encryption_key_id: None,
             snapshots: Vec::new(),
             segments: Vec::new(),
         }
@@ -176,6 +179,7 @@ pub async fn update(
             key: format!("{PREFIX}(any)"),
         })?;
     change(&mut next);
+    next.encryption_key_id = store.key_id();
     next.sequence += 1;
     next.created_at = PgTimestamp::now();
     let (key, body) = next.encode();

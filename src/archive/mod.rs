@@ -13,6 +13,7 @@
 //! - A local segment is deleted only after a manifest listing it is stored.
 
 pub mod compact;
+pub mod crypt;
 pub mod inventory;
 pub mod manifest;
 pub mod retention;

@@ -4,6 +4,7 @@
 //! single PUT on S3) and never overwritten in place: every key tidemark writes
 //! names its content (an LSN range and a hash, or a manifest sequence and hash).
 
+pub mod crypt;
 pub mod local;
 pub mod s3;
 
@@ -35,6 +36,8 @@ pub enum StoreError {
     },
     #[error("[archive] url {url} is not supported; use file:///path or s3://bucket/prefix")]
     BadUrl { url: String },
+    #[error(transparent)]
+    Crypt(#[from] crate::archive::crypt::CryptError),
 }
 
 impl StoreError {
@@ -77,23 +80,37 @@ pub trait ObjectStore: Send + Sync {
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     /// Where the store is, for messages (never with credentials).
     fn describe(&self) -> String;
+    /// The id of the key objects are encrypted with, if any.
+    fn key_id(&self) -> Option<String> {
+        None
+    }
 }
 
-/// Opens the store an `[archive] url` names.
+/// Opens the store an `[archive] url` names, without an encryption key.
 pub async fn open(url: &str, s3: &s3::S3Options) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    if let Some(path) = url.strip_prefix("file://") {
-        return Ok(Arc::new(local::LocalStore::new(path.into())));
-    }
-    if let Some(rest) = url.strip_prefix("s3://") {
+    open_with_key(url, s3, None).await
+}
+
+/// Opens the store, encrypting every object with `key` if one is given. Either
+/// way, an encrypted object read without the right key is a clear error.
+pub async fn open_with_key(
+    url: &str,
+    s3: &s3::S3Options,
+    key: Option<Arc<crate::archive::crypt::Key>>,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let bad_url = || StoreError::BadUrl {
+        url: url.to_string(),
+    };
+    let inner: Arc<dyn ObjectStore> = if let Some(path) = url.strip_prefix("file://") {
+        Arc::new(local::LocalStore::new(path.into()))
+    } else if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(StoreError::BadUrl {
-                url: url.to_string(),
-            });
+            return Err(bad_url());
         }
-        return Ok(Arc::new(s3::S3Store::new(bucket, prefix, s3).await));
-    }
-    Err(StoreError::BadUrl {
-        url: url.to_string(),
-    })
+        Arc::new(s3::S3Store::new(bucket, prefix, s3).await)
+    } else {
+        return Err(bad_url());
+    };
+    Ok(Arc::new(crypt::CryptStore::new(inner, key)))
 }

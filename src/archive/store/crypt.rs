@@ -1,0 +1,183 @@
+//! Wraps a store so every object is encrypted on the way in and decrypted on
+//! the way out; without a key it still recognises encrypted objects and says so.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ObjectInfo, ObjectStore, StoreError};
+use crate::archive::crypt::{self, DecryptError, Key};
+
+pub struct CryptStore {
+    inner: Arc<dyn ObjectStore>,
+    key: Option<Arc<Key>>,
+}
+
+impl CryptStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, key: Option<Arc<Key>>) -> CryptStore {
+        CryptStore { inner, key }
+    }
+
+    fn decrypt_error(object: &str, e: DecryptError) -> StoreError {
+        match e {
+            DecryptError::Crypt(e) => StoreError::Crypt(e),
+            DecryptError::Io(e) => StoreError::Refused {
+                store: "local".into(),
+                action: "get",
+                key: object.to_string(),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// Decrypts `data` if it is encrypted; cleartext objects pass through.
+    fn open(&self, object: &str, data: Bytes) -> Result<Bytes, StoreError> {
+        let Some(found) = crypt::key_id_of(&data) else {
+            return Ok(data);
+        };
+        let Some(key) = &self.key else {
+            return Err(StoreError::Crypt(crypt::CryptError::NoKey {
+                object: object.to_string(),
+                found,
+            }));
+        };
+        let mut plain = Vec::with_capacity(data.len());
+        key.decrypt(object, &data[..], &mut plain)
+            .map_err(|e| Self::decrypt_error(object, e))?;
+        Ok(Bytes::from(plain))
+    }
+}
+
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    tempfile::NamedTempFile::new_in(dir).map_err(|e| StoreError::Refused {
+        store: "local".into(),
+        action: "put",
+        key: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+#[async_trait]
+impl ObjectStore for CryptStore {
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let data = match &self.key {
+            Some(k) => {
+                let k = k.clone();
+                let sealed = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::with_capacity(data.len() + 64);
+                    k.encrypt(&data[..], &mut out).map(|()| out)
+                })
+                .await
+                .expect("encrypting an object")
+                .map_err(|e| StoreError::Refused {
+                    store: self.describe(),
+                    action: "put",
+                    key: key.to_string(),
+                    message: e.to_string(),
+                })?;
+                Bytes::from(sealed)
+            }
+            None => data,
+        };
+        self.inner.put(key, data, metadata).await
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let Some(k) = self.key.clone() else {
+            return self.inner.put_file(key, path, metadata).await;
+        };
+        let sealed = temp_beside(path)?;
+        let (source, target) = (path.to_path_buf(), sealed.path().to_path_buf());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let input = std::io::BufReader::new(std::fs::File::open(source)?);
+            let mut output = std::io::BufWriter::new(std::fs::File::create(target)?);
+            k.encrypt(input, &mut output)?;
+            std::io::Write::flush(&mut output)
+        })
+        .await
+        .expect("encrypting a file")
+        .map_err(|e| StoreError::Refused {
+            store: self.describe(),
+            action: "put",
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        self.inner.put_file(key, sealed.path(), metadata).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let data = self.inner.get(key).await?;
+        self.open(key, data)
+    }
+
+    async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
+        let stored = temp_beside(path)?;
+        self.inner.get_to_file(key, stored.path()).await?;
+        let mut head = [0u8; crypt::HEADER_LEN];
+        let encrypted = std::fs::File::open(stored.path())
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .ok()
+            .and_then(|()| crypt::key_id_of(&head));
+        let Some(found) = encrypted else {
+            std::fs::rename(stored.path(), path).map_err(|e| Self::decrypt_error(key, e.into()))?;
+            return std::fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|e| Self::decrypt_error(key, e.into()));
+        };
+        let Some(k) = self.key.clone() else {
+            return Err(StoreError::Crypt(crypt::CryptError::NoKey {
+                object: key.to_string(),
+                found,
+            }));
+        };
+        let (source, target, object) = (
+            stored.path().to_path_buf(),
+            path.to_path_buf(),
+            key.to_string(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<u64, DecryptError> {
+            let input = std::io::BufReader::new(std::fs::File::open(source)?);
+            let mut output = std::io::BufWriter::new(std::fs::File::create(&target)?);
+            k.decrypt(&object, input, &mut output)?;
+            std::io::Write::flush(&mut output)?;
+            Ok(std::fs::metadata(&target)?.len())
+        })
+        .await
+        .expect("decrypting a file")
+        .map_err(|e| Self::decrypt_error(key, e))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(key).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn key_id(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.id())
+    }
+}
