@@ -402,7 +402,9 @@ impl Session {
         let seal_interval = self.archive.as_ref().map(|a| a.interval);
         let mut next_seal = Instant::now() + seal_interval.unwrap_or(Duration::from_secs(3600));
         let mut unsealed = false;
-        let mut log_full = false;
+        // The local log's size: measured on each status tick, plus what was appended since.
+        let mut measured_log_bytes = self.local_log_size().0;
+        let mut appended_since_measure = 0u64;
         let mut counts = telemetry::ChangeCounts::default();
         let mut server_end = self.start;
         let mut last_full_warning: Option<Instant> = None;
@@ -430,6 +432,7 @@ impl Session {
                             self.progress.captured(time);
                         }
                         counts.observe(&payload, in_block);
+                        appended_since_measure += payload.len() as u64 + 17;
                         server_end = server_end.max(wal_end);
                         received += 1;
                         batch_bytes += payload.len();
@@ -472,20 +475,23 @@ impl Session {
                 let (log_bytes, log_segments) = self.local_log_size();
                 metrics::gauge!(telemetry::LOG_BYTES).set(log_bytes as f64);
                 metrics::gauge!(telemetry::LOG_SEGMENTS).set(log_segments as f64);
+                measured_log_bytes = log_bytes;
+                appended_since_measure = 0;
                 if self.archive.is_some() {
                     metrics::gauge!(telemetry::ARCHIVE_HEAD_AGE)
                         .set(self.progress.head_age_seconds());
-                    log_full = log_bytes >= self.max_log_bytes;
-                    if log_full
-                        && last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-                    {
-                        tracing::error!(
-                            limit = self.max_log_bytes,
-                            "the local log is full of segments not yet archived; capture stops reading from the slot (PostgreSQL keeps the WAL) until the archive store accepts uploads again"
-                        );
-                        last_full_warning = Some(now);
-                    }
                 }
+            }
+            // Checked before every read: past the bound, the slot keeps the WAL instead.
+            let log_full = self.archive.is_some()
+                && measured_log_bytes + appended_since_measure >= self.max_log_bytes;
+            if log_full && last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                tracing::error!(
+                    limit = self.max_log_bytes,
+                    "the local log is full of segments not yet archived; capture stops reading from the slot (PostgreSQL keeps the WAL) until the archive store accepts uploads again"
+                );
+                last_full_warning = Some(now);
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 tracing::info!(confirmed = %reported, messages = received, "capture progress");

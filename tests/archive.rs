@@ -542,3 +542,57 @@ async fn an_encrypted_archive_is_unreadable_without_its_key() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!stderr.contains(KEY_HEX) && !stderr.contains(OTHER_KEY_HEX));
 }
+
+#[tokio::test]
+async fn a_full_local_log_holds_the_slot_back_and_loses_nothing() {
+    let fx = Fixture::new(SCHEMA);
+    let port = harness::free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let archive = format!(
+        "segment_size = \"1MiB\"\nmax_size = \"3MiB\"\n\n[archive]\nurl = \"s3://full/db\"\nendpoint = {endpoint:?}\nregion = \"us-east-1\"\npath_style = true\nupload_interval = \"200ms\"\n"
+    );
+    let config = fx.config(&["public.payments"], &archive);
+    let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
+    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
+        capture.logs().contains("streaming changes")
+    });
+    // About 6 MB of changes: twice what the local log may hold.
+    for start in (1..=24_000).step_by(2000) {
+        fx.psql(&format!(
+            "INSERT INTO payments SELECT g, g, repeat('x', 200) FROM generate_series({start}, {}) g",
+            start + 1999
+        ));
+    }
+    harness::wait_for(
+        Duration::from_secs(60),
+        "capture to say the log is full",
+        || capture.logs().contains("the local log is full"),
+    );
+    let wal_end = fx.current_wal_lsn();
+    std::thread::sleep(Duration::from_millis(1500)); // give a wrongly-confirming capture time to show it
+    assert!(
+        fx.confirmed_flush().unwrap() < wal_end,
+        "the slot kept the WAL capture could not store"
+    );
+    let local: u64 = tidemark::log::segment::list(&fx.log_dir())
+        .unwrap()
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        local <= 5 << 20,
+        "the local log stayed near its bound: {local}"
+    );
+
+    let late = harness::S3Server::start_on(port);
+    late.create_bucket("full").await;
+    let store = store::open("s3://full/db", &late.options()).await.unwrap();
+    fx.wait_caught_up(Duration::from_secs(120));
+    wait_archived(&*store, 24_000).await;
+    assert_eq!(capture.stop(), 0);
+    let manifest = checked_manifest(&*store).await;
+    assert_eq!(
+        archived_ids(&*store, &manifest).await,
+        (1..=24_000).collect::<Vec<_>>()
+    );
+}
