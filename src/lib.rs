@@ -12,6 +12,7 @@ pub mod config;
 pub mod inspect;
 pub mod log;
 pub mod lsn;
+pub mod quickstart;
 pub mod restore;
 pub mod source;
 pub mod telemetry;

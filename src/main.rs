@@ -21,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole story on embedded defaults: a throwaway PostgreSQL with sample tables and a
+    /// workload, capture into a local archive, a simulated disaster, and a checked restore.
+    Quickstart {
+        /// Keep the config, log and archive here (default: a temporary directory, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Stream changes of the watched tables into the durable segment log, until SIGINT or SIGTERM.
     Capture {
         #[arg(long, env = "TIDEMARK_CONFIG")]
@@ -91,10 +98,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { BAD_INPUT } else { 0 });
         }
     };
+    // The quickstart tells its own story; its logs stay quiet unless asked for.
+    let default_level = if matches!(cli.command, Command::Quickstart { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -140,6 +153,31 @@ fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Quickstart { dir } => {
+            let temp;
+            let kept = dir.is_some();
+            let dir = match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| bad_input(anyhow::anyhow!("--dir {}: {e}", dir.display())))?;
+                    dir
+                }
+                None => {
+                    temp = tempfile::tempdir().map_err(|e| Failure {
+                        error: e.into(),
+                        code: 1,
+                    })?;
+                    temp.path().to_path_buf()
+                }
+            };
+            let mut stdout = std::io::stdout();
+            tidemark::quickstart::run(&dir, kept, &mut stdout)
+                .await
+                .map_err(|e| Failure {
+                    error: e.into(),
+                    code: 1,
+                })
+        }
         Command::Capture { config } => {
             let checked = Config::load(&config).map_err(bad_input)?;
             tidemark::telemetry::install(checked.config.metrics.listen).map_err(bad_input)?;

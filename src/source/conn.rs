@@ -15,8 +15,8 @@ use tokio_postgres::config::Host;
 
 use super::error::SourceError;
 
-trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Socket for T {}
 
 /// A frame read from the server while streaming.
 pub enum StreamFrame {
