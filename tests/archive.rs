@@ -596,3 +596,51 @@ async fn a_full_local_log_holds_the_slot_back_and_loses_nothing() {
         (1..=24_000).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn the_archived_schema_rebuilds_constraints_indexes_and_policies() {
+    let fx = Fixture::new(&format!(
+        "{RICH_SCHEMA}
+        CREATE TABLE owners (name text PRIMARY KEY);
+        INSERT INTO owners SELECT DISTINCT owner FROM accounts;
+        ALTER TABLE accounts ADD CONSTRAINT accounts_owner_fk FOREIGN KEY (owner) REFERENCES owners (name);
+        CREATE UNIQUE INDEX accounts_doc ON accounts ((doc->>'g'));
+        CREATE TABLE audit (id serial PRIMARY KEY, v text);
+        ALTER TABLE audit REPLICA IDENTITY FULL;"
+    ));
+    let client = harness::connect(&fx.url()).await;
+    let tables: Vec<_> = ["public.owners", "public.accounts", "public.audit"]
+        .iter()
+        .map(|t| tidemark::source::setup::TableName::parse(t))
+        .collect();
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let schema = tidemark::archive::schema::read(&client, &tables)
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+
+    let target = Fixture::new("");
+    let restored = harness::connect(&target.url()).await;
+    restored
+        .batch_execute(&(schema.pre_data_sql().join(";\n") + ";"))
+        .await
+        .unwrap();
+    restored
+        .batch_execute(&(schema.post_data_sql().join(";\n") + ";"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", schema.post_data_sql().join(";\n")));
+    let catalog = |fx: &Fixture| {
+        fx.psql(
+            "SELECT string_agg(x, ' | ' ORDER BY x) FROM (
+               SELECT conrelid::regclass::text || ':' || conname || ':' || pg_get_constraintdef(oid) AS x FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+               UNION ALL SELECT indexrelid::regclass::text || ':' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid::regclass::text IN ('accounts', 'owners', 'audit')
+               UNION ALL SELECT polname || ':' || pg_get_expr(polqual, polrelid) FROM pg_policy
+               UNION ALL SELECT relname || ':' || relreplident::text || relrowsecurity::text FROM pg_class WHERE relname IN ('accounts', 'owners', 'audit')
+             ) s",
+        )
+    };
+    assert_eq!(catalog(&target), catalog(&fx));
+}

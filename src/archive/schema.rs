@@ -257,6 +257,127 @@ async fn read_table(
     })
 }
 
+impl SchemaSet {
+    /// SQL that creates the enums, schemas, owned sequences and tables (columns only).
+    pub fn pre_data_sql(&self) -> Vec<String> {
+        let mut sql = Vec::new();
+        let mut schemas: Vec<&str> = self.enums.iter().map(|e| e.schema.as_str()).collect();
+        schemas.extend(self.tables.iter().map(|t| t.schema.as_str()));
+        schemas.sort();
+        schemas.dedup();
+        for schema in schemas {
+            sql.push(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(schema)
+            ));
+        }
+        for e in &self.enums {
+            let labels: Vec<String> = e
+                .labels
+                .iter()
+                .map(|l| crate::source::setup::quote_literal(l))
+                .collect();
+            sql.push(format!(
+                "CREATE TYPE {}.{} AS ENUM ({})",
+                quote_ident(&e.schema),
+                quote_ident(&e.name),
+                labels.join(", ")
+            ));
+        }
+        for table in &self.tables {
+            for seq in &table.sequences {
+                sql.push(format!(
+                    "CREATE SEQUENCE IF NOT EXISTS {}.{}",
+                    quote_ident(&seq.schema),
+                    quote_ident(&seq.name)
+                ));
+            }
+            sql.push(table.create_table_sql());
+            for seq in &table.sequences {
+                sql.push(format!(
+                    "ALTER SEQUENCE {}.{} OWNED BY {}.{}",
+                    quote_ident(&seq.schema),
+                    quote_ident(&seq.name),
+                    table.table_name().quoted(),
+                    quote_ident(&seq.column)
+                ));
+            }
+        }
+        sql
+    }
+
+    /// SQL for what is best built after the data is in: constraints (foreign
+    /// keys last), indexes, the replica identity, row-level security and policies.
+    pub fn post_data_sql(&self) -> Vec<String> {
+        let mut sql = Vec::new();
+        let mut foreign = Vec::new();
+        for table in &self.tables {
+            let name = table.table_name().quoted();
+            for c in &table.constraints {
+                let statement = format!(
+                    "ALTER TABLE {name} ADD CONSTRAINT {} {}",
+                    quote_ident(&c.name),
+                    c.sql
+                );
+                if c.sql.starts_with("FOREIGN KEY") {
+                    foreign.push(statement);
+                } else {
+                    sql.push(statement);
+                }
+            }
+            sql.extend(table.indexes.iter().map(|i| i.sql.clone()));
+            if table.replica_identity == "f" {
+                sql.push(format!("ALTER TABLE {name} REPLICA IDENTITY FULL"));
+            }
+            if table.row_security {
+                sql.push(format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"));
+            }
+            if table.force_row_security {
+                sql.push(format!("ALTER TABLE {name} FORCE ROW LEVEL SECURITY"));
+            }
+            for p in &table.policies {
+                let command = match p.command.as_str() {
+                    "r" => "SELECT",
+                    "a" => "INSERT",
+                    "w" => "UPDATE",
+                    "d" => "DELETE",
+                    _ => "ALL",
+                };
+                let kind = if p.permissive {
+                    "PERMISSIVE"
+                } else {
+                    "RESTRICTIVE"
+                };
+                let roles: Vec<String> = p
+                    .roles
+                    .iter()
+                    .map(|r| {
+                        if r == "public" {
+                            r.clone()
+                        } else {
+                            quote_ident(r)
+                        }
+                    })
+                    .collect();
+                let mut statement = format!(
+                    "CREATE POLICY {} ON {name} AS {kind} FOR {command} TO {}",
+                    quote_ident(&p.name),
+                    roles.join(", ")
+                );
+                if let Some(using) = &p.using {
+                    statement += &format!(" USING ({using})");
+                }
+                if let Some(check) = &p.check {
+                    statement += &format!(" WITH CHECK ({check})");
+                }
+                sql.push(statement);
+            }
+        }
+        sql.extend(foreign);
+        sql
+    }
+}
+
 impl TableSchema {
     pub fn table_name(&self) -> TableName {
         TableName {

@@ -12,7 +12,7 @@ use crate::archive::manifest::{self, SegmentEntry, TableObject};
 use crate::archive::schema::SchemaSet;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
-use crate::source::setup::{quote_ident, quote_literal};
+use crate::source::setup::quote_ident;
 
 /// Fetches an object and checks it against the manifest's size and SHA-256.
 pub async fn fetch_verified(
@@ -65,48 +65,14 @@ pub async fn fetch_segments(
     Ok(())
 }
 
-/// Creates the enums, schemas and tables (columns only: constraints come after the load).
+/// Creates the enums, schemas, sequences and tables (columns only: constraints come after the load).
 pub async fn create_tables(
     client: &tokio_postgres::Client,
     schema: &SchemaSet,
 ) -> Result<(), tokio_postgres::Error> {
-    for e in &schema.enums {
-        let labels: Vec<String> = e.labels.iter().map(|l| quote_literal(l)).collect();
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TYPE {schema}.{name} AS ENUM ({labels})",
-                schema = quote_ident(&e.schema),
-                name = quote_ident(&e.name),
-                labels = labels.join(", ")
-            ))
-            .await?;
-    }
-    for table in &schema.tables {
-        let mut sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS {};",
-            quote_ident(&table.schema)
-        );
-        for seq in &table.sequences {
-            sql += &format!(
-                "CREATE SEQUENCE IF NOT EXISTS {}.{};",
-                quote_ident(&seq.schema),
-                quote_ident(&seq.name)
-            );
-        }
-        sql += &table.create_table_sql();
-        sql += ";";
-        for seq in &table.sequences {
-            sql += &format!(
-                "ALTER SEQUENCE {}.{} OWNED BY {}.{};",
-                quote_ident(&seq.schema),
-                quote_ident(&seq.name),
-                table.table_name().quoted(),
-                quote_ident(&seq.column)
-            );
-        }
-        client.batch_execute(&sql).await?;
-    }
-    Ok(())
+    client
+        .batch_execute(&(schema.pre_data_sql().join(";\n") + ";"))
+        .await
 }
 
 /// Adds each table's primary key, so changes find their rows by index.
