@@ -125,7 +125,7 @@ fn the_flush_position_never_passes_the_log() {
     let stop_workload = stop.clone();
     let workload = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
+        runtime.block_on(async move {
             let client = harness::connect(&url).await;
             let mut round = 0;
             while !stop_workload.load(std::sync::atomic::Ordering::Relaxed) || round < 30 {
@@ -139,7 +139,8 @@ fn the_flush_position_never_passes_the_log() {
                     .unwrap();
                 round += 1;
             }
-        });
+            round
+        })
     });
     let mut observations = 0;
     let mut advanced = std::collections::BTreeSet::new();
@@ -165,7 +166,7 @@ fn the_flush_position_never_passes_the_log() {
         observations += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    workload.join().unwrap();
+    let rounds = workload.join().unwrap();
     fx.wait_caught_up(Duration::from_secs(60));
     let mut reader = tidemark::log::LogReader::open(&fx.log_dir()).unwrap();
     let mut stream_blocks = 0;
@@ -176,13 +177,18 @@ fn the_flush_position_never_passes_the_log() {
         stream_blocks > 0,
         "large transactions arrived as streamed blocks"
     );
-    assert!(segment_count(&fx.log_dir()) > 2, "the log rolled segments");
+    let segments = tidemark::log::segment::list(&fx.log_dir()).unwrap();
+    let bytes: u64 = segments
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        segments.len() > 2,
+        "the log rolled segments: {} segments, {bytes} bytes, {rounds} rounds",
+        segments.len()
+    );
     assert_eq!(capture.stop(), 0);
     assert_eq!(fx.confirmed_flush().unwrap(), on_disk_resume(&fx.log_dir()));
-}
-
-fn segment_count(dir: &std::path::Path) -> usize {
-    tidemark::log::segment::list(dir).unwrap().len()
 }
 
 #[test]

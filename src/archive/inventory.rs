@@ -216,48 +216,7 @@ impl std::fmt::Display for Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::manifest::{ObjectRef, SegmentEntry, SnapshotEntry, SourceId};
-
-    fn segment(start: u64, end: u64, last_time: i64) -> SegmentEntry {
-        SegmentEntry {
-            key: format!("segments/{start}-{end}"),
-            start_lsn: Lsn(start),
-            end_lsn: Lsn(end),
-            first_commit_time: Some(PgTimestamp(last_time - 1)),
-            last_commit_time: Some(PgTimestamp(last_time)),
-            records: 1,
-            size: 10,
-            sha256: String::new(),
-            raw_size: 30,
-            raw_sha256: String::new(),
-            prev_sha256: None,
-        }
-    }
-
-    fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
-        SnapshotEntry {
-            lsn: Lsn(lsn),
-            time: PgTimestamp(time),
-            method: "copy".into(),
-            schema: ObjectRef {
-                key: "s".into(),
-                size: 1,
-                sha256: String::new(),
-            },
-            tables: vec![],
-        }
-    }
-
-    fn manifest(snapshots: Vec<SnapshotEntry>, segments: Vec<SegmentEntry>) -> Manifest {
-        let mut m = Manifest::new(SourceId {
-            system_identifier: "1".into(),
-            database: "d".into(),
-            slot: "s".into(),
-        });
-        m.snapshots = snapshots;
-        m.segments = segments;
-        m
-    }
+    use crate::archive::manifest::test_entries::{manifest, segment, snapshot};
 
     #[test]
     fn the_window_runs_from_the_oldest_snapshot_to_the_chain_end() {

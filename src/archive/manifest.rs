@@ -203,6 +203,54 @@ pub async fn load_latest(
     Ok(Some((key.clone(), Manifest::decode(key, &body)?)))
 }
 
+/// Manifest entries for unit tests of the code that reads manifests.
+#[cfg(test)]
+pub(crate) mod test_entries {
+    use super::*;
+
+    /// A segment covering (start, end], its commits between `time - 1` and `time`.
+    pub fn segment(start: u64, end: u64, time: i64) -> SegmentEntry {
+        SegmentEntry {
+            key: format!("segments/{start}-{end}"),
+            start_lsn: Lsn(start),
+            end_lsn: Lsn(end),
+            first_commit_time: Some(PgTimestamp(time - 1)),
+            last_commit_time: Some(PgTimestamp(time)),
+            records: 1,
+            size: 10,
+            sha256: String::new(),
+            raw_size: 30,
+            raw_sha256: String::new(),
+            prev_sha256: None,
+        }
+    }
+
+    pub fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
+        SnapshotEntry {
+            lsn: Lsn(lsn),
+            time: PgTimestamp(time),
+            method: "copy".into(),
+            schema: ObjectRef {
+                key: format!("snapshots/{lsn}/schema.json"),
+                size: 1,
+                sha256: String::new(),
+            },
+            tables: vec![],
+        }
+    }
+
+    pub fn manifest(snapshots: Vec<SnapshotEntry>, segments: Vec<SegmentEntry>) -> Manifest {
+        let mut m = Manifest::new(SourceId {
+            system_identifier: "1".into(),
+            database: "d".into(),
+            slot: "s".into(),
+        });
+        m.snapshots = snapshots;
+        m.segments = segments;
+        m
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

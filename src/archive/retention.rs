@@ -186,52 +186,20 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::manifest::{ObjectRef, SourceId};
+    use crate::archive::manifest::test_entries::{segment, snapshot};
 
     const DAY: i64 = 86_400_000_000;
 
-    fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
-        SnapshotEntry {
-            lsn: Lsn(lsn),
-            time: PgTimestamp(time),
-            method: "compaction".into(),
-            schema: ObjectRef {
-                key: format!("snap{lsn}/schema"),
-                size: 1,
-                sha256: String::new(),
-            },
-            tables: vec![],
-        }
-    }
-
-    fn segment(start: u64, end: u64) -> SegmentEntry {
-        SegmentEntry {
-            key: format!("seg{start}"),
-            start_lsn: Lsn(start),
-            end_lsn: Lsn(end),
-            first_commit_time: None,
-            last_commit_time: None,
-            records: 1,
-            size: 10,
-            sha256: String::new(),
-            raw_size: 10,
-            raw_sha256: String::new(),
-            prev_sha256: None,
-        }
-    }
-
     fn manifest() -> Manifest {
-        let mut m = Manifest::new(SourceId {
-            system_identifier: "1".into(),
-            database: "d".into(),
-            slot: "s".into(),
-        });
         // One snapshot a day for 40 days (LSN = day * 100), segments between them.
-        m.snapshots = (1..=40)
-            .map(|d| snapshot(d * 100, d as i64 * DAY))
-            .collect();
-        m.segments = (0..40).map(|d| segment(d * 100, d * 100 + 100)).collect();
-        m
+        crate::archive::manifest::test_entries::manifest(
+            (1..=40)
+                .map(|d| snapshot(d * 100, d as i64 * DAY))
+                .collect(),
+            (0..40)
+                .map(|d| segment(d * 100, d * 100 + 100, 0))
+                .collect(),
+        )
     }
 
     fn policy(window_days: u64, daily: usize, weekly: usize, monthly: usize) -> RetentionPolicy {

@@ -51,6 +51,23 @@ fn describe(target: Target) -> String {
     }
 }
 
+/// The error for a target outside the window; `latest` narrows the window's end.
+fn outside_window(
+    manifest: &Manifest,
+    target: Target,
+    latest: Option<inventory::Point>,
+) -> RebuildError {
+    let Some(window) = inventory::inventory(Some(("", manifest))).window else {
+        return RebuildError::NoSnapshot;
+    };
+    let latest = latest.unwrap_or(window.latest);
+    RebuildError::OutsideWindow {
+        target: describe(target),
+        earliest: format!("{} ({})", window.earliest.time, window.earliest.lsn),
+        latest: format!("{} ({})", latest.time, latest.lsn),
+    }
+}
+
 /// Picks the newest snapshot at or before `target` and the contiguous chain after it.
 pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
     let at_or_before = |s: &&SnapshotEntry| match target {
@@ -64,14 +81,7 @@ pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
         .filter(at_or_before)
         .max_by_key(|s| s.lsn)
     else {
-        let window = inventory::inventory(Some(("", manifest)))
-            .window
-            .ok_or(RebuildError::NoSnapshot)?;
-        return Err(RebuildError::OutsideWindow {
-            target: describe(target),
-            earliest: format!("{} ({})", window.earliest.time, window.earliest.lsn),
-            latest: format!("{} ({})", window.latest.time, window.latest.lsn),
-        });
+        return Err(outside_window(manifest, target, None));
     };
     let chain_end = inventory::chain_end(manifest, snapshot.lsn, snapshot.time);
     let beyond = match target {
@@ -80,14 +90,7 @@ pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
         Target::Latest => false,
     };
     if beyond {
-        let window = inventory::inventory(Some(("", manifest)))
-            .window
-            .ok_or(RebuildError::NoSnapshot)?;
-        return Err(RebuildError::OutsideWindow {
-            target: describe(target),
-            earliest: format!("{} ({})", window.earliest.time, window.earliest.lsn),
-            latest: format!("{} ({})", chain_end.time, chain_end.lsn),
-        });
+        return Err(outside_window(manifest, target, Some(chain_end)));
     }
     let segments = manifest
         .segments
@@ -205,52 +208,18 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::manifest::{ObjectRef, SourceId};
+    use crate::archive::manifest::test_entries::{segment, snapshot};
     use crate::lsn::PgTimestamp;
 
-    fn segment(start: u64, end: u64, time: i64) -> SegmentEntry {
-        SegmentEntry {
-            key: format!("s{start}"),
-            start_lsn: Lsn(start),
-            end_lsn: Lsn(end),
-            first_commit_time: Some(PgTimestamp(time)),
-            last_commit_time: Some(PgTimestamp(time)),
-            records: 1,
-            size: 1,
-            sha256: String::new(),
-            raw_size: 1,
-            raw_sha256: String::new(),
-            prev_sha256: None,
-        }
-    }
-
-    fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
-        SnapshotEntry {
-            lsn: Lsn(lsn),
-            time: PgTimestamp(time),
-            method: "copy".into(),
-            schema: ObjectRef {
-                key: String::new(),
-                size: 0,
-                sha256: String::new(),
-            },
-            tables: vec![],
-        }
-    }
-
     fn manifest() -> Manifest {
-        let mut m = Manifest::new(SourceId {
-            system_identifier: "1".into(),
-            database: "d".into(),
-            slot: "s".into(),
-        });
-        m.snapshots = vec![snapshot(100, 10), snapshot(300, 30)];
-        m.segments = vec![
-            segment(50, 200, 20),
-            segment(200, 400, 40),
-            segment(400, 500, 50),
-        ];
-        m
+        crate::archive::manifest::test_entries::manifest(
+            vec![snapshot(100, 10), snapshot(300, 30)],
+            vec![
+                segment(50, 200, 20),
+                segment(200, 400, 40),
+                segment(400, 500, 50),
+            ],
+        )
     }
 
     #[test]

@@ -104,6 +104,19 @@ impl S3Store {
         Ok(())
     }
 
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.error("get", key, e))
+    }
+
     fn local_error(&self, key: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError::Refused {
             store: self.describe(),
@@ -242,14 +255,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.error("get", key, e))?;
+        let output = self.get_object(key).await?;
         let body = output
             .body
             .collect()
@@ -264,14 +270,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> Result<u64, StoreError> {
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.error("get", key, e))?;
+        let output = self.get_object(key).await?;
         let unavailable = |message: String| StoreError::Unavailable {
             store: self.describe(),
             action: "get",
