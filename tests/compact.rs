@@ -242,3 +242,54 @@ async fn pruning_keeps_every_point_in_the_window_restorable() {
     let error = restored_md5(&*store, &before_window).await.unwrap_err();
     assert!(error.contains("outside the restore window"), "{error}");
 }
+
+#[tokio::test]
+async fn capture_compacts_and_prunes_on_its_own() {
+    let fx = Fixture::new(SCHEMA);
+    let dir = fx.dir.path().join("archive");
+    let url = format!("file://{}", dir.display());
+    let config = fx.config(
+        &["public.accounts", "public.ledger", "public.events"],
+        &format!(
+            "\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\ncompact_interval = \"1s\"\n\n[retention]\nwindow = \"1h\"\n"
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    for sql in &WORKLOAD[..4] {
+        fx.psql(sql);
+    }
+    fx.wait_caught_up(Duration::from_secs(30));
+    let store = store::open(&url, &Default::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let manifest = loop {
+        if let Ok(Some((_, m))) = manifest::load_latest(&*store).await {
+            if m.snapshots.iter().any(|s| s.method == "compaction") {
+                break m;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction: {}",
+            capture.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    harness::wait_for(Duration::from_secs(30), "a prune pass", || {
+        harness::sample(
+            &harness::scrape(harness::metrics_port(&config)),
+            "tidemark_prune_seconds_count",
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(capture.stop(), 0);
+    assert!(manifest.snapshots.len() >= 2);
+    let verify = harness::tidemark(
+        &["verify", "--config", config.to_str().unwrap(), "--deep"],
+        &[],
+    );
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
