@@ -628,8 +628,13 @@ async fn the_archived_schema_rebuilds_constraints_indexes_and_policies() {
         .batch_execute(&(schema.pre_data_sql().join(";\n") + ";"))
         .await
         .unwrap();
+    let post: Vec<String> = schema
+        .primary_key_sql()
+        .into_iter()
+        .chain(schema.post_data_sql())
+        .collect();
     restored
-        .batch_execute(&(schema.post_data_sql().join(";\n") + ";"))
+        .batch_execute(&(post.join(";\n") + ";"))
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", schema.post_data_sql().join(";\n")));
     let catalog = |fx: &Fixture| {

@@ -306,14 +306,40 @@ impl SchemaSet {
         sql
     }
 
-    /// SQL for what is best built after the data is in: constraints (foreign
-    /// keys last), indexes, the replica identity, row-level security and policies.
+    /// The primary keys: added right after the bulk load, so changes find rows by index.
+    pub fn primary_key_sql(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .flat_map(|table| {
+                table
+                    .constraints
+                    .iter()
+                    .filter(|c| c.sql.starts_with("PRIMARY KEY"))
+                    .map(move |c| {
+                        format!(
+                            "ALTER TABLE {} ADD CONSTRAINT {} {}",
+                            table.table_name().quoted(),
+                            quote_ident(&c.name),
+                            c.sql
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// SQL for what is best built after the changes are in: constraints other
+    /// than primary keys (foreign keys last), indexes, the replica identity,
+    /// row-level security and policies.
     pub fn post_data_sql(&self) -> Vec<String> {
         let mut sql = Vec::new();
         let mut foreign = Vec::new();
         for table in &self.tables {
             let name = table.table_name().quoted();
-            for c in &table.constraints {
+            for c in table
+                .constraints
+                .iter()
+                .filter(|c| !c.sql.starts_with("PRIMARY KEY"))
+            {
                 let statement = format!(
                     "ALTER TABLE {name} ADD CONSTRAINT {} {}",
                     quote_ident(&c.name),
@@ -375,6 +401,41 @@ impl SchemaSet {
         }
         sql.extend(foreign);
         sql
+    }
+}
+
+impl SchemaSet {
+    /// Moves each owned sequence past the largest value its column holds.
+    pub fn sequence_values_sql(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .flat_map(|t| {
+                t.sequences.iter().map(move |seq| {
+                    format!(
+                        "SELECT setval('{}.{}', coalesce((SELECT max({}) FROM {}), 1), (SELECT count(*) > 0 FROM {}))",
+                        quote_ident(&seq.schema).replace('\'', "''"),
+                        quote_ident(&seq.name).replace('\'', "''"),
+                        quote_ident(&seq.column),
+                        t.table_name().quoted(),
+                        t.table_name().quoted()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Only the named tables (every enum stays: an unused type is harmless).
+    pub fn only(&self, tables: &[TableName]) -> SchemaSet {
+        SchemaSet {
+            server_version_num: self.server_version_num,
+            enums: self.enums.clone(),
+            tables: self
+                .tables
+                .iter()
+                .filter(|t| tables.contains(&t.table_name()))
+                .cloned()
+                .collect(),
+        }
     }
 }
 

@@ -80,21 +80,8 @@ pub async fn add_primary_keys(
     client: &tokio_postgres::Client,
     schema: &SchemaSet,
 ) -> Result<(), tokio_postgres::Error> {
-    for table in &schema.tables {
-        for constraint in table
-            .constraints
-            .iter()
-            .filter(|c| c.sql.starts_with("PRIMARY KEY"))
-        {
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {} ADD CONSTRAINT {} {}",
-                    table.table_name().quoted(),
-                    quote_ident(&constraint.name),
-                    constraint.sql
-                ))
-                .await?;
-        }
+    for sql in schema.primary_key_sql() {
+        client.batch_execute(&sql).await?;
     }
     Ok(())
 }

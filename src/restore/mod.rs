@@ -10,5 +10,6 @@
 //! them in that order reproduces the source's state at the target.
 
 pub mod apply;
+pub mod command;
 pub mod load;
 pub mod rebuild;

@@ -119,6 +119,35 @@ pub struct Rebuilt {
     pub rows_loaded: u64,
 }
 
+/// Which tables a rebuild restores, and whether it creates them.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// `None`: every table in the snapshot.
+    pub tables: Option<Vec<crate::source::setup::TableName>>,
+    /// The tables exist already (`--data-only`): load into them as they are.
+    pub data_only: bool,
+}
+
+/// The snapshot's schema, verified.
+pub async fn snapshot_schema(
+    store: &dyn ObjectStore,
+    snapshot: &SnapshotEntry,
+) -> Result<SchemaSet, RebuildError> {
+    let body = load::fetch_verified(
+        store,
+        &snapshot.schema.key,
+        snapshot.schema.size,
+        &snapshot.schema.sha256,
+    )
+    .await?;
+    Ok(
+        serde_json::from_slice(&body).map_err(|e| ArchiveError::Corrupt {
+            key: snapshot.schema.key.clone(),
+            problem: e.to_string(),
+        })?,
+    )
+}
+
 /// Loads the plan's snapshot into `client`'s (empty) database and applies the segments.
 pub async fn rebuild(
     store: &dyn ObjectStore,
@@ -126,25 +155,38 @@ pub async fn rebuild(
     client: Arc<tokio_postgres::Client>,
     work_dir: &Path,
 ) -> Result<Rebuilt, RebuildError> {
+    rebuild_scoped(store, plan, client, work_dir, &Scope::default()).await
+}
+
+/// Like `rebuild`, for some tables, into new or existing tables.
+pub async fn rebuild_scoped(
+    store: &dyn ObjectStore,
+    plan: &Plan,
+    client: Arc<tokio_postgres::Client>,
+    work_dir: &Path,
+    scope: &Scope,
+) -> Result<Rebuilt, RebuildError> {
     let snapshot = &plan.snapshot;
-    let schema_body = load::fetch_verified(
-        store,
-        &snapshot.schema.key,
-        snapshot.schema.size,
-        &snapshot.schema.sha256,
-    )
-    .await?;
-    let schema: SchemaSet =
-        serde_json::from_slice(&schema_body).map_err(|e| ArchiveError::Corrupt {
-            key: snapshot.schema.key.clone(),
-            problem: e.to_string(),
-        })?;
-    load::create_tables(&client, &schema).await?;
+    let full = snapshot_schema(store, snapshot).await?;
+    let schema = match &scope.tables {
+        Some(tables) => full.only(tables),
+        None => full,
+    };
+    if !scope.data_only {
+        load::create_tables(&client, &schema).await?;
+    }
     let mut rows_loaded = 0;
     for object in &snapshot.tables {
-        rows_loaded += load::load_table(&client, store, object, work_dir).await?;
+        if schema
+            .table(&crate::source::setup::TableName::parse(&object.table))
+            .is_some()
+        {
+            rows_loaded += load::load_table(&client, store, object, work_dir).await?;
+        }
     }
-    load::add_primary_keys(&client, &schema).await?;
+    if !scope.data_only {
+        load::add_primary_keys(&client, &schema).await?;
+    }
 
     let segment_dir = tempfile::tempdir_in(work_dir).map_err(|source| {
         ArchiveError::from(crate::log::LogError::Dir {

@@ -1,0 +1,301 @@
+//! `tidemark restore`: a target point, checks on the target database, the
+//! rebuild, then the schema objects best built after the data.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::apply::Target;
+use super::rebuild::{self, Plan, RebuildError, Scope};
+use crate::archive::manifest::{self, Manifest};
+use crate::archive::store::ObjectStore;
+use crate::lsn::{Lsn, PgTimestamp};
+use crate::source::setup::TableName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("--to {0:?} is not a restore point; give an RFC 3339 time with a zone (2026-11-21T10:15:00Z), a time as PostgreSQL prints it (2026-11-21 10:15:00+00), an LSN (0/3A2F1C8) or latest")]
+    BadTarget(String),
+    #[error("the archive is empty: capture has not uploaded anything yet")]
+    EmptyArchive,
+    #[error("table {table} is not in the archive; it holds {archived}")]
+    UnknownTable { table: String, archived: String },
+    #[error("the target database is the source ({database} on system {system}); restoring into it would overwrite live data. Restore into another database, or add --force --i-know-this-is-the-source")]
+    TargetIsSource { database: String, system: String },
+    #[error("table {table} already exists in the target; restore into an empty database, or add --data-only to load into the existing tables")]
+    TableExists { table: String },
+    #[error("table {table} does not exist in the target, which --data-only needs; drop --data-only to create it")]
+    TableMissing { table: String },
+    #[error(
+        "table {table} in the target already holds rows; empty it, or add --force to replace them"
+    )]
+    TableNotEmpty { table: String },
+    #[error("cannot connect to the target database: {0}; check --target")]
+    Connect(String),
+    #[error(transparent)]
+    Rebuild(#[from] RebuildError),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error("the target database failed: {0}")]
+    Target(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl RestoreError {
+    /// Whether the person running restore must change something (exit 2).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(
+            self,
+            RestoreError::Archive(_)
+                | RestoreError::Target(_)
+                | RestoreError::Output(_)
+                | RestoreError::Rebuild(
+                    RebuildError::Archive(_) | RebuildError::Apply(_) | RebuildError::Target(_)
+                )
+        )
+    }
+}
+
+/// Parses `--to`: RFC 3339, PostgreSQL's printed form, an LSN, or `latest`.
+pub fn parse_target(text: &str) -> Result<Target, RestoreError> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("latest") {
+        return Ok(Target::Latest);
+    }
+    if let Ok(lsn) = text.parse::<Lsn>() {
+        return Ok(Target::Lsn(lsn));
+    }
+    if let Ok(time) = text.parse::<PgTimestamp>() {
+        return Ok(Target::Time(time));
+    }
+    // PostgreSQL prints `2026-11-21 10:15:00.123+00` (zone hours, maybe minutes).
+    let mut normalized = text.replacen(' ', "T", 1);
+    if let Some(sign) = normalized.rfind(['+', '-']).filter(|&i| i > 10) {
+        if normalized.len() - sign == 3 {
+            normalized.push_str(":00");
+        }
+    }
+    normalized
+        .parse::<PgTimestamp>()
+        .map(Target::Time)
+        .map_err(|_| RestoreError::BadTarget(text.to_string()))
+}
+
+pub struct Request {
+    pub to: Target,
+    pub target_url: String,
+    pub tables: Vec<TableName>,
+    pub dry_run: bool,
+    pub data_only: bool,
+    pub force: bool,
+    pub into_source: bool,
+}
+
+/// What a restore will do (`--dry-run`) or did.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub snapshot_lsn: Lsn,
+    pub snapshot_time: PgTimestamp,
+    pub tables: Vec<String>,
+    pub objects: usize,
+    pub bytes: u64,
+    pub segments: usize,
+    /// Records in the segments: an upper bound on the changes to apply.
+    pub segment_records: u64,
+    pub rows_loaded: u64,
+    pub transactions: u64,
+    pub changes: u64,
+    pub seconds: f64,
+}
+
+fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
+    let objects: Vec<&manifest::TableObject> = plan
+        .snapshot
+        .tables
+        .iter()
+        .filter(|o| tables.contains(&TableName::parse(&o.table)))
+        .collect();
+    Summary {
+        snapshot_lsn: plan.snapshot.lsn,
+        snapshot_time: plan.snapshot.time,
+        tables: tables.iter().map(|t| t.to_string()).collect(),
+        objects: 1 + objects.len() + plan.segments.len(),
+        bytes: plan.snapshot.schema.size
+            + objects.iter().map(|o| o.size).sum::<u64>()
+            + plan.segments.iter().map(|s| s.size).sum::<u64>(),
+        segments: plan.segments.len(),
+        segment_records: plan.segments.iter().map(|s| s.records).sum(),
+        rows_loaded: 0,
+        transactions: 0,
+        changes: 0,
+        seconds: 0.0,
+    }
+}
+
+pub async fn run(
+    store: &dyn ObjectStore,
+    request: &Request,
+    work_dir: &Path,
+    out: &mut impl Write,
+) -> Result<Summary, RestoreError> {
+    let started = std::time::Instant::now();
+    let (_, manifest) = manifest::load_latest(store)
+        .await?
+        .ok_or(RestoreError::EmptyArchive)?;
+    let plan = rebuild::plan(&manifest, request.to)?;
+    let schema = rebuild::snapshot_schema(store, &plan.snapshot).await?;
+    let archived: Vec<TableName> = schema.tables.iter().map(|t| t.table_name()).collect();
+    for table in &request.tables {
+        if !archived.contains(table) {
+            return Err(RestoreError::UnknownTable {
+                table: table.to_string(),
+                archived: archived
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    let tables = if request.tables.is_empty() {
+        archived
+    } else {
+        request.tables.clone()
+    };
+    let mut summary = summarize(&plan, &tables);
+    if request.dry_run {
+        return Ok(summary);
+    }
+
+    let (client, connection) = tokio_postgres::connect(&request.target_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            RestoreError::Connect(
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+            )
+        })?;
+    tokio::spawn(connection);
+    check_target(&client, &manifest, &tables, request).await?;
+
+    writeln!(
+        out,
+        "Restoring {} tables from the snapshot at {} ({})...",
+        tables.len(),
+        plan.snapshot.lsn,
+        plan.snapshot.time
+    )?;
+    let client = Arc::new(client);
+    let scope = Scope {
+        tables: Some(tables.clone()),
+        data_only: request.data_only,
+    };
+    let rebuilt = rebuild::rebuild_scoped(store, &plan, client.clone(), work_dir, &scope).await?;
+    writeln!(
+        out,
+        "Replayed {} transactions ({} changes); building indexes and constraints...",
+        rebuilt.transactions, rebuilt.changes
+    )?;
+    let restored = schema.only(&tables);
+    if !request.data_only {
+        for sql in restored.post_data_sql() {
+            client.batch_execute(&sql).await?;
+        }
+    }
+    for sql in restored.sequence_values_sql() {
+        client.batch_execute(&sql).await?;
+    }
+    summary.rows_loaded = rebuilt.rows_loaded;
+    summary.transactions = rebuilt.transactions;
+    summary.changes = rebuilt.changes;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+async fn check_target(
+    client: &tokio_postgres::Client,
+    manifest: &Manifest,
+    tables: &[TableName],
+    request: &Request,
+) -> Result<(), RestoreError> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text, current_database()::text FROM pg_control_system()",
+            &[],
+        )
+        .await?;
+    let (system, database): (String, String) = (row.get(0), row.get(1));
+    if system == manifest.source.system_identifier
+        && database == manifest.source.database
+        && !(request.force && request.into_source)
+    {
+        return Err(RestoreError::TargetIsSource { database, system });
+    }
+    for table in tables {
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await?
+            .get(0);
+        match (exists, request.data_only) {
+            (true, false) => {
+                return Err(RestoreError::TableExists {
+                    table: table.to_string(),
+                })
+            }
+            (false, true) => {
+                return Err(RestoreError::TableMissing {
+                    table: table.to_string(),
+                })
+            }
+            (true, true) => {
+                let has_rows: bool = client
+                    .query_one(
+                        &format!("SELECT EXISTS (SELECT 1 FROM {})", table.quoted()),
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                if has_rows {
+                    if !request.force {
+                        return Err(RestoreError::TableNotEmpty {
+                            table: table.to_string(),
+                        });
+                    }
+                    client
+                        .batch_execute(&format!("TRUNCATE {}", table.quoted()))
+                        .await?;
+                }
+            }
+            (false, false) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_in_every_accepted_form() {
+        assert_eq!(parse_target("latest").unwrap(), Target::Latest);
+        assert_eq!(
+            parse_target("0/3A2F1C8").unwrap(),
+            Target::Lsn(Lsn(0x3A2F1C8))
+        );
+        let rfc = parse_target("2026-11-21T10:15:00Z").unwrap();
+        assert_eq!(parse_target("2026-11-21 10:15:00+00").unwrap(), rfc);
+        assert_eq!(parse_target("2026-11-21 11:15:00+01").unwrap(), rfc);
+        assert_eq!(parse_target("2026-11-21 15:45:00+05:30").unwrap(), rfc);
+        assert!(matches!(
+            parse_target("2026-11-21 10:15:00.5+00").unwrap(),
+            Target::Time(_)
+        ));
+        for bad in ["yesterday", "2026-11-21 10:15:00", "0/XYZ", ""] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+}

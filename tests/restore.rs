@@ -1,0 +1,176 @@
+//! `tidemark restore`: to a time, to an LSN, latest for one table; dry runs;
+//! and every refusal, against a real archive.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::Fixture;
+
+const SCHEMA: &str = "
+    CREATE TYPE kind AS ENUM ('card', 'wire');
+    CREATE TABLE payments (id serial PRIMARY KEY, amount numeric(12,2) NOT NULL CHECK (amount > 0), kind kind, note text);
+    CREATE INDEX payments_kind ON payments (kind);
+    CREATE TABLE notes (body text);
+    ALTER TABLE notes REPLICA IDENTITY FULL;
+";
+
+fn md5(fx: &Fixture, table: &str) -> String {
+    fx.psql(&format!(
+        "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+    ))
+}
+
+fn restore(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = harness::tidemark(&["restore", "--config", config.to_str().unwrap()], args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
+    let fx = Fixture::new(SCHEMA);
+    let dir = fx.dir.path().join("archive");
+    let config = fx.config(
+        &["public.payments", "public.notes"],
+        &format!(
+            "\n[archive]\nurl = \"file://{}\"\nupload_interval = \"200ms\"\n",
+            dir.display()
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
+        capture.logs().contains("base snapshot stored")
+    });
+
+    fx.psql("INSERT INTO payments (amount, kind, note) SELECT g, 'card', 'n' || g FROM generate_series(1, 300) g");
+    fx.psql("INSERT INTO notes VALUES ('a'), ('a'), ('b')");
+    // Point 1, by time, in the form PostgreSQL prints.
+    let time1 = fx.psql("SELECT clock_timestamp()::text");
+    let want1 = (md5(&fx, "payments"), md5(&fx, "notes"));
+    fx.psql("UPDATE payments SET kind = 'wire', amount = amount * 2 WHERE id % 3 = 0");
+    fx.psql("DELETE FROM notes WHERE ctid = (SELECT ctid FROM notes WHERE body = 'a' LIMIT 1)");
+    // Point 2, by LSN.
+    fx.psql("SELECT txid_current()");
+    let lsn2 = fx.current_wal_lsn().to_string();
+    let want2 = (md5(&fx, "payments"), md5(&fx, "notes"));
+    fx.psql("DELETE FROM payments WHERE id > 250");
+    let latest_payments = md5(&fx, "payments");
+    fx.wait_caught_up(Duration::from_secs(30));
+    assert_eq!(capture.stop(), 0);
+
+    let target = |name: &str| {
+        fx.psql(&format!("CREATE DATABASE {}_{name}", fx.db));
+        fx.cluster.url(&format!("{}_{name}", fx.db))
+    };
+    let in_db = |name: &str, sql: &str| fx.cluster.psql(&format!("{}_{name}", fx.db), sql).unwrap();
+    let md5_in = |name: &str, table: &str| {
+        in_db(name, &format!("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"))
+    };
+
+    let url1 = target("t1");
+    let (code, stdout, stderr) = restore(&config, &["--to", &time1, "--target", &url1]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("rows/s"), "{stdout}");
+    assert_eq!((md5_in("t1", "payments"), md5_in("t1", "notes")), want1);
+    // The schema came back too, and serials continue after the restored rows.
+    assert_eq!(
+        in_db(
+            "t1",
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'payments_kind'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        in_db(
+            "t1",
+            "INSERT INTO payments (amount) VALUES (1) RETURNING id"
+        ),
+        "301"
+    );
+
+    let url2 = target("t2");
+    let (code, stdout, stderr) = restore(&config, &["--to", &lsn2, "--target", &url2]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!((md5_in("t2", "payments"), md5_in("t2", "notes")), want2);
+
+    let url3 = target("t3");
+    let (code, stdout, stderr) = restore(
+        &config,
+        &[
+            "--to",
+            "latest",
+            "--target",
+            &url3,
+            "--table",
+            "public.payments",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(md5_in("t3", "payments"), latest_payments);
+    assert_eq!(in_db("t3", "SELECT to_regclass('notes') IS NULL"), "t");
+
+    // A dry run plans and touches nothing.
+    let url4 = target("t4");
+    let (code, stdout, _) = restore(&config, &["--to", "latest", "--target", &url4, "--dry-run"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("Nothing was touched"), "{stdout}");
+    assert_eq!(
+        in_db(
+            "t4",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+
+    // Refusals: one line each, exit 2.
+    let refused = |args: &[&str], expect: &str| {
+        let (code, stdout, stderr) = restore(&config, args);
+        assert_eq!(code, Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            !stderr.contains(tidemark::cluster::SUPERUSER_PASSWORD),
+            "{stderr}"
+        );
+    };
+    refused(&["--to", "latest", "--target", &fx.url()], "is the source");
+    refused(
+        &["--to", "latest", "--target", &url1],
+        "already exists in the target",
+    );
+    refused(
+        &["--to", "latest", "--target", &url1, "--data-only"],
+        "already holds rows",
+    );
+    refused(
+        &["--to", "2001-01-01T00:00:00Z", "--target", &url4],
+        "outside the restore window",
+    );
+    refused(
+        &["--to", "yesterday", "--target", &url4],
+        "is not a restore point",
+    );
+    refused(
+        &[
+            "--to",
+            "latest",
+            "--target",
+            &url4,
+            "--table",
+            "public.nope",
+        ],
+        "is not in the archive",
+    );
+
+    // With --force, --data-only replaces the rows of existing tables.
+    let (code, stdout, stderr) = restore(
+        &config,
+        &["--to", &lsn2, "--target", &url1, "--data-only", "--force"],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!((md5_in("t1", "payments"), md5_in("t1", "notes")), want2);
+}
