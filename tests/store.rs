@@ -130,3 +130,37 @@ async fn unknown_store_urls_are_refused() {
         .to_string()
         .contains("use file:///path or s3://bucket/prefix"));
 }
+
+#[tokio::test]
+async fn old_manifests_are_trimmed_to_the_newest_few() {
+    use tidemark::archive::manifest::{Manifest, SourceId};
+    use tidemark::archive::retention::{trim_manifests, MANIFESTS_KEPT};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(
+        &format!("file://{}", dir.path().display()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut manifest = Manifest::new(SourceId {
+        system_identifier: "1".into(),
+        database: "d".into(),
+        slot: "s".into(),
+    });
+    for sequence in 1..=40 {
+        manifest.sequence = sequence;
+        let (key, body) = manifest.encode();
+        store.put(&key, body, &BTreeMap::new()).await.unwrap();
+    }
+    assert_eq!(
+        trim_manifests(&*store).await.unwrap(),
+        40 - MANIFESTS_KEPT - 1
+    );
+    let left = store.list("manifests/").await.unwrap();
+    assert_eq!(left.len(), MANIFESTS_KEPT + 1);
+    let (_, current) = tidemark::archive::manifest::load_latest(&*store)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.sequence, 40);
+}

@@ -169,18 +169,26 @@ pub async fn delete(
         store.delete(&key).await?;
         deleted += 1;
     }
-    let manifests = store.list(super::manifest::PREFIX).await?;
-    let mut keys: Vec<(u64, String)> = manifests
+    Ok(deleted + trim_manifests(store).await?)
+}
+
+/// Deletes all but the newest `MANIFESTS_KEPT` older manifests: readers only
+/// ever use the current one, and every commit writes a new one.
+pub async fn trim_manifests(
+    store: &dyn super::store::ObjectStore,
+) -> Result<usize, super::ArchiveError> {
+    let mut keys: Vec<(u64, String)> = store
+        .list(super::manifest::PREFIX)
+        .await?
         .into_iter()
         .filter_map(|o| Some((super::manifest::parse_key(&o.key)?.0, o.key)))
         .collect();
     keys.sort();
     let excess = keys.len().saturating_sub(MANIFESTS_KEPT + 1);
-    for (_, key) in keys.into_iter().take(excess) {
-        store.delete(&key).await?;
-        deleted += 1;
+    for (_, key) in keys.iter().take(excess) {
+        store.delete(key).await?;
     }
-    Ok(deleted)
+    Ok(excess)
 }
 
 #[cfg(test)]

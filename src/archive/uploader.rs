@@ -19,6 +19,9 @@ use crate::lsn::{Lsn, PgTimestamp};
 
 pub const SEGMENT_PREFIX: &str = "segments/";
 
+/// Old manifests are trimmed every this many commits (one per upload pass while busy).
+const TRIM_EVERY: u64 = 64;
+
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
     log_dir: PathBuf,
@@ -202,6 +205,9 @@ impl Uploader {
         let (key, body) = next.encode();
         self.store.put(&key, body, &Default::default()).await?;
         tracing::debug!(manifest = %key, "manifest stored");
+        if next.sequence % TRIM_EVERY == 0 {
+            super::retention::trim_manifests(&*self.store).await?;
+        }
         Ok(())
     }
 
