@@ -205,7 +205,7 @@ impl Uploader {
         let (key, body) = next.encode();
         self.store.put(&key, body, &Default::default()).await?;
         tracing::debug!(manifest = %key, "manifest stored");
-        if next.sequence % TRIM_EVERY == 0 {
+        if next.sequence.is_multiple_of(TRIM_EVERY) {
             super::retention::trim_manifests(&*self.store).await?;
         }
         Ok(())
