@@ -86,6 +86,9 @@ enum Command {
         /// Restore only this table (schema.name); repeatable.
         #[arg(long = "table")]
         tables: Vec<String>,
+        /// Restore only the rows satisfying this SQL predicate, e.g. "org_id = 'clx123abc'".
+        #[arg(long = "where")]
+        predicate: Option<String>,
         /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
@@ -364,6 +367,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             to,
             target,
             tables,
+            predicate,
             dry_run,
             data_only,
             force,
@@ -381,6 +385,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let request = command::Request {
                 to,
+                predicate,
                 target_url,
                 tables: tables
                     .iter()

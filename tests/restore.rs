@@ -57,6 +57,9 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     fx.psql("SELECT txid_current()");
     let lsn2 = fx.current_wal_lsn().to_string();
     let want2 = (md5(&fx, "payments"), md5(&fx, "notes"));
+    let want2_wire = fx.psql(
+        "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t WHERE kind = 'wire'",
+    );
     fx.psql("DELETE FROM payments WHERE id > 250");
     let latest_payments = md5(&fx, "payments");
     fx.wait_caught_up(Duration::from_secs(30));
@@ -112,6 +115,28 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(md5_in("t3", "payments"), latest_payments);
     assert_eq!(in_db("t3", "SELECT to_regclass('notes') IS NULL"), "t");
+
+    // One tenant: the rows satisfying the predicate at point 2, and only those.
+    let url5 = target("t5");
+    let (code, stdout, stderr) = restore(
+        &config,
+        &[
+            "--to",
+            &lsn2,
+            "--target",
+            &url5,
+            "--table",
+            "public.payments",
+            "--where",
+            "kind = 'wire'",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(md5_in("t5", "payments"), want2_wire);
+    assert_eq!(
+        in_db("t5", "SELECT count(*) FROM payments WHERE kind <> 'wire'"),
+        "0"
+    );
 
     // A dry run plans and touches nothing.
     let url4 = target("t4");

@@ -32,6 +32,14 @@ pub enum RestoreError {
         "table {table} in the target already holds rows; empty it, or add --force to replace them"
     )]
     TableNotEmpty { table: String },
+    #[error("--where with --data-only would replace one tenant's rows inside existing tables, which tidemark does not do yet; restore into an empty database and copy the rows across")]
+    WhereIntoExisting,
+    #[error("--where {predicate:?} does not apply to table {table}: {message}; write it in the columns of the restored tables")]
+    BadPredicate {
+        predicate: String,
+        table: String,
+        message: String,
+    },
     #[error("cannot connect to the target database: {0}; check --target")]
     Connect(String),
     #[error(transparent)]
@@ -86,6 +94,8 @@ pub fn parse_target(text: &str) -> Result<Target, RestoreError> {
 
 pub struct Request {
     pub to: Target,
+    /// Keep only rows satisfying this SQL predicate (e.g. one tenant's).
+    pub predicate: Option<String>,
     pub target_url: String,
     pub tables: Vec<TableName>,
     pub dry_run: bool,
@@ -199,6 +209,26 @@ pub async fn run(
         "Replayed {} transactions ({} changes); building indexes and constraints...",
         rebuilt.transactions, rebuilt.changes
     )?;
+    // A row's membership depends only on its own columns, so the rows that
+    // satisfy the predicate at the target are exactly the full state filtered.
+    if let Some(predicate) = &request.predicate {
+        for table in &tables {
+            let sql = format!(
+                "DELETE FROM {} WHERE ({predicate}) IS NOT TRUE",
+                table.quoted()
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| RestoreError::BadPredicate {
+                    predicate: predicate.clone(),
+                    table: table.to_string(),
+                    message: e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+                })?;
+        }
+    }
     let restored = schema.only(&tables);
     if !request.data_only {
         for sql in restored.post_data_sql() {
