@@ -76,29 +76,43 @@ impl<W: Write> TxnSink for Printer<W> {
                     continue;
                 }
             }
-            if self.json {
-                serde_json::to_writer(&mut self.out, &line).map_err(std::io::Error::from)?;
-                writeln!(self.out)?;
-            } else {
-                writeln!(
-                    self.out,
-                    "{} {} xid={} {} {} key={} new={} old={}",
-                    line.commit_time,
-                    line.commit_lsn,
-                    line.xid,
-                    line.op,
-                    line.table,
-                    json_or_dash(&line.key),
-                    json_or_dash(&line.new),
-                    json_or_dash(&line.old),
-                )?;
-            }
+            write_line(&mut self.out, &line, self.json)?;
         }
         Ok(())
     }
 
     fn commit(&mut self, _txn: &TxnInfo) -> Result<(), InspectError> {
         Ok(())
+    }
+
+    fn incomplete(&mut self, txn: &TxnInfo) -> Result<(), InspectError> {
+        tracing::warn!(
+            xid = txn.xid,
+            commit_lsn = %txn.commit_lsn,
+            "a transaction that began before the oldest local segment is not shown; its start was archived and removed locally"
+        );
+        Ok(())
+    }
+}
+
+/// One change line, as JSON or as text for people.
+pub fn write_line(out: &mut impl Write, line: &ChangeLine, json: bool) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, line).map_err(std::io::Error::from)?;
+        writeln!(out)
+    } else {
+        writeln!(
+            out,
+            "{} {} xid={} {} {} key={} new={} old={}",
+            line.commit_time,
+            line.commit_lsn,
+            line.xid,
+            line.op,
+            line.table,
+            json_or_dash(&line.key),
+            json_or_dash(&line.new),
+            json_or_dash(&line.old),
+        )
     }
 }
 

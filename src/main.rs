@@ -105,6 +105,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every change of a table, or of one row, between two times, from the archive alone.
+    History {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+        /// The table (schema.name).
+        #[arg(long)]
+        table: String,
+        /// Only this row: its key columns as JSON, e.g. '{"id": 42}'.
+        #[arg(long)]
+        key: Option<String>,
+        /// From this time (RFC 3339 with a zone).
+        #[arg(long)]
+        from: Option<tidemark::lsn::PgTimestamp>,
+        /// Until this time (RFC 3339 with a zone).
+        #[arg(long)]
+        to: Option<tidemark::lsn::PgTimestamp>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read every archived object and check sizes, SHA-256, the hash chain and LSN continuity.
     /// Exits 1 naming each bad object.
     Verify {
@@ -430,6 +450,41 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
             Ok(())
+        }
+        Command::History {
+            config,
+            table,
+            key,
+            from,
+            to,
+            json,
+        } => {
+            use tidemark::restore::history;
+            let checked = Config::load(&config).map_err(bad_input)?;
+            let store = open_archive(&checked.config).await?;
+            let query = history::Query {
+                table: tidemark::source::setup::TableName::parse(&table),
+                key: key
+                    .as_deref()
+                    .map(history::parse_key)
+                    .transpose()
+                    .map_err(bad_input)?,
+                from,
+                to,
+            };
+            let stdout = std::io::BufWriter::new(std::io::stdout());
+            match history::run(&*store, &query, json, &checked.config.log.dir, stdout).await {
+                Ok(_) => Ok(()),
+                Err(history::HistoryError::Output(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(Failure {
+                    error: e.into(),
+                    code: 1,
+                }),
+            }
         }
         Command::Verify { config, deep, json } => {
             let checked = Config::load(&config).map_err(bad_input)?;

@@ -191,6 +191,52 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         "is not in the archive",
     );
 
+    // History: who changed payment 3, and when, from the archive alone.
+    let history = |args: &[&str]| {
+        let out = harness::tidemark(
+            &["history", "--config", config.to_str().unwrap(), "--json"],
+            args,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let changes = history(&["--table", "public.payments", "--key", r#"{"id": 3}"#]);
+    let ops: Vec<&str> = changes.iter().map(|c| c["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["insert", "update"], "{changes:?}");
+    assert_eq!(changes[1]["new"]["kind"], "wire");
+    assert!(
+        changes[0]["commit_time"].as_str().unwrap() < changes[1]["commit_time"].as_str().unwrap()
+    );
+    let time1_rfc = fx.psql(&format!(
+        "SELECT to_char('{time1}'::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    ));
+    let later = history(&[
+        "--table",
+        "public.payments",
+        "--key",
+        r#"{"id": 3}"#,
+        "--from",
+        &time1_rfc,
+    ]);
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(
+        history(&["--table", "public.notes"]).len(),
+        4,
+        "three inserts and a delete"
+    );
+    let bad = harness::tidemark(
+        &["history", "--config", config.to_str().unwrap()],
+        &["--table", "public.payments", "--key", "42"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+
     // With --force, --data-only replaces the rows of existing tables.
     let (code, stdout, stderr) = restore(
         &config,

@@ -67,6 +67,17 @@ pub trait TxnSink {
     fn begin(&mut self, txn: &TxnInfo) -> Result<(), Self::Error>;
     fn change(&mut self, txn: &TxnInfo, lsn: Lsn, change: Change) -> Result<(), Self::Error>;
     fn commit(&mut self, txn: &TxnInfo) -> Result<(), Self::Error>;
+
+    /// A transaction finished whose start is not in what was read (reading
+    /// began after it started). The default refuses, naming it; a sink for
+    /// which the transaction cannot matter may ignore it.
+    fn incomplete(&mut self, txn: &TxnInfo) -> Result<(), Self::Error> {
+        Err(LogError::Incomplete {
+            xid: txn.xid,
+            commit_lsn: txn.commit_lsn,
+        }
+        .into())
+    }
 }
 
 type Relations = HashMap<u32, Arc<Relation>>;
@@ -76,6 +87,8 @@ type Relations = HashMap<u32, Arc<Relation>>;
 struct Spans {
     starts: Vec<Position>,
     aborted_subxids: HashSet<u32>,
+    /// The first block read was not the transaction's first: earlier ones are missing.
+    missing_start: bool,
 }
 
 /// The open non-streamed transaction: kept in memory while small, else re-read.
@@ -185,8 +198,8 @@ impl Assembler {
                     bytes: 0,
                 });
             }
-            Message::Commit(commit) => {
-                if let Some(open) = self.open.take() {
+            Message::Commit(commit) => match self.open.take() {
+                Some(open) => {
                     let txn = TxnInfo {
                         xid: open.xid,
                         commit_lsn: commit.commit_lsn,
@@ -195,26 +208,40 @@ impl Assembler {
                     };
                     self.emit(&txn, TxnSpans::Whole(open), sink)?;
                 }
-            }
+                // Its Begin came before what was read.
+                None => sink.incomplete(&TxnInfo {
+                    xid: 0,
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    commit_time: commit.commit_time,
+                })?,
+            },
             Message::Prepare(info) => {
                 if let Some(open) = self.open.take() {
                     self.prepared
                         .insert(info.gid, (TxnSpans::Whole(open), info.xid));
                 }
             }
-            Message::StreamStart { xid, .. } => {
+            Message::StreamStart { xid, first_segment } => {
                 self.in_block = Some(xid);
-                self.streamed.entry(xid).or_default().starts.push(position);
+                let spans = self.streamed.entry(xid).or_insert_with(|| Spans {
+                    missing_start: !first_segment,
+                    ..Spans::default()
+                });
+                spans.starts.push(position);
             }
             Message::StreamCommit { xid, commit } => {
-                if let Some(spans) = self.streamed.remove(&xid) {
-                    let txn = TxnInfo {
-                        xid,
-                        commit_lsn: commit.commit_lsn,
-                        end_lsn: commit.end_lsn,
-                        commit_time: commit.commit_time,
-                    };
-                    self.emit(&txn, TxnSpans::Streamed(spans), sink)?;
+                let txn = TxnInfo {
+                    xid,
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    commit_time: commit.commit_time,
+                };
+                match self.streamed.remove(&xid) {
+                    Some(spans) if !spans.missing_start => {
+                        self.emit(&txn, TxnSpans::Streamed(spans), sink)?
+                    }
+                    _ => sink.incomplete(&txn)?,
                 }
             }
             Message::StreamAbort { xid, subxid } => {
@@ -614,6 +641,53 @@ mod tests {
             wal(stream_commit(7, 60)),
         ];
         assert_eq!(assemble(records), vec![(7, "kept".to_string())]);
+    }
+
+    #[test]
+    fn transactions_whose_start_was_not_read_are_refused_not_applied_in_part() {
+        // A streamed transaction seen from its second block on.
+        let later_block = msg(|b| {
+            b.put_u8(b'S');
+            b.put_u32(7);
+            b.put_u8(0);
+        });
+        let records = vec![
+            wal(later_block),
+            wal(relation(Some(7))),
+            wal(insert(Some(7), "s2")),
+            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_commit(7, 60)),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        for r in &records {
+            writer.append(r).unwrap();
+        }
+        writer.sync().unwrap();
+        let error = Assembler::run(dir.path(), &mut Collect::default()).unwrap_err();
+        assert!(
+            matches!(error, LogError::Incomplete { xid: 7, .. }),
+            "{error}"
+        );
+
+        // A non-streamed transaction seen from after its Begin.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        for payload in [insert(None, "x"), commit(10)] {
+            writer.append(&wal(payload)).unwrap();
+        }
+        writer.sync().unwrap();
+        let error = Assembler::run(dir.path(), &mut Collect::default()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                LogError::Incomplete {
+                    commit_lsn: Lsn(9),
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub enum LogError {
     NotASegment { path: PathBuf },
     #[error("segment {} has format version {version}; this tidemark reads version {}", path.display(), segment::FORMAT_VERSION)]
     UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error("transaction {xid} (commit {commit_lsn}) started before the segments read begin, so its changes cannot be applied whole; tidemark refuses rather than apply part of it")]
+    Incomplete {
+        xid: u32,
+        commit_lsn: crate::lsn::Lsn,
+    },
     #[error("transaction {xid} changes relation {oid}, but no Relation message for it came first; the log is incomplete, rebuild it from the archive")]
     UnknownRelation { xid: u32, oid: u32 },
     #[error("record at {} offset {offset} is not valid pgoutput: {problem}", path.display())]

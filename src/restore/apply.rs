@@ -311,6 +311,18 @@ impl<E: Executor> TxnSink for Applier<E> {
         Ok(())
     }
 
+    fn incomplete(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        // Harmless if the snapshot holds it, or if it is past the target.
+        if txn.commit_lsn < self.bounds.after || self.reached_target || self.past_target(txn) {
+            return Ok(());
+        }
+        Err(LogError::Incomplete {
+            xid: txn.xid,
+            commit_lsn: txn.commit_lsn,
+        }
+        .into())
+    }
+
     fn commit(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
         if self.in_bounds {
             self.applied_txns += 1;

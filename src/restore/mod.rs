@@ -11,5 +11,6 @@
 
 pub mod apply;
 pub mod command;
+pub mod history;
 pub mod load;
 pub mod rebuild;
