@@ -293,3 +293,91 @@ async fn capture_compacts_and_prunes_on_its_own() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// A snapshot taken while a streamed transaction is open, in the middle of a
+/// session (relations were sent long before): its chain must still restore whole.
+#[tokio::test]
+async fn a_snapshot_taken_mid_transaction_restores_whole() {
+    let fx = Fixture::new(
+        "CREATE TABLE small (id serial PRIMARY KEY, v text);
+         CREATE TABLE big (id bigint PRIMARY KEY, payload text);",
+    );
+    fx.psql(&format!(
+        "ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'",
+        fx.db
+    ));
+    let dir = fx.dir.path().join("archive");
+    let url = format!("file://{}", dir.display());
+    let config = fx.config(
+        &["public.small", "public.big"],
+        &format!(
+            "\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\ncompact_interval = \"1s\"\n"
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    fx.psql("INSERT INTO small (v) SELECT 'early' FROM generate_series(1, 10)");
+    fx.wait_caught_up(Duration::from_secs(30));
+    let store = store::open(&url, &Default::default()).await.unwrap();
+
+    // Open a streamed transaction, and keep the archive moving while it is open.
+    let open_from = fx.current_wal_lsn();
+    let client = harness::connect(&fx.url()).await;
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO big SELECT g, repeat('p', 300) FROM generate_series(1, 5000) g",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        fx.psql("INSERT INTO small (v) VALUES ('during')");
+        if let Ok(Some((_, m))) = manifest::load_latest(&*store).await {
+            if m.snapshots
+                .iter()
+                .any(|s| s.method == "compaction" && s.lsn > open_from)
+            {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction while the transaction was open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+        .batch_execute(
+            "INSERT INTO big SELECT g, 'second half' FROM generate_series(5001, 6000) g; COMMIT",
+        )
+        .await
+        .unwrap();
+    let commit_lsn = fx.current_wal_lsn();
+    fx.psql("INSERT INTO small (v) SELECT 'after' FROM generate_series(1, 5)");
+    fx.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(capture.stop(), 0);
+
+    // Restore from the snapshot taken mid-transaction (hide any taken after the commit).
+    let (_, mut manifest) = manifest::load_latest(&*store).await.unwrap().unwrap();
+    manifest.snapshots.retain(|s| s.lsn < commit_lsn);
+    let plan =
+        tidemark::restore::rebuild::plan(&manifest, tidemark::restore::apply::Target::Latest)
+            .unwrap();
+    assert!(
+        plan.snapshot.lsn > open_from,
+        "the snapshot lies inside the open transaction"
+    );
+    assert!(plan.segments[0].start_lsn < plan.snapshot.lsn);
+    let target = Fixture::new("");
+    let restored = std::sync::Arc::new(harness::connect(&target.url()).await);
+    tidemark::restore::rebuild::rebuild(&*store, &plan, restored, target.dir.path())
+        .await
+        .unwrap();
+    for table in ["small", "big"] {
+        assert_eq!(
+            table_md5(&target, table),
+            table_md5(&fx, table),
+            "table {table}"
+        );
+    }
+    assert_eq!(target.psql("SELECT count(*) FROM big"), "6000");
+}

@@ -83,6 +83,9 @@ pub struct SegmentEntry {
     pub key: String,
     pub start_lsn: Lsn,
     pub end_lsn: Lsn,
+    /// A reader that starts at this segment must read from the segment whose
+    /// start_lsn this is, to see whole every transaction open at its start.
+    pub restart_lsn: Lsn,
     pub first_commit_time: Option<PgTimestamp>,
     pub last_commit_time: Option<PgTimestamp>,
     pub records: u64,
@@ -214,6 +217,7 @@ pub(crate) mod test_entries {
             key: format!("segments/{start}-{end}"),
             start_lsn: Lsn(start),
             end_lsn: Lsn(end),
+            restart_lsn: Lsn(start),
             first_commit_time: Some(PgTimestamp(time - 1)),
             last_commit_time: Some(PgTimestamp(time)),
             records: 1,
@@ -266,6 +270,7 @@ mod tests {
             key: "segments/0000000000000000-0000000001000000-abc.seg.zst".into(),
             start_lsn: Lsn(0),
             end_lsn: Lsn(0x100_0000),
+            restart_lsn: Lsn(0),
             first_commit_time: Some(PgTimestamp(5)),
             last_commit_time: Some(PgTimestamp(9)),
             records: 12,

@@ -103,10 +103,16 @@ pub fn plan(manifest: &Manifest, policy: &RetentionPolicy, now: PgTimestamp) -> 
         .filter(|s| !keep.contains(&s.lsn))
         .cloned()
         .collect();
+    // Transactions open at the anchor began in earlier segments: keep those too.
+    let keep_from = manifest
+        .segments
+        .iter()
+        .find(|s| s.end_lsn > anchor.lsn)
+        .map_or(anchor.lsn, |s| s.restart_lsn.min(s.start_lsn));
     let delete_segments: Vec<SegmentEntry> = manifest
         .segments
         .iter()
-        .filter(|s| s.end_lsn <= anchor.lsn)
+        .filter(|s| s.end_lsn <= anchor.lsn && s.start_lsn < keep_from)
         .cloned()
         .collect();
     PrunePlan {
@@ -248,6 +254,17 @@ mod tests {
         assert!(p.kept_snapshots.len() <= 8 + 3 + 2 + 1);
         // Segments are only kept from the anchor on: older snapshots stand alone.
         assert_eq!(p.delete_segments.len(), 33);
+    }
+
+    #[test]
+    fn segments_where_open_transactions_began_are_kept() {
+        let mut m = manifest();
+        // The segment after the day-33 anchor continues a transaction begun at 3000.
+        m.segments[33].restart_lsn = Lsn(3000);
+        let p = plan(&m, &policy(7, 0, 0, 0), PgTimestamp(40 * DAY + DAY / 2));
+        assert_eq!(p.anchor, Some(Lsn(3300)));
+        assert_eq!(p.delete_segments.len(), 30);
+        assert!(p.delete_segments.iter().all(|s| s.start_lsn < Lsn(3000)));
     }
 
     #[test]

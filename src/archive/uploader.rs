@@ -34,6 +34,7 @@ pub struct Uploader {
 /// A sealed segment read, verified, compressed and hashed.
 struct Prepared {
     base_ack: Lsn,
+    restart: Lsn,
     index: SegmentIndex,
     raw_size: u64,
     raw_sha256: String,
@@ -150,6 +151,7 @@ impl Uploader {
                 key: key.clone(),
                 start_lsn: prepared.base_ack,
                 end_lsn: prepared.index.ack_lsn,
+                restart_lsn: prepared.restart,
                 first_commit_time: prepared.index.first_commit_time,
                 last_commit_time: prepared.index.last_commit_time,
                 records: prepared.index.records,
@@ -282,7 +284,11 @@ impl Uploader {
 
 /// Verifies a sealed segment record by record, then compresses and hashes it in chunks.
 fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
-    let (base_ack, index) = segment::verify_sealed(path)?;
+    let segment::Sealed {
+        base_ack,
+        restart,
+        index,
+    } = segment::verify_sealed(path)?;
 
     let io_err = |source| LogError::Io {
         path: path.to_path_buf(),
@@ -305,6 +311,7 @@ fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
     let compressed = encoder.finish().map_err(io_err)?;
     Ok(Prepared {
         base_ack,
+        restart,
         index,
         raw_size,
         raw_sha256: hex::encode(raw_hash.finalize()),

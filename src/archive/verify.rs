@@ -226,8 +226,16 @@ fn deep_check_segment(
     let raw = zstd::decode_all(data).map_err(|e| format!("does not decompress: {e}"))?;
     let temp = tempfile::NamedTempFile::new_in(work_dir).map_err(|e| e.to_string())?;
     std::fs::write(temp.path(), &raw).map_err(|e| e.to_string())?;
-    let (base, index) = segment::verify_sealed(temp.path()).map_err(|e| e.to_string())?;
-    if base != entry.start_lsn || index.ack_lsn != entry.end_lsn || index.records != entry.records {
+    let segment::Sealed {
+        base_ack: base,
+        restart,
+        index,
+    } = segment::verify_sealed(temp.path()).map_err(|e| e.to_string())?;
+    if base != entry.start_lsn
+        || restart != entry.restart_lsn
+        || index.ack_lsn != entry.end_lsn
+        || index.records != entry.records
+    {
         return Err(format!(
             "holds ({base}, {}] with {} records; the manifest says ({}, {}] with {}",
             index.ack_lsn, index.records, entry.start_lsn, entry.end_lsn, entry.records

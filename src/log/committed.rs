@@ -167,6 +167,12 @@ impl Assembler {
                 return Ok(());
             }
             RecordKind::Progress | RecordKind::Seal => return Ok(()),
+            RecordKind::Schema => {
+                if let Message::Relation(relation) = self.decode(position, &record, false)? {
+                    self.main_relations.insert(relation.oid, Arc::new(relation));
+                }
+                return Ok(());
+            }
             RecordKind::Wal => {}
         }
         let message = self.decode(position, &record, self.in_block.is_some())?;

@@ -21,6 +21,7 @@
 //!   then fsyncing; a sealed segment is never written again.
 
 pub mod committed;
+pub mod openings;
 pub mod reader;
 pub mod record;
 pub mod segment;

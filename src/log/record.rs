@@ -25,6 +25,9 @@ pub enum RecordKind {
     Progress = 3,
     /// The segment's last record, holding its index. A sealed segment is never written again.
     Seal = 4,
+    /// A main-context pgoutput Relation message repeated at the start of a
+    /// segment, so a reader starting there knows every table's columns.
+    Schema = 5,
 }
 
 impl RecordKind {
@@ -34,6 +37,7 @@ impl RecordKind {
             2 => RecordKind::Resume,
             3 => RecordKind::Progress,
             4 => RecordKind::Seal,
+            5 => RecordKind::Schema,
             _ => return None,
         })
     }
@@ -154,7 +158,7 @@ impl SegmentIndex {
     /// Accounts for a record appended after everything already indexed.
     pub fn add(&mut self, record: &Record) {
         self.records += 1;
-        if record.kind == RecordKind::Seal {
+        if matches!(record.kind, RecordKind::Seal | RecordKind::Schema) {
             return;
         }
         self.first_lsn.get_or_insert(record.lsn);
@@ -168,7 +172,7 @@ impl SegmentIndex {
                 }
             }
             RecordKind::Progress => self.ack_lsn = self.ack_lsn.max(record.lsn),
-            RecordKind::Resume | RecordKind::Seal => {}
+            RecordKind::Resume | RecordKind::Seal | RecordKind::Schema => {}
         }
     }
 

@@ -12,13 +12,16 @@ use crate::lsn::Lsn;
 
 pub const MAGIC: &[u8; 8] = b"TIDEMARK";
 pub const FORMAT_VERSION: u32 = 1;
-pub const HEADER_LEN: u64 = 24;
+pub const HEADER_LEN: u64 = 32;
 const EXTENSION: &str = "seg";
 
-/// A segment header; `base_ack` is the log's resume LSN when the segment was
+/// A segment header. `base_ack` is the log's resume LSN when the segment was
 /// created, so each segment covers resume positions (base_ack, its own ack].
-pub fn header(base_ack: Lsn) -> [u8; HEADER_LEN as usize] {
+/// `restart` is the base of the segment where the oldest transaction still
+/// open at this segment's start began: reading from there sees it whole.
+pub fn header(base_ack: Lsn, restart: Lsn) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
+    h[24..32].copy_from_slice(&restart.0.to_le_bytes());
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&base_ack.0.to_le_bytes());
@@ -71,6 +74,7 @@ pub enum Tail {
 pub struct SegmentReader {
     path: PathBuf,
     base_ack: Lsn,
+    restart: Lsn,
     reader: BufReader<File>,
     offset: u64,
     tail: Option<Tail>,
@@ -107,6 +111,9 @@ impl SegmentReader {
         }
         Ok(Some(SegmentReader {
             path: path.to_path_buf(),
+            restart: Lsn(u64::from_le_bytes(
+                head[24..32].try_into().expect("8 bytes"),
+            )),
             base_ack: Lsn(u64::from_le_bytes(
                 head[16..24].try_into().expect("8 bytes"),
             )),
@@ -135,6 +142,11 @@ impl SegmentReader {
     /// The log's resume LSN when this segment was created.
     pub fn base_ack(&self) -> Lsn {
         self.base_ack
+    }
+
+    /// Where to start reading so every transaction open at this segment's start is seen whole.
+    pub fn restart(&self) -> Lsn {
+        self.restart
     }
 
     /// How reading ended, once `next_record` has returned `None`.
@@ -278,9 +290,16 @@ pub fn scan(reader: &mut SegmentReader) -> Result<Scan, LogError> {
     })
 }
 
+/// A sealed segment's header fields and index.
+pub struct Sealed {
+    pub base_ack: Lsn,
+    pub restart: Lsn,
+    pub index: SegmentIndex,
+}
+
 /// Checks a whole sealed segment: every record's CRC, nothing after the Seal,
-/// and a Seal that agrees with the records. Returns its base and its index.
-pub fn verify_sealed(path: &Path) -> Result<(Lsn, SegmentIndex), LogError> {
+/// and a Seal that agrees with the records.
+pub fn verify_sealed(path: &Path) -> Result<Sealed, LogError> {
     let not_sealed = |problem: &str| LogError::NotSealed {
         path: path.to_path_buf(),
         problem: problem.to_string(),
@@ -308,5 +327,9 @@ pub fn verify_sealed(path: &Path) -> Result<(Lsn, SegmentIndex), LogError> {
     if !sealed {
         return Err(not_sealed("it has no Seal record"));
     }
-    Ok((reader.base_ack(), index))
+    Ok(Sealed {
+        base_ack: reader.base_ack(),
+        restart: reader.restart(),
+        index,
+    })
 }

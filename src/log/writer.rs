@@ -39,6 +39,8 @@ pub struct LogWriter {
     durable_ack: Lsn,
     /// The newest sealed segment (0 if none was sealed by this writer).
     sealed_seq: u64,
+    /// Open transactions and relation definitions, for the next segment's start.
+    openings: super::openings::Openings,
 }
 
 impl LogWriter {
@@ -54,7 +56,7 @@ impl LogWriter {
         let segments = segment::list(dir)?;
         let mut truncated_bytes = 0;
         let (seq, file, len, index) = match segments.last() {
-            None => create_segment(dir, 1, Lsn::ZERO)?,
+            None => create_segment(dir, 1, Lsn::ZERO, Lsn::ZERO)?,
             Some((seq, path)) => match SegmentReader::open(path)? {
                 // Created by a roll that a crash cut short: the sealed segment before it
                 // is still here (it is uploaded only after the roll completes).
@@ -63,7 +65,7 @@ impl LogWriter {
                         Some(prev) => sealed_ack(prev)?,
                         None => Lsn::ZERO,
                     };
-                    create_segment(dir, *seq, base)?
+                    create_segment(dir, *seq, base, base)?
                 }
                 Some(mut reader) => {
                     let scan = segment::scan(&mut reader)?;
@@ -72,7 +74,7 @@ impl LogWriter {
                         source,
                     };
                     if scan.sealed {
-                        create_segment(dir, seq + 1, scan.index.ack_lsn)?
+                        create_segment(dir, seq + 1, scan.index.ack_lsn, scan.index.ack_lsn)?
                     } else {
                         let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
                         if let Tail::Torn { offset, problem } = &scan.tail {
@@ -106,6 +108,7 @@ impl LogWriter {
             segment_size,
             durable_ack: resume_lsn,
             sealed_seq: seq - 1,
+            openings: super::openings::Openings::new(resume_lsn),
         };
         writer.seek_end()?;
         Ok((
@@ -145,6 +148,7 @@ impl LogWriter {
         record.encode_into(&mut self.buf);
         self.len += size;
         self.index.add(record);
+        self.openings.observe(record);
         if self.buf.len() >= WRITE_BUFFER {
             self.write_buffer()?;
         }
@@ -199,13 +203,22 @@ impl LogWriter {
         let seal = self.index.seal_record();
         seal.encode_into(&mut self.buf);
         self.sync()?;
-        let (seq, file, len, index) = create_segment(&self.dir, self.seq + 1, self.index.ack_lsn)?;
+        let base = self.index.ack_lsn;
+        let restart = self.openings.next_segment(base);
+        let (seq, file, len, index) = create_segment(&self.dir, self.seq + 1, base, restart)?;
         tracing::debug!(segment = %segment::file_name(self.seq), records = self.index.records, "sealed segment");
         self.sealed_seq = self.seq;
         self.seq = seq;
         self.file = file;
         self.len = len;
         self.index = index;
+        // A reader starting here learns every table's columns before any change.
+        let schema: Vec<Record> = self.openings.schema_records().collect();
+        for record in &schema {
+            record.encode_into(&mut self.buf);
+            self.len += record.encoded_len() as u64;
+            self.index.add(record);
+        }
         Ok(())
     }
 }
@@ -236,6 +249,7 @@ fn create_segment(
     dir: &Path,
     seq: u64,
     base_ack: Lsn,
+    restart: Lsn,
 ) -> Result<(u64, File, u64, SegmentIndex), LogError> {
     let path = dir.join(segment::file_name(seq));
     let io_err = |source| LogError::Io {
@@ -248,7 +262,8 @@ fn create_segment(
         .write(true)
         .open(&path)
         .map_err(io_err)?;
-    file.write_all(&segment::header(base_ack)).map_err(io_err)?;
+    file.write_all(&segment::header(base_ack, restart))
+        .map_err(io_err)?;
     file.sync_all().map_err(io_err)?;
     // The new name must be durable too, or a crash could lose the segment's records.
     File::open(dir)

@@ -25,6 +25,8 @@ pub enum RebuildError {
         earliest: String,
         latest: String,
     },
+    #[error("the archive no longer holds segments ({from}, {to}], where a transaction still open at the snapshot began; restore from a later snapshot, or keep more with [retention]")]
+    MissingHistory { from: Lsn, to: Lsn },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
@@ -49,6 +51,42 @@ fn describe(target: Target) -> String {
         Target::Time(time) => format!("time {time}"),
         Target::Latest => "latest".into(),
     }
+}
+
+/// The segments a rebuild from `from` to `to` reads: the chain after the
+/// snapshot, preceded by the segments where transactions still open at the
+/// chain's start began (its first segment's restart point).
+pub fn chain_segments(
+    manifest: &Manifest,
+    from: Lsn,
+    to: Lsn,
+) -> Result<Vec<SegmentEntry>, RebuildError> {
+    let all = &manifest.segments;
+    let Some(first) = all
+        .iter()
+        .position(|s| s.end_lsn > from && s.start_lsn < to)
+    else {
+        return Ok(Vec::new());
+    };
+    let last = all
+        .iter()
+        .rposition(|s| s.end_lsn > from && s.start_lsn < to)
+        .unwrap_or(first);
+    let restart = all[first].restart_lsn;
+    let start = all[..first]
+        .iter()
+        .position(|s| s.start_lsn >= restart)
+        .unwrap_or(first);
+    let missing = |from: Lsn, to: Lsn| RebuildError::MissingHistory { from, to };
+    if restart < all[start].start_lsn {
+        return Err(missing(restart, all[start].start_lsn));
+    }
+    for pair in all[start..=first].windows(2) {
+        if pair[1].start_lsn != pair[0].end_lsn {
+            return Err(missing(pair[0].end_lsn, pair[1].start_lsn));
+        }
+    }
+    Ok(all[start..=last].to_vec())
 }
 
 /// The error for a target outside the window; `latest` narrows the window's end.
@@ -92,12 +130,7 @@ pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
     if beyond {
         return Err(outside_window(manifest, target, Some(chain_end)));
     }
-    let segments = manifest
-        .segments
-        .iter()
-        .filter(|s| s.end_lsn > snapshot.lsn && s.start_lsn < chain_end.lsn)
-        .cloned()
-        .collect();
+    let segments = chain_segments(manifest, snapshot.lsn, chain_end.lsn)?;
     Ok(Plan {
         snapshot: snapshot.clone(),
         segments,
@@ -278,6 +311,29 @@ mod tests {
         );
         let p = plan(&m, Target::Latest).unwrap();
         assert_eq!(p.bounds.until, Target::Lsn(Lsn(500)));
+    }
+
+    #[test]
+    fn a_chain_reads_back_to_where_its_open_transactions_began() {
+        let mut m = manifest();
+        m.segments[2].restart_lsn = Lsn(200);
+        let p = plan(&m, Target::Lsn(Lsn(450))).unwrap();
+        assert_eq!(p.snapshot.lsn, Lsn(300));
+        assert_eq!(
+            p.segments.iter().map(|s| s.start_lsn.0).collect::<Vec<_>>(),
+            vec![200, 400]
+        );
+        m.segments[1].restart_lsn = Lsn(50);
+        let p = plan(&m, Target::Lsn(Lsn(450))).unwrap();
+        assert_eq!(
+            p.segments.iter().map(|s| s.start_lsn.0).collect::<Vec<_>>(),
+            vec![50, 200, 400]
+        );
+        m.segments.remove(0);
+        assert!(matches!(
+            plan(&m, Target::Lsn(Lsn(450))),
+            Err(RebuildError::MissingHistory { .. })
+        ));
     }
 
     #[test]
