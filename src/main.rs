@@ -125,6 +125,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rehearse a restore: restore the latest point into a scratch database and compare every
+    /// table with the source at that exact point. Exits 1 on any difference.
+    Drill {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+        /// The scratch database to restore into (must not hold the tables).
+        #[arg(long)]
+        target: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read every archived object and check sizes, SHA-256, the hash chain and LSN continuity.
     /// Exits 1 naming each bad object.
     Verify {
@@ -416,8 +428,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 force,
                 into_source: i_know_this_is_the_source,
             };
-            let mut stdout = std::io::stdout();
-            let summary = command::run(&*store, &request, &checked.config.log.dir, &mut stdout)
+            // With --json, stdout carries only the JSON; progress goes to stderr.
+            let mut progress: Box<dyn std::io::Write> = if json {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            };
+            let summary = command::run(&*store, &request, &checked.config.log.dir, &mut progress)
                 .await
                 .map_err(|e| {
                     let code = if e.is_bad_input() { BAD_INPUT } else { 1 };
@@ -484,6 +501,54 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     error: e.into(),
                     code: 1,
                 }),
+            }
+        }
+        Command::Drill {
+            config,
+            target,
+            json,
+        } => {
+            let checked = Config::load(&config).map_err(bad_input)?;
+            let store = open_archive(&checked.config).await?;
+            let mut progress: Box<dyn std::io::Write> = if json {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            };
+            let report = tidemark::restore::drill::run(
+                &*store,
+                &checked.pg,
+                &target,
+                &checked.config.log.dir,
+                &mut progress,
+            )
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    tidemark::restore::drill::DrillError::Restore(r) if r.is_bad_input() => {
+                        BAD_INPUT
+                    }
+                    _ => 1,
+                };
+                Failure {
+                    error: e.into(),
+                    code,
+                }
+            })?;
+            if json {
+                print_json(&report);
+            } else {
+                print!("{report}");
+            }
+            if report.pass {
+                Ok(())
+            } else {
+                Err(Failure {
+                    error: anyhow::anyhow!(
+                        "the drill found differences between the restore and the source"
+                    ),
+                    code: 1,
+                })
             }
         }
         Command::Verify { config, deep, json } => {

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod command;
+pub mod drill;
 pub mod history;
 pub mod load;
 pub mod rebuild;
