@@ -33,6 +33,15 @@ impl CryptStore {
         }
     }
 
+    fn refused(&self, key: &str, e: std::io::Error) -> StoreError {
+        StoreError::Refused {
+            store: self.describe(),
+            action: "put",
+            key: key.to_string(),
+            message: e.to_string(),
+        }
+    }
+
     /// Decrypts `data` if it is encrypted; cleartext objects pass through.
     fn open(&self, object: &str, data: Bytes) -> Result<Bytes, StoreError> {
         let Some(found) = crypt::key_id_of(&data) else {
@@ -78,12 +87,7 @@ impl ObjectStore for CryptStore {
                 })
                 .await
                 .expect("encrypting an object")
-                .map_err(|e| StoreError::Refused {
-                    store: self.describe(),
-                    action: "put",
-                    key: key.to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| self.refused(key, e))?;
                 Bytes::from(sealed)
             }
             None => data,
@@ -110,12 +114,7 @@ impl ObjectStore for CryptStore {
         })
         .await
         .expect("encrypting a file")
-        .map_err(|e| StoreError::Refused {
-            store: self.describe(),
-            action: "put",
-            key: key.to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| self.refused(key, e))?;
         self.inner.put_file(key, sealed.path(), metadata).await
     }
 

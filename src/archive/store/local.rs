@@ -61,7 +61,11 @@ impl LocalStore {
     }
 }
 
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes `path` through a temp file beside it: fill, fsync, rename, fsync the dir.
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().expect("object paths have a parent");
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -70,11 +74,15 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .to_string_lossy();
     let temp = dir.join(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
     let mut file = std::fs::File::create(&temp)?;
-    file.write_all(data)?;
+    fill(&mut file)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&temp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+fn meta_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}{META_SUFFIX}", path.display()))
 }
 
 #[async_trait]
@@ -88,11 +96,8 @@ impl ObjectStore for LocalStore {
         let path = self.path(key);
         let meta = serde_json::to_vec(metadata).expect("string maps serialize");
         tokio::task::spawn_blocking(move || {
-            write_atomically(
-                &PathBuf::from(format!("{}{META_SUFFIX}", path.display())),
-                &meta,
-            )?;
-            write_atomically(&path, &data)
+            write_atomically(&meta_path(&path), |f| f.write_all(&meta))?;
+            write_atomically(&path, |f| f.write_all(&data))
         })
         .await
         .expect("blocking put")
@@ -109,21 +114,10 @@ impl ObjectStore for LocalStore {
         let source = source.to_path_buf();
         let meta = serde_json::to_vec(metadata).expect("string maps serialize");
         tokio::task::spawn_blocking(move || {
-            write_atomically(
-                &PathBuf::from(format!("{}{META_SUFFIX}", path.display())),
-                &meta,
-            )?;
-            let dir = path.parent().expect("object paths have a parent");
-            std::fs::create_dir_all(dir)?;
-            let name = path
-                .file_name()
-                .expect("object paths have a name")
-                .to_string_lossy();
-            let temp = dir.join(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
-            std::fs::copy(&source, &temp)?;
-            std::fs::File::open(&temp)?.sync_all()?;
-            std::fs::rename(&temp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
+            write_atomically(&meta_path(&path), |f| f.write_all(&meta))?;
+            write_atomically(&path, |f| {
+                std::io::copy(&mut std::fs::File::open(&source)?, f).map(|_| ())
+            })
         })
         .await
         .expect("blocking put")
@@ -201,7 +195,7 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.error("delete", key, e)),
         }
-        let _ = tokio::fs::remove_file(format!("{}{META_SUFFIX}", path.display())).await;
+        let _ = tokio::fs::remove_file(meta_path(&path)).await;
         Ok(())
     }
 
@@ -212,7 +206,7 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.error("head", key, e)),
         };
-        let metadata = match tokio::fs::read(format!("{}{META_SUFFIX}", path.display())).await {
+        let metadata = match tokio::fs::read(meta_path(&path)).await {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => BTreeMap::new(),
         };
