@@ -182,6 +182,15 @@ pub async fn update(
             key: format!("{PREFIX}(any)"),
         })?;
     change(&mut next);
+    store_next(store, &mut next).await
+}
+
+/// Stores `next` as the following manifest, the commit point of everything it
+/// lists: the next sequence, this store's key id, and a key naming its hash.
+pub async fn store_next(
+    store: &dyn ObjectStore,
+    next: &mut Manifest,
+) -> Result<String, ArchiveError> {
     next.encryption_key_id = store.key_id();
     next.sequence += 1;
     next.created_at = PgTimestamp::now();

@@ -201,11 +201,7 @@ impl Uploader {
 
     /// Stores `next` as the following manifest: the commit point of everything it lists.
     async fn commit(&self, next: &mut Manifest) -> Result<(), ArchiveError> {
-        next.encryption_key_id = self.store.key_id();
-        next.sequence += 1;
-        next.created_at = PgTimestamp::now();
-        let (key, body) = next.encode();
-        self.store.put(&key, body, &Default::default()).await?;
+        let key = manifest::store_next(&*self.store, next).await?;
         tracing::debug!(manifest = %key, "manifest stored");
         if next.sequence.is_multiple_of(TRIM_EVERY) {
             super::retention::trim_manifests(&*self.store).await?;
