@@ -103,6 +103,23 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Checks an object's measured size and SHA-256 against what the manifest says.
+pub fn check_object(
+    key: &str,
+    size: u64,
+    sha256: &str,
+    listed_size: u64,
+    listed_sha256: &str,
+) -> Result<(), ArchiveError> {
+    if size == listed_size && sha256 == listed_sha256 {
+        return Ok(());
+    }
+    Err(ArchiveError::Corrupt {
+        key: key.to_string(),
+        problem: format!("{size} bytes with SHA-256 {sha256}; the manifest says {listed_size} bytes with {listed_sha256}"),
+    })
+}
+
 impl Manifest {
     pub fn new(source: SourceId) -> Manifest {
         Manifest {

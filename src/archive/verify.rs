@@ -199,12 +199,18 @@ async fn checked(
     let Some(data) = fetch(store, key, report).await? else {
         return Ok(None);
     };
-    let problem = if data.len() as u64 != size {
-        Some(format!("size is {}, the manifest says {size}", data.len()))
-    } else {
-        let actual = manifest::sha256_hex(&data);
-        (actual != sha).then(|| format!("SHA-256 is {actual}, the manifest says {sha}"))
-    };
+    let problem = manifest::check_object(
+        key,
+        data.len() as u64,
+        &manifest::sha256_hex(&data),
+        size,
+        sha,
+    )
+    .err()
+    .map(|e| match e {
+        super::ArchiveError::Corrupt { problem, .. } => problem,
+        other => other.to_string(),
+    });
     match problem {
         Some(problem) => {
             report.problems.push(Problem {

@@ -25,16 +25,13 @@ pub async fn fetch_verified(
         crate::archive::store::StoreError::NotFound { key, .. } => ArchiveError::Missing { key },
         other => other.into(),
     })?;
-    let actual = manifest::sha256_hex(&data);
-    if data.len() as u64 != size || actual != sha256 {
-        return Err(ArchiveError::Corrupt {
-            key: key.to_string(),
-            problem: format!(
-                "{} bytes with SHA-256 {actual}; the manifest says {size} bytes with {sha256}",
-                data.len()
-            ),
-        });
-    }
+    manifest::check_object(
+        key,
+        data.len() as u64,
+        &manifest::sha256_hex(&data),
+        size,
+        sha256,
+    )?;
     Ok(data)
 }
 
@@ -121,15 +118,7 @@ pub async fn load_table(
         path: temp.path().to_path_buf(),
         source,
     })?;
-    if size != object.size || actual != object.sha256 {
-        return Err(ArchiveError::Corrupt {
-            key: object.key.clone(),
-            problem: format!(
-                "{size} bytes with SHA-256 {actual}; the manifest says {} bytes with {}",
-                object.size, object.sha256
-            ),
-        });
-    }
+    manifest::check_object(&object.key, size, &actual, object.size, &object.sha256)?;
 
     let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let path = temp.path().to_path_buf();
