@@ -59,6 +59,8 @@ impl CaptureError {
 /// Send a status update at least this often while durable progress is made,
 /// so the slot's lag stays small without a message per fsync.
 const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
+/// How often capture measures the local log and flushes change counts to metrics.
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
 /// Records go to the writer in batches of about this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
 /// How long to wait for a slot still held by a previous, killed capture.
@@ -402,8 +404,10 @@ impl Session {
         let seal_interval = self.archive.as_ref().map(|a| a.interval);
         let mut next_seal = Instant::now() + seal_interval.unwrap_or(Duration::from_secs(3600));
         let mut unsealed = false;
-        // The local log's size: measured on each status tick, plus what was appended since.
+        // The local log's size: measured once a second (it lists the log dir),
+        // plus what was appended since.
         let mut measured_log_bytes = self.local_log_size().0;
+        let mut next_measure = Instant::now() + MEASURE_EVERY;
         let mut appended_since_measure = 0u64;
         let mut counts = telemetry::ChangeCounts::default();
         let mut server_end = self.start;
@@ -468,10 +472,13 @@ impl Session {
                 reply_due = false;
                 last_status = now;
                 next_status = now + self.status_interval;
-                counts.flush();
                 metrics::gauge!(telemetry::CONFIRMED_LSN).set(flushed.0 as f64);
                 metrics::gauge!(telemetry::SLOT_LAG_BYTES)
                     .set(server_end.0.saturating_sub(flushed.0) as f64);
+            }
+            if now >= next_measure {
+                next_measure = now + MEASURE_EVERY;
+                counts.flush();
                 let (log_bytes, log_segments) = self.local_log_size();
                 metrics::gauge!(telemetry::LOG_BYTES).set(log_bytes as f64);
                 metrics::gauge!(telemetry::LOG_SEGMENTS).set(log_segments as f64);
