@@ -152,8 +152,7 @@ async fn archives_everything(
 #[tokio::test]
 async fn the_local_directory_archive_holds_everything() {
     let fx = Fixture::new(SCHEMA);
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let url = fx.archive_url();
     let store = store::open(&url, &Default::default()).await.unwrap();
     archives_everything(&fx, store, &format!("url = {url:?}"), &[]).await;
 }
@@ -240,8 +239,7 @@ const ROWS_MD5: &str = "SELECT md5(string_agg(a::text, '|' ORDER BY id)) FROM ac
 #[tokio::test]
 async fn the_base_snapshot_matches_the_source_and_keeps_the_schema() {
     let fx = Fixture::new(RICH_SCHEMA);
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let url = fx.archive_url();
     let store = store::open(&url, &Default::default()).await.unwrap();
     let config = fx.config(
         &["public.accounts"],
@@ -329,8 +327,7 @@ fn flip_bit(path: &Path, at: usize) {
 #[tokio::test]
 async fn list_and_verify_see_the_archive_and_name_each_corruption() {
     let fx = Fixture::new(RICH_SCHEMA);
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let (dir, url) = (fx.archive_dir(), fx.archive_url());
     let store = store::open(&url, &Default::default()).await.unwrap();
     let config = fx.config(
         &["public.accounts"],
@@ -449,8 +446,7 @@ async fn an_encrypted_archive_is_unreadable_without_its_key() {
     fx.psql("UPDATE accounts SET owner = 'secret-marker-4242' WHERE id = 1");
     let key_file = fx.dir.path().join("archive.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let (dir, url) = (fx.archive_dir(), fx.archive_url());
     let archive = format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n");
     let config = fx.config(
         &["public.accounts"],

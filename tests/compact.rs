@@ -50,8 +50,7 @@ fn table_md5(fx: &Fixture, table: &str) -> String {
 async fn compaction_equals_a_fresh_read_of_the_source() {
     let fx = Fixture::new(SCHEMA);
     fx.psql(&format!("UPDATE accounts SET big = {BIG} WHERE id <= 10"));
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let url = fx.archive_url();
     let config = fx.config(
         &["public.accounts", "public.ledger", "public.events"],
         &format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n"),
@@ -156,8 +155,7 @@ async fn restored_md5(
 #[tokio::test]
 async fn pruning_keeps_every_point_in_the_window_restorable() {
     let fx = Fixture::new(SCHEMA);
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let url = fx.archive_url();
     let tables = ["public.accounts", "public.ledger", "public.events"];
     let archive = format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n");
     let config = fx.config(&tables, &archive);
@@ -246,8 +244,7 @@ async fn pruning_keeps_every_point_in_the_window_restorable() {
 #[tokio::test]
 async fn capture_compacts_and_prunes_on_its_own() {
     let fx = Fixture::new(SCHEMA);
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let url = fx.archive_url();
     let config = fx.config(
         &["public.accounts", "public.ledger", "public.events"],
         &format!(
@@ -306,8 +303,7 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
         "ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'",
         fx.db
     ));
-    let dir = fx.dir.path().join("archive");
-    let url = format!("file://{}", dir.display());
+    let url = fx.archive_url();
     let config = fx.config(
         &["public.small", "public.big"],
         &format!(

@@ -18,7 +18,7 @@ fn a_drill_passes_and_measures_rto_and_rpo() {
         &["public.accounts", "public.events"],
         &format!(
             "\n[archive]\nurl = \"file://{}\"\nupload_interval = \"200ms\"\n",
-            fx.dir.path().join("archive").display()
+            fx.archive_dir().display()
         ),
     );
     let capture = fx.start_capture(&config);

@@ -108,7 +108,7 @@ fn every_quiesce_point_restores_exactly() {
     let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
     let archive = format!(
         "\n[archive]\nurl = \"file://{}\"\nupload_interval = \"200ms\"\n",
-        fx.dir.path().join("archive").display()
+        fx.archive_dir().display()
     );
     let config = fx.config(&tables, &archive);
     let mut capture = Some(fx.start_capture(&config));

@@ -58,6 +58,15 @@ impl Fixture {
         self.dir.path().join("log")
     }
 
+    /// A local-directory archive of this test's own.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.dir.path().join("archive")
+    }
+
+    pub fn archive_url(&self) -> String {
+        format!("file://{}", self.archive_dir().display())
+    }
+
     /// Writes a config watching `tables`; `extra` is appended as raw TOML.
     pub fn config(&self, tables: &[&str], extra: &str) -> PathBuf {
         self.config_with_url(&self.url(), tables, extra)
