@@ -128,7 +128,12 @@ impl<E: Executor> Applier<E> {
     }
 
     /// Brings the target table's columns in line with the relation, as the source's were.
-    fn follow_schema(&mut self, table: &str, relation: &Relation) -> Result<(), ApplyError> {
+    fn follow_schema(
+        &mut self,
+        txn: &TxnInfo,
+        table: &str,
+        relation: &Relation,
+    ) -> Result<(), ApplyError> {
         let current = self.tables.get(table).cloned().unwrap_or_default();
         let wanted: Vec<&Column> = relation.columns.iter().collect();
         let same = current.len() == wanted.len()
@@ -152,8 +157,8 @@ impl<E: Executor> Applier<E> {
                     .executor
                     .format_type(column.type_oid, column.type_modifier)
                     .map_err(|message| ApplyError::Target {
-                        xid: 0,
-                        commit_lsn: Lsn::ZERO,
+                        xid: txn.xid,
+                        commit_lsn: txn.commit_lsn,
                         message,
                     })?,
                 Some(name) => name.clone(),
@@ -262,7 +267,7 @@ impl<E: Executor> TxnSink for Applier<E> {
             if !self.tables.contains_key(&table) {
                 continue;
             }
-            self.follow_schema(&table, relation)?;
+            self.follow_schema(txn, &table, relation)?;
             let quoted = TableName::parse(&table).quoted();
             let statement = match &change {
                 Change::Insert { new, .. } => {
