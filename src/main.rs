@@ -101,6 +101,9 @@ enum Command {
         /// With --force: allow the target to be the live source database.
         #[arg(long)]
         i_know_this_is_the_source: bool,
+        /// Connections loading snapshot tables in parallel (default: one per CPU, at most 8).
+        #[arg(long)]
+        jobs: Option<usize>,
         /// One JSON object.
         #[arg(long)]
         json: bool,
@@ -404,6 +407,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             data_only,
             force,
             i_know_this_is_the_source,
+            jobs,
             json,
         } => {
             use tidemark::restore::command;
@@ -427,6 +431,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 data_only,
                 force,
                 into_source: i_know_this_is_the_source,
+                jobs: jobs.unwrap_or_else(command::default_jobs),
             };
             // With --json, stdout carries only the JSON; progress goes to stderr.
             let mut progress: Box<dyn std::io::Write> = if json {
@@ -434,27 +439,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 Box::new(std::io::stdout())
             };
-            let summary = command::run(&*store, &request, &checked.config.log.dir, &mut progress)
-                .await
-                .map_err(|e| {
-                    let code = if e.is_bad_input() { BAD_INPUT } else { 1 };
-                    Failure {
-                        error: e.into(),
-                        code,
-                    }
-                })?;
+            let phases = tidemark::restore::progress::Phases::on_stderr();
+            let summary = command::run(
+                &*store,
+                &request,
+                &checked.config.log.dir,
+                &mut progress,
+                &phases,
+            )
+            .await
+            .map_err(|e| {
+                let code = if e.is_bad_input() { BAD_INPUT } else { 1 };
+                Failure {
+                    error: e.into(),
+                    code,
+                }
+            })?;
             if json {
                 print_json(&summary);
             } else if dry_run {
                 println!(
-                    "Plan: snapshot at {} ({}), {} segments ({} records at most to apply); {} objects, {} to read; tables: {}. Nothing was touched.",
+                    "Plan: snapshot at {} ({}) with {} of table data, then {} segments holding {} transactions ({} changes) to apply; {} objects, {} to read; tables: {}. Estimated time: {:.1}s. Nothing was touched.",
                     summary.snapshot_lsn,
                     summary.snapshot_time,
+                    bytesize::ByteSize(summary.snapshot_bytes),
                     summary.segments,
-                    summary.segment_records,
+                    summary.transactions,
+                    summary.changes,
                     summary.objects,
                     bytesize::ByteSize(summary.bytes),
-                    summary.tables.join(", ")
+                    summary.tables.join(", "),
+                    summary.estimated_seconds.unwrap_or_default()
                 );
             } else {
                 println!(
@@ -521,6 +536,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &target,
                 &checked.config.log.dir,
                 &mut progress,
+                &tidemark::restore::progress::Phases::on_stderr(),
             )
             .await
             .map_err(|e| {

@@ -208,7 +208,7 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
     let plan = rebuild::plan(&manifest, Target::Time(target))?;
     cluster_sql(&cluster, "postgres", "CREATE DATABASE shop_restored").await?;
     let restored = Arc::new(connect(&cluster.url("shop_restored")).await?);
-    let done = rebuild::rebuild(&*store, &plan, restored.clone(), dir).await?;
+    let done = rebuild::rebuild(&*store, &plan, std::slice::from_ref(&restored), dir).await?;
     writeln!(
         out,
         "   {} snapshot rows loaded, {} transactions ({} changes) replayed in {:.2}s",

@@ -508,7 +508,7 @@ async fn an_encrypted_archive_is_unreadable_without_its_key() {
             .unwrap();
     let target = Fixture::new("");
     let client = Arc::new(harness::connect(&target.url()).await);
-    tidemark::restore::rebuild::rebuild(&*store, &plan, client, target.dir.path())
+    tidemark::restore::rebuild::rebuild(&*store, &plan, &[client], target.dir.path())
         .await
         .unwrap();
     assert_eq!(target.psql(ROWS_MD5), fx.psql(ROWS_MD5));

@@ -83,7 +83,7 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
 
     // Load the compacted snapshot, with its own schema, into an empty database.
     let target = Fixture::new("");
-    let client = harness::connect(&target.url()).await;
+    let client = std::sync::Arc::new(harness::connect(&target.url()).await);
     let schema_body = store.get(&compacted.schema.key).await.unwrap();
     let schema: tidemark::archive::schema::SchemaSet =
         serde_json::from_slice(&schema_body).unwrap();
@@ -97,11 +97,15 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
     tidemark::restore::load::create_tables(&client, &schema)
         .await
         .unwrap();
-    for object in &compacted.tables {
-        tidemark::restore::load::load_table(&client, &*store, object, target.dir.path())
-            .await
-            .unwrap();
-    }
+    tidemark::restore::load::load_tables(
+        std::slice::from_ref(&client),
+        &*store,
+        compacted.tables.iter().collect(),
+        target.dir.path(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
     for table in ["accounts", "ledger", "events"] {
         assert_eq!(
             table_md5(&target, table),
@@ -146,7 +150,7 @@ async fn restored_md5(
         rebuild::plan(&manifest, Target::Time(time.parse().unwrap())).map_err(|e| e.to_string())?;
     let target = Fixture::new("");
     let client = std::sync::Arc::new(harness::connect(&target.url()).await);
-    rebuild::rebuild(store, &plan, client, target.dir.path())
+    rebuild::rebuild(store, &plan, &[client], target.dir.path())
         .await
         .map_err(|e| e.to_string())?;
     Ok(all_md5(&target))
@@ -365,7 +369,7 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
     assert!(plan.segments[0].start_lsn < plan.snapshot.lsn);
     let target = Fixture::new("");
     let restored = std::sync::Arc::new(harness::connect(&target.url()).await);
-    tidemark::restore::rebuild::rebuild(&*store, &plan, restored, target.dir.path())
+    tidemark::restore::rebuild::rebuild(&*store, &plan, &[restored], target.dir.path())
         .await
         .unwrap();
     for table in ["small", "big"] {

@@ -96,9 +96,10 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     );
 
     let url2 = target("t2");
-    let (code, stdout, stderr) = restore(&config, &["--to", &lsn2, "--target", &url2]);
+    let (code, stdout, stderr) = restore(&config, &["--to", &lsn2, "--target", &url2, "--json"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!((md5_in("t2", "payments"), md5_in("t2", "notes")), want2);
+    let restored: serde_json::Value = serde_json::from_str(&stdout).unwrap();
 
     let url3 = target("t3");
     let (code, stdout, stderr) = restore(
@@ -143,6 +144,22 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     let (code, stdout, _) = restore(&config, &["--to", "latest", "--target", &url4, "--dry-run"]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("Nothing was touched"), "{stdout}");
+    assert!(stdout.contains("Estimated time"), "{stdout}");
+    // Its counts are exactly what the restore to the same point applied.
+    let (code, stdout, _) = restore(&config, &["--to", &lsn2, "--dry-run", "--json"]);
+    assert_eq!(code, Some(0));
+    let planned: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in ["transactions", "changes"] {
+        assert_eq!(
+            planned[key], restored[key],
+            "{key}: {planned} vs {restored}"
+        );
+    }
+    assert!(planned["changes"].as_u64().unwrap() > 0, "{planned}");
+    assert!(
+        planned["estimated_seconds"].as_f64().unwrap() > 0.0,
+        "{planned}"
+    );
     assert_eq!(
         in_db(
             "t4",

@@ -58,7 +58,12 @@ fn steps() -> Vec<Vec<String>> {
         vec!["ALTER TABLE accounts ADD COLUMN region text".into(), "UPDATE accounts SET region = 'eu' WHERE org = 'org0'".into()],
         vec!["UPDATE accounts SET balance = NULL, blob = NULL WHERE org = 'org1'".into(), "UPDATE events SET kind = 'changed' WHERE kind = 'k2'".into()],
         vec!["ALTER TABLE accounts DROP COLUMN tags".into(), "UPDATE accounts SET status = 'closed' WHERE org = 'org0'".into()],
-        vec!["INSERT INTO ledger SELECT 'late', g, g FROM generate_series(1, 50) g".into()],
+        vec![
+            "INSERT INTO ledger SELECT 'late', g, g FROM generate_series(1, 50) g".into(),
+            // Rows moving to new keys, one of them leaving its TOASTed value unchanged.
+            "UPDATE ledger SET seq = seq + 1000 WHERE account = 'acct1'".into(),
+            "UPDATE accounts SET id = gen_random_uuid() WHERE big IS NOT NULL AND org = 'org0'".into(),
+        ],
         vec![
             // Streamed: about 100 MB in one transaction, and another rolled back.
             "INSERT INTO bulk SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 100000) g".into(),

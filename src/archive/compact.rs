@@ -61,11 +61,13 @@ pub async fn compact(
     let scratch = tokio::task::spawn_blocking(|| Cluster::start(&[]))
         .await
         .expect("starting the scratch cluster")?;
-    let (client, connection) =
-        tokio_postgres::connect(&scratch.url("postgres"), tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let client = Arc::new(client);
-    let rebuilt = rebuild::rebuild(&*store, &plan, client.clone(), work_dir).await?;
+    let clients = crate::restore::load::connect_all(
+        &scratch.url("postgres"),
+        crate::restore::command::default_jobs(),
+    )
+    .await?;
+    let client = clients[0].clone();
+    let rebuilt = rebuild::rebuild(&*store, &plan, &clients, work_dir).await?;
 
     // The schema as it now is: columns from the scratch tables, the rest as the base had it.
     let names: Vec<_> = rebuilt

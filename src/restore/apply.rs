@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::merge::TableBatch;
 use crate::log::committed::{Change, TxnInfo, TxnSink};
 use crate::log::LogError;
 use crate::lsn::Lsn;
@@ -52,6 +53,8 @@ pub enum Target {
 /// Runs SQL on the target; the applier is synchronous, so this bridges to the async client.
 pub trait Executor {
     fn execute(&mut self, sql: &str) -> Result<(), String>;
+    /// Runs `COPY … FROM STDIN` with `data`.
+    fn copy_in(&mut self, sql: &str, data: bytes::Bytes) -> Result<(), String>;
     /// `format_type(oid, typmod)` on the target.
     fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String, String>;
 }
@@ -64,7 +67,10 @@ pub struct Applier<E: Executor> {
     tables: HashMap<String, Vec<(String, u32)>>,
     /// Type names known from the snapshot's schema, for columns added later.
     type_names: HashMap<u32, String>,
+    /// Statements to run in order: changes to keyless tables, truncates, schema changes.
     batch: String,
+    /// The net effect pending on each keyed table; applied after `batch`.
+    pending: HashMap<String, TableBatch>,
     in_bounds: bool,
     pub applied_txns: u64,
     pub applied_changes: u64,
@@ -72,9 +78,14 @@ pub struct Applier<E: Executor> {
     pub last: Option<TxnInfo>,
     /// Set once a transaction past the target is seen: everything after is too.
     pub reached_target: bool,
+    /// Advanced to each applied transaction's end, in WAL bytes past `bounds.after`.
+    progress: indicatif::ProgressBar,
 }
 
 const BATCH_BYTES: usize = 1 << 20;
+/// Values held in net effects before they are applied: bigger batches merge
+/// more changes per key and cost fewer round trips.
+const PENDING_BYTES: usize = 32 << 20;
 
 impl<E: Executor> Applier<E> {
     pub fn new(
@@ -89,26 +100,83 @@ impl<E: Executor> Applier<E> {
             tables,
             type_names,
             batch: String::new(),
+            pending: HashMap::new(),
             in_bounds: false,
             applied_txns: 0,
             applied_changes: 0,
             last: None,
             reached_target: false,
+            progress: indicatif::ProgressBar::hidden(),
         }
     }
 
+    pub fn with_progress(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = bar;
+        self
+    }
+
+    /// Applies the statements, then the net effects, in one target transaction.
     fn flush(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.pending.values().all(TableBatch::is_empty) {
             return Ok(());
         }
-        let sql = format!("BEGIN;\n{}COMMIT;", std::mem::take(&mut self.batch));
-        self.executor
-            .execute(&sql)
-            .map_err(|message| ApplyError::Target {
-                xid: txn.xid,
-                commit_lsn: txn.commit_lsn,
-                message,
-            })
+        let failed = |message| ApplyError::Target {
+            xid: txn.xid,
+            commit_lsn: txn.commit_lsn,
+            message,
+        };
+        let sql = format!("BEGIN;\n{}", std::mem::take(&mut self.batch));
+        self.executor.execute(&sql).map_err(failed)?;
+        for (i, (table, pending)) in self
+            .pending
+            .iter_mut()
+            .filter(|(_, p)| !p.is_empty())
+            .enumerate()
+        {
+            let statements = pending.take(
+                &TableName::parse(table).quoted(),
+                &format!("tidemark_stage_{i}"),
+            );
+            self.executor.execute(&statements.create).map_err(failed)?;
+            self.executor
+                .copy_in(&statements.copy, statements.data)
+                .map_err(failed)?;
+            self.executor.execute(&statements.merge).map_err(failed)?;
+        }
+        self.executor.execute("COMMIT").map_err(failed)
+    }
+
+    /// Queues a statement on `table`, after whatever net effect is pending on it.
+    fn statement(&mut self, txn: &TxnInfo, table: &str, sql: &str) -> Result<(), ApplyError> {
+        if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
+            self.flush(txn)?;
+        }
+        self.batch += sql;
+        Ok(())
+    }
+
+    /// The net effect to add `relation`'s change to, if its table has a key.
+    fn pending_for(
+        &mut self,
+        txn: &TxnInfo,
+        table: &str,
+        relation: &Relation,
+    ) -> Result<Option<&mut TableBatch>, ApplyError> {
+        if self.pending.get(table).is_some_and(|p| !p.fits(relation)) {
+            self.flush(txn)?;
+            self.pending.remove(table);
+        }
+        if !self.pending.contains_key(table) {
+            match TableBatch::new(relation) {
+                Some(batch) => self.pending.insert(table.to_string(), batch),
+                None => return Ok(None),
+            };
+        }
+        Ok(self.pending.get_mut(table))
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.pending.values().map(TableBatch::bytes).sum()
     }
 
     /// Sends whatever is batched. Call after the last transaction.
@@ -141,6 +209,11 @@ impl<E: Executor> Applier<E> {
         if same {
             return Ok(());
         }
+        // Pending changes were made with the old columns.
+        if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
+            self.flush(txn)?;
+        }
+        self.pending.remove(table);
         let quoted = TableName::parse(table).quoted();
         for (name, _) in &current {
             if !wanted.iter().any(|c| &c.name == name) {
@@ -231,6 +304,47 @@ fn row_match(quoted: &str, relation: &Relation, old: Option<&OldTuple>, new: &Tu
     conditions.join(" AND ")
 }
 
+/// One change as a statement that finds its row on the target.
+fn statement(table: &str, relation: &Relation, change: &Change) -> String {
+    let quoted = TableName::parse(table).quoted();
+    match change {
+        Change::Insert { new, .. } => {
+            let (columns, values): (Vec<String>, Vec<String>) = relation
+                .columns
+                .iter()
+                .zip(&new.0)
+                .filter_map(|(c, v)| literal(v).map(|l| (quote_ident(&c.name), l)))
+                .unzip();
+            format!(
+                "INSERT INTO {quoted} ({}) OVERRIDING SYSTEM VALUE VALUES ({});\n",
+                columns.join(", "),
+                values.join(", ")
+            )
+        }
+        Change::Update { old, new, .. } => {
+            let sets: Vec<String> = relation
+                .columns
+                .iter()
+                .zip(&new.0)
+                .filter_map(|(c, v)| literal(v).map(|l| format!("{} = {l}", quote_ident(&c.name))))
+                .collect();
+            format!(
+                "UPDATE {quoted} SET {} WHERE {};\n",
+                sets.join(", "),
+                row_match(&quoted, relation, old.as_ref(), new)
+            )
+        }
+        Change::Delete { old, .. } => {
+            format!(
+                "DELETE FROM {quoted} WHERE {};\n",
+                row_match(&quoted, relation, Some(old), old.tuple())
+            )
+        }
+        Change::Truncate { .. } => format!("TRUNCATE {quoted};\n"),
+        Change::Message { .. } => String::new(),
+    }
+}
+
 impl<E: Executor> TxnSink for Applier<E> {
     type Error = ApplyError;
 
@@ -246,6 +360,8 @@ impl<E: Executor> TxnSink for Applier<E> {
             return Ok(());
         }
         self.in_bounds = true;
+        self.progress
+            .set_position(txn.end_lsn.0.saturating_sub(self.bounds.after.0));
         Ok(())
     }
 
@@ -268,49 +384,31 @@ impl<E: Executor> TxnSink for Applier<E> {
                 continue;
             }
             self.follow_schema(txn, &table, relation)?;
-            let quoted = TableName::parse(&table).quoted();
-            let statement = match &change {
-                Change::Insert { new, .. } => {
-                    let (columns, values): (Vec<String>, Vec<String>) = relation
-                        .columns
-                        .iter()
-                        .zip(&new.0)
-                        .filter_map(|(c, v)| literal(v).map(|l| (quote_ident(&c.name), l)))
-                        .unzip();
-                    format!(
-                        "INSERT INTO {quoted} ({}) OVERRIDING SYSTEM VALUE VALUES ({});\n",
-                        columns.join(", "),
-                        values.join(", ")
-                    )
+            self.applied_changes += 1;
+            let batched = match &change {
+                Change::Insert { new, .. } => self
+                    .pending_for(txn, &table, relation)?
+                    .map(|p| p.insert(new)),
+                Change::Update { old, new, .. } => self
+                    .pending_for(txn, &table, relation)?
+                    .map(|p| p.update(old.as_ref(), new)),
+                Change::Delete { old, .. } => self
+                    .pending_for(txn, &table, relation)?
+                    .map(|p| p.delete(old.tuple())),
+                Change::Truncate { .. } => {
+                    // What is pending on the table is emptied anyway.
+                    self.pending.remove(&table);
+                    None
                 }
-                Change::Update { old, new, .. } => {
-                    let sets: Vec<String> = relation
-                        .columns
-                        .iter()
-                        .zip(&new.0)
-                        .filter_map(|(c, v)| {
-                            literal(v).map(|l| format!("{} = {l}", quote_ident(&c.name)))
-                        })
-                        .collect();
-                    format!(
-                        "UPDATE {quoted} SET {} WHERE {};\n",
-                        sets.join(", "),
-                        row_match(&quoted, relation, old.as_ref(), new)
-                    )
-                }
-                Change::Delete { old, .. } => {
-                    format!(
-                        "DELETE FROM {quoted} WHERE {};\n",
-                        row_match(&quoted, relation, Some(old), old.tuple())
-                    )
-                }
-                Change::Truncate { .. } => format!("TRUNCATE {quoted};\n"),
                 Change::Message { .. } => unreachable!("handled above"),
             };
-            self.batch += &statement;
-            self.applied_changes += 1;
+            if batched == Some(Ok(())) {
+                continue;
+            }
+            let sql = statement(&table, relation, &change);
+            self.statement(txn, &table, &sql)?;
         }
-        if self.batch.len() >= BATCH_BYTES {
+        if self.batch.len() >= BATCH_BYTES || self.pending_bytes() >= PENDING_BYTES {
             self.flush(txn)?;
         }
         Ok(())
@@ -348,6 +446,11 @@ mod tests {
     impl Executor for &mut Recorder {
         fn execute(&mut self, sql: &str) -> Result<(), String> {
             self.0.push(sql.to_string());
+            Ok(())
+        }
+        fn copy_in(&mut self, sql: &str, data: Bytes) -> Result<(), String> {
+            self.0
+                .push(format!("{sql}\n{}", String::from_utf8_lossy(&data)));
             Ok(())
         }
         fn format_type(&mut self, oid: u32, _: i32) -> Result<String, String> {
@@ -414,17 +517,15 @@ mod tests {
     }
 
     #[test]
-    fn statements_by_key_keep_unchanged_toast_and_quote_values() {
+    fn keyed_changes_merge_to_their_last_state_in_order_with_statements() {
         let rel = relation(&[("id", true), ("v", false)], b'd');
+        let insert = |id: &str, v: &str| Change::Insert {
+            relation: rel.clone(),
+            new: Tuple(vec![text(id), text(v)]),
+        };
         let sql = run(
             vec![
-                (
-                    txn(150, 160),
-                    Change::Insert {
-                        relation: rel.clone(),
-                        new: Tuple(vec![text("1"), text("it's")]),
-                    },
-                ),
+                (txn(150, 160), insert("1", "it's")),
                 (
                     txn(170, 180),
                     Change::Update {
@@ -435,24 +536,24 @@ mod tests {
                 ),
                 (
                     txn(190, 200),
-                    Change::Delete {
-                        relation: rel.clone(),
-                        old: OldTuple::Key(Tuple(vec![text("1"), TupleValue::Null])),
+                    Change::Truncate {
+                        relations: vec![rel.clone()],
+                        options: 0,
                     },
                 ),
+                (txn(210, 220), insert("2", "x")),
             ],
             Target::Latest,
         );
+        // What the truncate emptied is never sent; what came after is merged after it.
         let all = sql.join("");
-        assert!(all.contains("INSERT INTO \"public\".\"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE VALUES ('1', 'it''s');"), "{all}");
-        assert!(
-            all.contains("UPDATE \"public\".\"t\" SET \"id\" = '1' WHERE \"id\" = '1';"),
-            "{all}"
-        );
-        assert!(
-            all.contains("DELETE FROM \"public\".\"t\" WHERE \"id\" = '1';"),
-            "{all}"
-        );
+        assert!(!all.contains("it's"), "{all}");
+        let truncate = all.find("TRUNCATE \"public\".\"t\";").expect("a truncate");
+        let staged = all
+            .find("COPY tidemark_stage_0 FROM STDIN\nu\t\t2\tx\n")
+            .expect("the insert staged");
+        assert!(truncate < staged, "{all}");
+        assert!(all.ends_with("COMMIT"), "{all}");
     }
 
     #[test]
@@ -472,7 +573,7 @@ mod tests {
         )
         .join("");
         assert!(
-            sql.contains("'in'") && !sql.contains("'before'") && !sql.contains("'after'"),
+            sql.contains("\tin\t") && !sql.contains("before") && !sql.contains("after"),
             "{sql}"
         );
     }

@@ -3,11 +3,12 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::apply::Target;
+use super::load;
+use super::progress::{Phases, Unit};
 use super::rebuild::{self, Plan, RebuildError, Scope};
 use crate::archive::manifest::{self, Manifest};
 use crate::archive::store::ObjectStore;
@@ -102,6 +103,13 @@ pub struct Request {
     pub data_only: bool,
     pub force: bool,
     pub into_source: bool,
+    /// Connections loading snapshot tables at once.
+    pub jobs: usize,
+}
+
+/// One loading connection per CPU, at most 8: COPY is CPU-bound on both ends.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
 }
 
 /// What a restore will do (`--dry-run`) or did.
@@ -115,11 +123,22 @@ pub struct Summary {
     pub segments: usize,
     /// Records in the segments: an upper bound on the changes to apply.
     pub segment_records: u64,
+    /// Uncompressed bytes of the snapshot tables to load.
+    pub snapshot_bytes: u64,
     pub rows_loaded: u64,
+    /// Transactions and changes applied (with --dry-run: that would be).
     pub transactions: u64,
     pub changes: u64,
+    /// With --dry-run: the expected wall time, from reference rates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds: Option<f64>,
     pub seconds: f64,
 }
+
+/// Rates a restore reaches on a 2-core machine with a local target, measured
+/// by `tidemark bench`; they make --dry-run's estimate.
+const REFERENCE_LOAD_BYTES_PER_S: f64 = 150e6;
+const REFERENCE_CHANGES_PER_S: f64 = 120e3;
 
 fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
     let objects: Vec<&manifest::TableObject> = plan
@@ -138,6 +157,8 @@ fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
             + plan.segments.iter().map(|s| s.size).sum::<u64>(),
         segments: plan.segments.len(),
         segment_records: plan.segments.iter().map(|s| s.records).sum(),
+        snapshot_bytes: objects.iter().map(|o| o.raw_size).sum(),
+        estimated_seconds: None,
         rows_loaded: 0,
         transactions: 0,
         changes: 0,
@@ -150,6 +171,7 @@ pub async fn run(
     request: &Request,
     work_dir: &Path,
     out: &mut impl Write,
+    phases: &Phases,
 ) -> Result<Summary, RestoreError> {
     let started = std::time::Instant::now();
     let (_, manifest) = manifest::load_latest(store)
@@ -177,10 +199,17 @@ pub async fn run(
     };
     let mut summary = summarize(&plan, &tables);
     if request.dry_run {
+        let (transactions, changes) = rebuild::count(store, &plan, &tables, work_dir).await?;
+        summary.transactions = transactions;
+        summary.changes = changes;
+        summary.estimated_seconds = Some(
+            summary.snapshot_bytes as f64 / REFERENCE_LOAD_BYTES_PER_S
+                + changes as f64 / REFERENCE_CHANGES_PER_S,
+        );
         return Ok(summary);
     }
 
-    let (client, connection) = tokio_postgres::connect(&request.target_url, tokio_postgres::NoTls)
+    let clients = load::connect_all(&request.target_url, request.jobs)
         .await
         .map_err(|e| {
             RestoreError::Connect(
@@ -188,7 +217,7 @@ pub async fn run(
                     .map_or_else(|| e.to_string(), |d| d.message().to_string()),
             )
         })?;
-    tokio::spawn(connection);
+    let client = clients[0].clone();
     check_target(&client, &manifest, &tables, request).await?;
 
     writeln!(
@@ -198,12 +227,11 @@ pub async fn run(
         plan.snapshot.lsn,
         plan.snapshot.time
     )?;
-    let client = Arc::new(client);
     let scope = Scope {
         tables: Some(tables.clone()),
         data_only: request.data_only,
     };
-    let rebuilt = rebuild::rebuild_scoped(store, &plan, client.clone(), work_dir, &scope).await?;
+    let rebuilt = rebuild::rebuild_scoped(store, &plan, &clients, work_dir, &scope, phases).await?;
     writeln!(
         out,
         "Replayed {} transactions ({} changes); building indexes and constraints...",
@@ -230,14 +258,16 @@ pub async fn run(
         }
     }
     let restored = schema.only(&tables);
+    let mut finishing = restored.sequence_values_sql();
     if !request.data_only {
-        for sql in restored.post_data_sql() {
-            client.batch_execute(&sql).await?;
-        }
+        finishing.splice(0..0, restored.post_data_sql());
     }
-    for sql in restored.sequence_values_sql() {
+    let bar = phases.bar("indexes & rules", finishing.len() as u64, Unit::Steps);
+    for sql in finishing {
         client.batch_execute(&sql).await?;
+        bar.inc(1);
     }
+    bar.finish();
     summary.rows_loaded = rebuilt.rows_loaded;
     summary.transactions = rebuilt.transactions;
     summary.changes = rebuilt.changes;

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::apply::Target;
 use super::command::{self, Request, RestoreError};
+use super::progress::Phases;
 use crate::archive::inventory;
 use crate::archive::manifest;
 use crate::archive::store::ObjectStore;
@@ -83,6 +84,7 @@ pub async fn run(
     target_url: &str,
     work_dir: &Path,
     out: &mut impl Write,
+    phases: &Phases,
 ) -> Result<Report, DrillError> {
     let started = Instant::now();
     let mut conn = ReplicationConnection::connect(source).await?;
@@ -137,8 +139,9 @@ pub async fn run(
         data_only: false,
         force: false,
         into_source: false,
+        jobs: command::default_jobs(),
     };
-    let summary = command::run(store, &request, work_dir, out).await?;
+    let summary = command::run(store, &request, work_dir, out, phases).await?;
     let rto = restoring.elapsed();
 
     client

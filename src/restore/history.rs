@@ -144,7 +144,13 @@ pub async fn run(
         path: work_dir.to_path_buf(),
         source,
     })?;
-    load::fetch_segments(store, segments, dir.path()).await?;
+    load::fetch_segments(
+        store,
+        segments,
+        dir.path(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await?;
     let mut filter = Filter {
         query,
         table: query.table.to_string(),

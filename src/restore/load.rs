@@ -5,6 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 use super::apply::Executor;
@@ -40,9 +41,11 @@ pub async fn fetch_segments(
     store: &dyn ObjectStore,
     segments: &[SegmentEntry],
     dir: &Path,
+    bar: &ProgressBar,
 ) -> Result<(), ArchiveError> {
     for (i, entry) in segments.iter().enumerate() {
         let data = fetch_verified(store, &entry.key, entry.size, &entry.sha256).await?;
+        bar.inc(entry.size);
         let raw = tokio::task::spawn_blocking(move || zstd::decode_all(&data[..]))
             .await
             .expect("decompressing a segment")
@@ -60,6 +63,50 @@ pub async fn fetch_segments(
         std::fs::write(&path, raw).map_err(|source| crate::log::LogError::Io { path, source })?;
     }
     Ok(())
+}
+
+/// Opens `count` connections to the target: one loads while the others do too.
+pub async fn connect_all(
+    url: &str,
+    count: usize,
+) -> Result<Vec<std::sync::Arc<tokio_postgres::Client>>, tokio_postgres::Error> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        clients.push(std::sync::Arc::new(client));
+    }
+    Ok(clients)
+}
+
+/// Loads snapshot tables with one worker per client, largest tables first so
+/// the last to finish is a small one. Returns the rows loaded.
+pub async fn load_tables(
+    clients: &[std::sync::Arc<tokio_postgres::Client>],
+    store: &dyn ObjectStore,
+    objects: Vec<&TableObject>,
+    work_dir: &Path,
+    bar: &ProgressBar,
+) -> Result<u64, ArchiveError> {
+    let mut queue = objects;
+    queue.sort_by_key(|o| o.raw_size);
+    let queue = std::sync::Mutex::new(queue);
+    let worker = |client: &std::sync::Arc<tokio_postgres::Client>| {
+        let queue = &queue;
+        let client = client.clone();
+        async move {
+            let mut rows = 0;
+            loop {
+                let next = queue.lock().expect("the load queue").pop();
+                let Some(object) = next else {
+                    return Ok::<u64, ArchiveError>(rows);
+                };
+                rows += load_table(&client, store, object, work_dir, bar).await?;
+            }
+        }
+    };
+    let loaded = futures_util::future::try_join_all(clients.iter().map(worker)).await?;
+    Ok(loaded.into_iter().sum())
 }
 
 /// Creates the enums, schemas, sequences and tables (columns only: constraints come after the load).
@@ -85,11 +132,12 @@ pub async fn add_primary_keys(
 
 /// Loads one snapshot table with binary COPY, streaming: the object goes to a
 /// temp file in `work_dir`, is verified, and is decompressed in chunks into COPY.
-pub async fn load_table(
+async fn load_table(
     client: &tokio_postgres::Client,
     store: &dyn ObjectStore,
     object: &TableObject,
     work_dir: &Path,
+    bar: &ProgressBar,
 ) -> Result<u64, ArchiveError> {
     let temp =
         tempfile::NamedTempFile::new_in(work_dir).map_err(|source| crate::log::LogError::Dir {
@@ -149,6 +197,7 @@ pub async fn load_table(
         let sink = client.copy_in(sql.as_str()).await?;
         futures_util::pin_mut!(sink);
         while let Some(chunk) = rx.recv().await {
+            bar.inc(chunk.len() as u64);
             sink.send(chunk).await?;
         }
         sink.finish().await
@@ -177,6 +226,21 @@ impl Executor for ClientExecutor {
     fn execute(&mut self, sql: &str) -> Result<(), String> {
         self.runtime
             .block_on(self.client.batch_execute(sql))
+            .map_err(|e| {
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_string())
+            })
+    }
+
+    fn copy_in(&mut self, sql: &str, data: Bytes) -> Result<(), String> {
+        self.runtime
+            .block_on(async {
+                let sink = self.client.copy_in(sql).await?;
+                futures_util::pin_mut!(sink);
+                sink.send(data).await?;
+                sink.finish().await
+            })
+            .map(drop)
             .map_err(|e| {
                 e.as_db_error()
                     .map_or_else(|| e.to_string(), |d| d.message().to_string())

@@ -14,4 +14,6 @@ pub mod command;
 pub mod drill;
 pub mod history;
 pub mod load;
+pub mod merge;
+pub mod progress;
 pub mod rebuild;

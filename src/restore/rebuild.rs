@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::apply::{Applier, ApplyError, Bounds, Target};
+use super::apply::{Applier, ApplyError, Bounds, Executor, Target};
 use super::load::{self, ClientExecutor};
+use super::progress::{Phases, Unit};
 use crate::archive::inventory;
 use crate::archive::manifest::{Manifest, SegmentEntry, SnapshotEntry};
 use crate::archive::schema::SchemaSet;
@@ -14,6 +15,7 @@ use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
 use crate::log::committed::Assembler;
 use crate::lsn::Lsn;
+use crate::source::setup::TableName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -156,7 +158,7 @@ pub struct Rebuilt {
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     /// `None`: every table in the snapshot.
-    pub tables: Option<Vec<crate::source::setup::TableName>>,
+    pub tables: Option<Vec<TableName>>,
     /// The tables exist already (`--data-only`): load into them as they are.
     pub data_only: bool,
 }
@@ -181,24 +183,35 @@ pub async fn snapshot_schema(
     )
 }
 
-/// Loads the plan's snapshot into `client`'s (empty) database and applies the segments.
+/// Loads the plan's snapshot into the (empty) database `clients` reach and
+/// applies the segments. The first client applies; all of them load.
 pub async fn rebuild(
     store: &dyn ObjectStore,
     plan: &Plan,
-    client: Arc<tokio_postgres::Client>,
+    clients: &[Arc<tokio_postgres::Client>],
     work_dir: &Path,
 ) -> Result<Rebuilt, RebuildError> {
-    rebuild_scoped(store, plan, client, work_dir, &Scope::default()).await
+    rebuild_scoped(
+        store,
+        plan,
+        clients,
+        work_dir,
+        &Scope::default(),
+        &Phases::hidden(),
+    )
+    .await
 }
 
 /// Like `rebuild`, for some tables, into new or existing tables.
 pub async fn rebuild_scoped(
     store: &dyn ObjectStore,
     plan: &Plan,
-    client: Arc<tokio_postgres::Client>,
+    clients: &[Arc<tokio_postgres::Client>],
     work_dir: &Path,
     scope: &Scope,
+    phases: &Phases,
 ) -> Result<Rebuilt, RebuildError> {
+    let client = clients[0].clone();
     let snapshot = &plan.snapshot;
     let full = snapshot_schema(store, snapshot).await?;
     let schema = match &scope.tables {
@@ -208,26 +221,87 @@ pub async fn rebuild_scoped(
     if !scope.data_only {
         load::create_tables(&client, &schema).await?;
     }
-    let mut rows_loaded = 0;
-    for object in &snapshot.tables {
-        if schema
-            .table(&crate::source::setup::TableName::parse(&object.table))
-            .is_some()
-        {
-            rows_loaded += load::load_table(&client, store, object, work_dir).await?;
-        }
-    }
+    let objects: Vec<_> = snapshot
+        .tables
+        .iter()
+        .filter(|o| schema.table(&TableName::parse(&o.table)).is_some())
+        .collect();
+    let bar = phases.bar(
+        "snapshot load",
+        objects.iter().map(|o| o.raw_size).sum(),
+        Unit::Bytes,
+    );
+    let rows_loaded = load::load_tables(clients, store, objects, work_dir, &bar).await?;
+    bar.finish();
     if !scope.data_only {
         load::add_primary_keys(&client, &schema).await?;
     }
 
+    let executor = ClientExecutor {
+        client,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let (transactions, changes) = replay(store, plan, &schema, work_dir, executor, phases).await?;
+    Ok(Rebuilt {
+        schema,
+        transactions,
+        changes,
+        rows_loaded,
+    })
+}
+
+/// Counts the transactions and changes a restore of `tables` would apply,
+/// by replaying the plan's segments into nothing.
+pub async fn count(
+    store: &dyn ObjectStore,
+    plan: &Plan,
+    tables: &[TableName],
+    work_dir: &Path,
+) -> Result<(u64, u64), RebuildError> {
+    let schema = snapshot_schema(store, &plan.snapshot).await?.only(tables);
+    replay(store, plan, &schema, work_dir, Discard, &Phases::hidden()).await
+}
+
+/// Runs the applier's SQL nowhere, for counting.
+struct Discard;
+
+impl Executor for Discard {
+    fn execute(&mut self, _sql: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn copy_in(&mut self, _sql: &str, _data: bytes::Bytes) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn format_type(&mut self, _oid: u32, _typmod: i32) -> Result<String, String> {
+        Ok("text".into())
+    }
+}
+
+/// Fetches the plan's segments and applies the in-bounds transactions on
+/// `schema`'s tables through `executor`. Returns (transactions, changes).
+async fn replay<E: Executor + Send + 'static>(
+    store: &dyn ObjectStore,
+    plan: &Plan,
+    schema: &SchemaSet,
+    work_dir: &Path,
+    executor: E,
+    phases: &Phases,
+) -> Result<(u64, u64), RebuildError> {
     let segment_dir = tempfile::tempdir_in(work_dir).map_err(|source| {
         ArchiveError::from(crate::log::LogError::Dir {
             path: work_dir.to_path_buf(),
             source,
         })
     })?;
-    load::fetch_segments(store, &plan.segments, segment_dir.path()).await?;
+    let bar = phases.bar(
+        "segment fetch",
+        plan.segments.iter().map(|s| s.size).sum(),
+        Unit::Bytes,
+    );
+    load::fetch_segments(store, &plan.segments, segment_dir.path(), &bar).await?;
+    bar.finish();
     let tables: HashMap<String, Vec<(String, u32)>> = schema
         .tables
         .iter()
@@ -247,27 +321,25 @@ pub async fn rebuild_scoped(
         .flat_map(|t| t.columns.iter().map(|c| (c.type_oid, c.type_sql.clone())))
         .filter(|(oid, _)| *oid >= 16384)
         .collect();
-    let executor = ClientExecutor {
-        client,
-        runtime: tokio::runtime::Handle::current(),
-    };
     let bounds = plan.bounds;
+    let end = plan.target_lsn().unwrap_or(plan.chain_end.lsn);
+    let bar = phases.bar(
+        "change replay",
+        end.0.saturating_sub(bounds.after.0),
+        Unit::Bytes,
+    );
     let dir = segment_dir.path().to_path_buf();
-    let (transactions, changes) =
-        tokio::task::spawn_blocking(move || -> Result<(u64, u64), ApplyError> {
-            let mut applier = Applier::new(executor, bounds, tables, type_names);
-            Assembler::run(&dir, &mut applier)?;
-            applier.finish()?;
-            Ok((applier.applied_txns, applier.applied_changes))
-        })
-        .await
-        .expect("applying segments")?;
-    Ok(Rebuilt {
-        schema,
-        transactions,
-        changes,
-        rows_loaded,
+    let applied = tokio::task::spawn_blocking(move || -> Result<(u64, u64), ApplyError> {
+        let mut applier =
+            Applier::new(executor, bounds, tables, type_names).with_progress(bar.clone());
+        Assembler::run(&dir, &mut applier)?;
+        applier.finish()?;
+        bar.finish();
+        Ok((applier.applied_txns, applier.applied_changes))
     })
+    .await
+    .expect("applying segments")?;
+    Ok(applied)
 }
 
 impl Plan {

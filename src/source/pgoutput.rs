@@ -173,7 +173,7 @@ impl Column {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TupleValue {
     Null,
     /// A TOASTed value the update did not change; the server does not resend it.
