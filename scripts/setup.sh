@@ -6,6 +6,10 @@ set -euo pipefail
 packages=(
   postgresql-15          # server binaries for the throwaway test clusters, pg_recvlogical, pgbench
   postgresql-client-15
+  postgresql-15-wal2json # the wal2json comparison in `tidemark bench`
+  libssl-dev             # librdkafka (built by the rdkafka crate) with TLS for the Kafka feed
+  zlib1g-dev
+  pkg-config
 )
 
 missing=()
@@ -28,7 +32,18 @@ MOTO_VERSION=5.2.5
 python3 -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 
+command -v cargo >/dev/null || { echo "setup: cargo is missing; install a Rust toolchain (rustup)" >&2; exit 1; }
+
+# A real Kafka-protocol broker for the feed's tests (tansu, persisting to S3 via
+# moto so it survives restarts), and an independent client to read what reached it.
+TANSU_VERSION=0.6.0
+command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION" \
+  || cargo install --quiet --locked --version "$TANSU_VERSION" --features dynostore,postgres tansu
+KAFKA_PYTHON_VERSION=3.0.12
+python3 -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check "kafka-python==$KAFKA_PYTHON_VERSION"
+
 test -x /usr/lib/postgresql/15/bin/initdb || { echo "setup: PostgreSQL 15 server binaries are missing after install" >&2; exit 1; }
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres user is missing (the server refuses to run as root)" >&2; exit 1; }
-command -v cargo >/dev/null || { echo "setup: cargo is missing; install a Rust toolchain (rustup)" >&2; exit 1; }
+command -v tansu >/dev/null || { echo "setup: tansu is missing after install; is ~/.cargo/bin on PATH?" >&2; exit 1; }
 echo "setup: ready"

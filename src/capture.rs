@@ -68,9 +68,37 @@ const SLOT_BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs capture until `shutdown` turns true; then fsyncs, confirms and returns.
 /// Errors after streaming has started once are retried with backoff.
-pub async fn run(
+pub async fn run(checked: &Checked, shutdown: watch::Receiver<bool>) -> Result<Lsn, CaptureError> {
+    let (retain_from, retained) = watch::channel(0);
+    let (stop_feed, feed_stopped) = watch::channel(false);
+    let feed = checked.config.kafka.as_ref().map(|config| {
+        let feed = crate::sink::kafka::Feed {
+            config: config.clone(),
+            log_dir: checked.config.log.dir.clone(),
+            tables: checked.tables.clone(),
+            database: checked
+                .pg
+                .get_dbname()
+                .or(checked.pg.get_user())
+                .unwrap_or("postgres")
+                .to_string(),
+            retain_from,
+        };
+        tokio::spawn(crate::sink::kafka::run(feed, feed_stopped))
+    });
+    let result = capture(checked, shutdown, feed.is_some().then_some(retained)).await;
+    // The feed stops after capture's last write, so it publishes all of it.
+    stop_feed.send_replace(true);
+    if let Some(feed) = feed {
+        let _ = feed.await;
+    }
+    result
+}
+
+async fn capture(
     checked: &Checked,
     mut shutdown: watch::Receiver<bool>,
+    retained: Option<watch::Receiver<u64>>,
 ) -> Result<Lsn, CaptureError> {
     let cfg = &checked.config;
     let (mut writer, recovery) = LogWriter::open(&cfg.log.dir, cfg.log.segment_size.as_u64())?;
@@ -103,12 +131,16 @@ pub async fn run(
                 }
                 if archive.is_none() {
                     if let (Some(store), Some(archive_cfg)) = (&store, &cfg.archive) {
-                        let uploader = Arc::new(Uploader::new(
+                        let mut uploader = Uploader::new(
                             store.clone(),
                             &cfg.log.dir,
                             session.source.clone(),
                             progress.clone(),
-                        ));
+                        );
+                        if let Some(retained) = &retained {
+                            uploader = uploader.keep_for(retained.clone());
+                        }
+                        let uploader = Arc::new(uploader);
                         if let Err(e) = uploader.check().await {
                             return Err(session.fail(Some(e.into())).await.0);
                         }

@@ -39,6 +39,60 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Without it, nothing archived is ever deleted.
     pub retention: Option<crate::archive::retention::RetentionPolicy>,
+    /// With it, capture also publishes every committed change to Kafka.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// `[kafka]`: the audit feed. Keys with a dot in them (`"security.protocol"`,
+/// `"sasl.password"`, ...) go to librdkafka as they are; their values may be
+/// secrets and are never printed.
+#[derive(Clone, Deserialize)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`
+    pub brokers: String,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Publish the tables' rows as `op: "r"` events when the feed first starts.
+    #[serde(default)]
+    pub snapshot: bool,
+    /// Publish BEGIN and END events to `<topic_prefix>.transaction`.
+    #[serde(default)]
+    pub transaction_topic: bool,
+    #[serde(default)]
+    pub time_format: crate::sink::kafka::envelope::TimeFormat,
+    /// Written for a TOASTed value an update left unchanged when tidemark has no earlier value.
+    #[serde(default = "default_unavailable_value")]
+    pub unavailable_value: String,
+    /// Partitions of the topics tidemark creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_partitions")]
+    pub replication_factor: i32,
+    /// librdkafka settings, passed through.
+    #[serde(flatten)]
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_topic_prefix() -> String {
+    "tidemark".into()
+}
+
+fn default_unavailable_value() -> String {
+    "__debezium_unavailable_value".into()
+}
+
+fn default_partitions() -> i32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +317,26 @@ impl Config {
                 ));
             }
         }
+        if let Some(kafka) = &config.kafka {
+            if let Some(key) = kafka.settings.keys().find(|k| !k.contains('.')) {
+                return Err(invalid(
+                    String::new(),
+                    format!("unknown key {key:?} in [kafka]; fix or remove that key (librdkafka settings are written with their dots, e.g. \"security.protocol\")"),
+                ));
+            }
+            if kafka.brokers.trim().is_empty() || kafka.topic_prefix.trim().is_empty() {
+                return Err(invalid(
+                    String::new(),
+                    "[kafka] brokers and topic_prefix must not be empty, e.g. brokers = \"localhost:9092\"".into(),
+                ));
+            }
+            if kafka.partitions < 1 || kafka.replication_factor < 1 {
+                return Err(invalid(
+                    String::new(),
+                    "[kafka] partitions and replication_factor must be at least 1".into(),
+                ));
+            }
+        }
         if config.retention.is_some() && config.archive.is_none() {
             return Err(invalid(
                 String::new(),
@@ -295,7 +369,7 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-const SECTIONS: &[&str] = &["source", "log", "archive", "metrics", "retention"];
+const SECTIONS: &[&str] = &["source", "log", "archive", "metrics", "retention", "kafka"];
 
 /// Applies `TIDEMARK_<SECTION>_<KEY>=value`; the value is TOML if it parses as TOML, else a string.
 fn apply_env(

@@ -1,8 +1,9 @@
 //! tidemark: continuous point-in-time protection for critical PostgreSQL tables.
 //!
 //! The data path, in the order of the modules: `source` (the replication
-//! slot) → `capture` → `log` (the durable segment log) → readers of the log
-//! (`inspect` today). See `docs/architecture.md`.
+//! slot) → `capture` → `log` (the durable segment log) → `archive` →
+//! `restore`, with `sink` (the Kafka feed) and `inspect` reading the log too.
+//! See `docs/architecture.md`.
 
 pub mod archive;
 pub mod capture;
@@ -14,5 +15,6 @@ pub mod log;
 pub mod lsn;
 pub mod quickstart;
 pub mod restore;
+pub mod sink;
 pub mod source;
 pub mod telemetry;

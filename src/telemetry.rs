@@ -27,6 +27,8 @@ pub const ARCHIVE_HEAD_AGE: &str = "tidemark_archive_head_age_seconds";
 pub const ERRORS: &str = "tidemark_errors_total";
 pub const COMPACTION_SECONDS: &str = "tidemark_compaction_seconds";
 pub const PRUNE_SECONDS: &str = "tidemark_prune_seconds";
+pub const KAFKA_EVENTS: &str = "tidemark_kafka_events_total";
+pub const KAFKA_DELIVERED_LSN: &str = "tidemark_kafka_delivered_lsn";
 
 /// Starts the exporter on `listen`. Must run inside the tokio runtime.
 pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
@@ -61,6 +63,11 @@ pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
         "How far the newest archived commit trails the newest captured one: the live RPO"
     );
     describe_counter!(ERRORS, "Errors, by kind");
+    describe_counter!(KAFKA_EVENTS, "Events handed to the Kafka producer");
+    describe_gauge!(
+        KAFKA_DELIVERED_LSN,
+        "The Kafka feed's watermark: every transaction ending here or before is in the broker"
+    );
     describe_histogram!(
         COMPACTION_SECONDS,
         Unit::Seconds,

@@ -29,6 +29,10 @@ pub struct Uploader {
     /// The current manifest, read from the store on first use.
     manifest: Mutex<Option<Manifest>>,
     progress: Arc<crate::telemetry::Progress>,
+    /// The oldest segment another reader of the log (the Kafka feed) still needs.
+    retain_from: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Archived segments kept for that reader, so they are not prepared again.
+    kept: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// A sealed segment read, verified, compressed and hashed.
@@ -55,7 +59,15 @@ impl Uploader {
             source,
             manifest: Mutex::new(None),
             progress,
+            retain_from: None,
+            kept: Default::default(),
         }
+    }
+
+    /// Keeps archived segments from `retain_from` on in the local log.
+    pub fn keep_for(mut self, retain_from: tokio::sync::watch::Receiver<u64>) -> Uploader {
+        self.retain_from = Some(retain_from);
+        self
     }
 
     /// Reads the current manifest; refuses an archive that belongs to another database.
@@ -113,9 +125,13 @@ impl Uploader {
             Some(m) => m.clone(),
             None => self.load().await?,
         };
-        let mut done: Vec<PathBuf> = Vec::new();
+        let mut done: Vec<(u64, PathBuf)> = Vec::new();
         let mut uploaded = 0;
-        for (_, path) in segments {
+        for (seq, path) in segments {
+            if self.kept.lock().expect("kept segments").contains(&seq) {
+                done.push((seq, path));
+                continue;
+            }
             let prepared = {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || prepare(&path))
@@ -129,7 +145,7 @@ impl Uploader {
                 .any(|e| e.raw_sha256 == prepared.raw_sha256)
             {
                 // Archived before a crash cut short the local delete.
-                done.push(path);
+                done.push((seq, path));
                 continue;
             }
             if let Some(last) = next.segments.last() {
@@ -180,7 +196,7 @@ impl Uploader {
                     .record(started.elapsed().as_secs_f64());
             }
             next.segments.push(entry);
-            done.push(path);
+            done.push((seq, path));
             uploaded += 1;
         }
         if uploaded > 0 {
@@ -190,7 +206,15 @@ impl Uploader {
             }
         }
         *manifest = Some(next);
-        for path in &done {
+        let needed_from = self.retain_from.as_ref().map_or(u64::MAX, |r| *r.borrow());
+        let (delete, keep): (Vec<_>, Vec<_>) =
+            done.into_iter().partition(|(seq, _)| *seq < needed_from);
+        {
+            let mut kept = self.kept.lock().expect("kept segments");
+            kept.retain(|seq| *seq >= needed_from);
+            kept.extend(keep.iter().map(|(seq, _)| *seq));
+        }
+        for (_, path) in &delete {
             std::fs::remove_file(path).map_err(|source| LogError::Io {
                 path: path.clone(),
                 source,

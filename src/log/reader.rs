@@ -91,3 +91,94 @@ impl LogReader {
         }
     }
 }
+
+/// Follows the log while capture writes it. At the end of what is written,
+/// `next_record` returns `None`; called again later, it goes on from there.
+pub struct LogTail {
+    dir: PathBuf,
+    seq: u64,
+    current: Option<SegmentReader>,
+}
+
+impl LogTail {
+    /// Starts at the beginning of segment `seq`.
+    pub fn at_segment(dir: &Path, seq: u64) -> LogTail {
+        LogTail {
+            dir: dir.to_path_buf(),
+            seq,
+            current: None,
+        }
+    }
+
+    /// The segment being read.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn next_record(&mut self) -> Result<Option<(Position, Record)>, LogError> {
+        loop {
+            if self.current.is_none() {
+                let path = self.dir.join(segment::file_name(self.seq));
+                if !path.exists() {
+                    let later = segment::list(&self.dir)?
+                        .iter()
+                        .any(|(seq, _)| *seq > self.seq);
+                    return match later {
+                        true => Err(LogError::Missing { path }),
+                        false => Ok(None),
+                    };
+                }
+                match SegmentReader::open(&path)? {
+                    Some(reader) => self.current = Some(reader),
+                    // Being created: its header is not written yet.
+                    None => return Ok(None),
+                }
+            }
+            let reader = self.current.as_mut().expect("a segment is open");
+            if let Some((offset, record)) = reader.next_record()? {
+                return Ok(Some((
+                    Position {
+                        seq: self.seq,
+                        offset,
+                    },
+                    record,
+                )));
+            }
+            let end = match reader.tail() {
+                Some(segment::Tail::Torn { offset, .. }) => *offset,
+                _ => reader.offset(),
+            };
+            let later = segment::list(&self.dir)?
+                .into_iter()
+                .find(|(seq, _)| *seq > self.seq);
+            // Capture seals a segment before it creates the next, so once a
+            // later one exists this one is whole: read what it gained since,
+            // and any bad frame in it is corruption, not a write in progress.
+            reader.seek(end)?;
+            let next = if later.is_some() {
+                reader.next_record_strict()?
+            } else {
+                reader.next_record()?
+            };
+            if let Some((offset, record)) = next {
+                return Ok(Some((
+                    Position {
+                        seq: self.seq,
+                        offset,
+                    },
+                    record,
+                )));
+            }
+            match later {
+                Some((seq, _)) => {
+                    self.seq = seq;
+                    self.current = None;
+                }
+                None => {
+                    reader.seek(end)?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}

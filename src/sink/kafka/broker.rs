@@ -1,0 +1,159 @@
+//! The broker side of the feed: clients, topics, and the last position in
+//! each partition. Thin wrappers over rdkafka.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::TopicPartitionList;
+
+use super::position::{EventPosition, HEADER};
+use crate::config::KafkaConfig;
+
+/// How long one broker request may take before the session is retried.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.settings {
+        client.set(key, value);
+    }
+    client
+}
+
+/// An idempotent producer: retries never duplicate or reorder within a partition.
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    let mut client = client_config(config);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    client.create()
+}
+
+/// Creates the topics that are missing; returns every topic's partition count.
+pub async fn ensure_topics(
+    config: &KafkaConfig,
+    topics: &[String],
+) -> Result<HashMap<String, i32>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    for result in admin.create_topics(&new, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::warn!(%topic, ?code, "could not create a topic");
+                })
+            }
+        }
+    }
+    let consumer = probe(config)?;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut partitions = HashMap::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(&topic), REQUEST_TIMEOUT)?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len() as i32);
+            if count == 0 {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
+            partitions.insert(topic, count);
+        }
+        Ok(partitions)
+    })
+    .await
+    .expect("reading topic metadata")
+}
+
+fn probe(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+    let mut client = client_config(config);
+    client
+        .set("group.id", "tidemark-feed-probe")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    client.create()
+}
+
+/// The position header of the last message in each partition that has one.
+pub fn last_positions(
+    config: &KafkaConfig,
+    partitions: &HashMap<String, i32>,
+) -> Result<HashMap<(String, i32), EventPosition>, KafkaError> {
+    let consumer = probe(config)?;
+    let mut positions = HashMap::new();
+    for (topic, &count) in partitions {
+        for partition in 0..count {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+            if high <= low {
+                continue;
+            }
+            let mut assignment = TopicPartitionList::new();
+            // A few back, in case the last offsets are not messages of ours.
+            assignment.add_partition_offset(
+                topic,
+                partition,
+                rdkafka::Offset::Offset((high - 8).max(low)),
+            )?;
+            consumer.assign(&assignment)?;
+            // Read to the end, not to `high`: tansu 0.6 reports the high
+            // watermark as its last batch's base offset + 1, and a fetch from
+            // inside a batch returns the whole batch.
+            let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+            let mut last = None;
+            let mut received = false;
+            loop {
+                match consumer.poll(Duration::from_millis(500)) {
+                    Some(Ok(message)) => {
+                        received = true;
+                        if let Some(position) = message.headers().and_then(|headers| {
+                            headers
+                                .iter()
+                                .find(|h| h.key == HEADER)
+                                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                        }) {
+                            last = Some(position);
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    Some(Err(e)) => return Err(e),
+                    None if received => break,
+                    None if std::time::Instant::now() > deadline => {
+                        return Err(KafkaError::MessageConsumption(
+                            RDKafkaErrorCode::RequestTimedOut,
+                        ))
+                    }
+                    None => {}
+                }
+            }
+            if let Some(position) = last {
+                positions.insert((topic.clone(), partition), position);
+            }
+        }
+    }
+    Ok(positions)
+}
