@@ -157,3 +157,159 @@ async fn changes_arrive_as_debezium_events_with_their_transactions() {
     );
     assert_eq!(capture.stop(), 0);
 }
+
+/// A small deterministic generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+/// Transactions of new accounts and version bumps, some streamed, some rolled
+/// back; the ledger (not watched) records each committed one's change count.
+async fn workload(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let client = harness::connect(&url).await;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let rows = if rng.next(40) == 0 {
+            600
+        } else {
+            1 + rng.next(5)
+        };
+        client.batch_execute("BEGIN").await.unwrap();
+        let mut changes = client
+            .execute(
+                "INSERT INTO accounts SELECT nextval('ids'), 0 FROM generate_series(1, $1::int)",
+                &[&(rows as i32)],
+            )
+            .await
+            .unwrap();
+        changes += client
+            .execute(
+                "UPDATE accounts SET version = version + 1 WHERE id IN (SELECT id FROM accounts ORDER BY random() LIMIT 3)",
+                &[],
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO ledger VALUES (txid_current() % 4294967296, $1)",
+                &[&(changes as i32)],
+            )
+            .await
+            .unwrap();
+        let rollback = rng.next(8) == 0;
+        client
+            .batch_execute(if rollback { "ROLLBACK" } else { "COMMIT" })
+            .await
+            .unwrap();
+        // A steady rate, so the events stay few enough to read back quickly.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
+    let mut broker = Broker::start().await;
+    let fx = Fixture::new(
+        "CREATE SEQUENCE ids;
+         CREATE TABLE accounts (id bigint PRIMARY KEY, version int NOT NULL);
+         CREATE TABLE ledger (xid bigint PRIMARY KEY, changes int NOT NULL);",
+    );
+    fx.psql(&format!(
+        "ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'",
+        fx.db
+    ));
+    let config = fx.config(
+        &["public.accounts"],
+        &kafka_section(&broker, "partitions = 3"),
+    );
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("seed {seed}");
+    let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+
+    // The slot exists before the workload starts.
+    let capture = fx.start_capture(&config);
+    fx.wait_caught_up(Duration::from_secs(30));
+    capture.kill();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(workload(fx.url(), stop.clone(), seed));
+    let kills = 10;
+    for kill in 0..kills {
+        let capture = fx.start_capture(&config);
+        harness::wait_for(Duration::from_secs(60), "the feed to start", || {
+            capture.logs().contains("the Kafka feed is publishing")
+        });
+        if kill == kills / 2 {
+            broker.restart();
+        }
+        tokio::time::sleep(Duration::from_millis(200 + rng.next(1500))).await;
+        capture.kill();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+
+    let capture = fx.start_capture(&config);
+    fx.wait_caught_up(Duration::from_secs(120));
+    let ledger: HashMap<u64, u64> = fx
+        .psql("SELECT xid, changes FROM ledger")
+        .lines()
+        .map(|l| {
+            let (xid, changes) = l.split_once('|').unwrap();
+            (xid.parse().unwrap(), changes.parse().unwrap())
+        })
+        .collect();
+    assert!(
+        ledger.len() > 30,
+        "committed transactions: {}",
+        ledger.len()
+    );
+    let expected: u64 = ledger.values().sum();
+    let events = read_until(
+        &broker,
+        &["audit.public.accounts"],
+        "every change in Kafka",
+        |m| m.len() as u64 >= expected,
+    );
+    assert_eq!(capture.stop(), 0);
+
+    // Exactly the committed transactions, each with all its changes, once.
+    let mut per_txn: HashMap<u64, u64> = HashMap::new();
+    let mut positions = std::collections::HashSet::new();
+    for event in &events {
+        let position = event["headers"]["tidemark.position"].as_str().unwrap();
+        assert!(positions.insert(position.to_string()), "{position} twice");
+        *per_txn
+            .entry(event["value"]["source"]["txId"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(per_txn, ledger, "events per transaction (seed {seed})");
+    // Per key, in commit order: versions 0, 1, 2, ... with no gap.
+    let mut versions: HashMap<i64, i64> = HashMap::new();
+    let mut partitions: HashMap<i64, u64> = HashMap::new();
+    for event in &events {
+        let id = event["key"]["id"].as_i64().unwrap();
+        let version = event["value"]["after"]["version"].as_i64().unwrap();
+        let expected = versions.get(&id).map_or(0, |v| v + 1);
+        assert_eq!(version, expected, "account {id} out of order (seed {seed})");
+        versions.insert(id, version);
+        let partition = event["partition"].as_u64().unwrap();
+        assert_eq!(*partitions.entry(id).or_insert(partition), partition);
+    }
+    assert_eq!(
+        partitions
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3,
+        "keys spread over the partitions"
+    );
+}

@@ -95,7 +95,8 @@ fn probe(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
     client
         .set("group.id", "tidemark-feed-probe")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "50");
     client.create()
 }
 
@@ -105,54 +106,57 @@ pub fn last_positions(
     partitions: &HashMap<String, i32>,
 ) -> Result<HashMap<(String, i32), EventPosition>, KafkaError> {
     let consumer = probe(config)?;
-    let mut positions = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    let mut unread = std::collections::HashSet::new();
+    // Partitions holding messages, each to be read to its end.
     for (topic, &count) in partitions {
         for partition in 0..count {
             let (low, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
-            if high <= low {
-                continue;
+            if high > low {
+                // A few back, in case the last offsets are not messages of ours.
+                assignment.add_partition_offset(
+                    topic,
+                    partition,
+                    rdkafka::Offset::Offset((high - 8).max(low)),
+                )?;
+                unread.insert((topic.clone(), partition));
             }
-            let mut assignment = TopicPartitionList::new();
-            // A few back, in case the last offsets are not messages of ours.
-            assignment.add_partition_offset(
-                topic,
-                partition,
-                rdkafka::Offset::Offset((high - 8).max(low)),
-            )?;
-            consumer.assign(&assignment)?;
-            // Read to the end, not to `high`: tansu 0.6 reports the high
-            // watermark as its last batch's base offset + 1, and a fetch from
-            // inside a batch returns the whole batch.
-            let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-            let mut last = None;
-            let mut received = false;
-            loop {
-                match consumer.poll(Duration::from_millis(500)) {
-                    Some(Ok(message)) => {
-                        received = true;
-                        if let Some(position) = message.headers().and_then(|headers| {
-                            headers
-                                .iter()
-                                .find(|h| h.key == HEADER)
-                                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                        }) {
-                            last = Some(position);
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => return Err(e),
-                    None if received => break,
-                    None if std::time::Instant::now() > deadline => {
-                        return Err(KafkaError::MessageConsumption(
-                            RDKafkaErrorCode::RequestTimedOut,
-                        ))
-                    }
-                    None => {}
+        }
+    }
+    let mut positions = HashMap::new();
+    if unread.is_empty() {
+        return Ok(positions);
+    }
+    consumer.assign(&assignment)?;
+    // Read to the end of each partition, not to its high watermark: tansu 0.6
+    // reports it as the last batch's base offset + 1, and a fetch from inside
+    // a batch returns the whole batch. The end is a quiet spell once every
+    // partition has returned something.
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut returned = std::collections::HashSet::new();
+    loop {
+        match consumer.poll(Duration::from_millis(300)) {
+            Some(Ok(message)) => {
+                let at = (message.topic().to_string(), message.partition());
+                if let Some(position) = message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == HEADER)
+                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                }) {
+                    positions.insert(at.clone(), position);
                 }
+                returned.insert(at);
             }
-            if let Some(position) = last {
-                positions.insert((topic.clone(), partition), position);
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(e),
+            None if unread.iter().all(|u| returned.contains(u)) => break,
+            None if std::time::Instant::now() > deadline => {
+                return Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::RequestTimedOut,
+                ))
             }
+            None => {}
         }
     }
     Ok(positions)
