@@ -82,6 +82,8 @@ pub async fn run(checked: &Checked, shutdown: watch::Receiver<bool>) -> Result<L
                 .or(checked.pg.get_user())
                 .unwrap_or("postgres")
                 .to_string(),
+            source: checked.pg.clone(),
+            slot: checked.config.source.slot.clone(),
             retain_from,
         };
         tokio::spawn(crate::sink::kafka::run(feed, feed_stopped))

@@ -313,3 +313,68 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
         "keys spread over the partitions"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_initial_snapshot_and_the_changes_after_it_meet_exactly() {
+    let broker = Broker::start().await;
+    let fx = Fixture::new(
+        "CREATE TABLE items (id bigserial PRIMARY KEY, label text);
+         INSERT INTO items (label) SELECT 'before' FROM generate_series(1, 2000);",
+    );
+    let config = fx.config(
+        &["public.items"],
+        &kafka_section(&broker, "snapshot = true"),
+    );
+    // Rows keep arriving while capture starts and the snapshot is taken.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (fx.url(), stop.clone());
+        tokio::spawn(async move {
+            let client = harness::connect(&url).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .batch_execute("INSERT INTO items (label) VALUES ('during')")
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let capture = fx.start_capture(&config);
+    harness::wait_for(Duration::from_secs(60), "the snapshot to be sent", || {
+        capture.logs().contains("initial snapshot is sent")
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    fx.psql("UPDATE items SET label = 'after' WHERE id = 1");
+    let rows: u64 = fx.psql("SELECT count(*) FROM items").parse().unwrap();
+
+    let events = read_until(&broker, &["audit.public.items"], "every row", |m| {
+        m.len() as u64 > rows
+    });
+    assert_eq!(capture.stop(), 0);
+    let mut seen: HashMap<i64, u32> = HashMap::new();
+    for event in &events[..events.len() - 1] {
+        let op = event["value"]["op"].as_str().unwrap();
+        assert!(op == "r" || op == "c", "{event}");
+        assert_eq!(
+            event["value"]["source"]["snapshot"] == "true",
+            op == "r",
+            "{event}"
+        );
+        *seen
+            .entry(event["key"]["id"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len() as u64, rows, "every row once");
+    assert!(seen.values().all(|n| *n == 1), "no row twice");
+    let snapshot_rows = events.iter().filter(|e| e["value"]["op"] == "r").count();
+    assert!(snapshot_rows >= 2000, "{snapshot_rows}");
+    let last = events.last().unwrap();
+    assert_eq!(
+        (
+            last["value"]["op"].as_str(),
+            last["value"]["after"]["label"].as_str()
+        ),
+        (Some("u"), Some("after"))
+    );
+}

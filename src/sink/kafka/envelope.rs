@@ -238,6 +238,46 @@ impl Encoder {
         events
     }
 
+    /// One row of the initial snapshot, as Debezium's `op: "r"` event.
+    pub fn snapshot_row(
+        &mut self,
+        relation: &Relation,
+        row: &[Option<String>],
+        point: Lsn,
+        index: u32,
+    ) -> Event {
+        let table = format!("{}.{}", relation.namespace, relation.name);
+        let key = self.key_of(relation, row);
+        self.remember(&table, &key, row);
+        let value = json!({
+            "before": null,
+            "after": self.typed(relation, row),
+            "source": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "connector": "postgresql",
+                "name": self.format.topic_prefix,
+                "ts_ms": millis(PgTimestamp::now()),
+                "snapshot": "true",
+                "db": self.format.database,
+                "schema": relation.namespace,
+                "table": relation.name,
+                "txId": null,
+                "lsn": point.0,
+            },
+            "op": "r",
+            "ts_ms": millis(PgTimestamp::now()),
+        });
+        Event {
+            topic: self.topic(relation),
+            key,
+            value: value.to_string(),
+            position: EventPosition {
+                commit_lsn: point,
+                index,
+            },
+        }
+    }
+
     /// Debezium's BEGIN event on the transaction topic, at index 0.
     pub fn begin(&self, txn: &TxnInfo) -> Event {
         let id = transaction_id(txn);
@@ -437,5 +477,167 @@ pub fn typed_value(column: &Column, text: &str, time: TimeFormat) -> Value {
         },
         // numeric, json, jsonb, uuid, text, enums, arrays and the rest: their text.
         _ => string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::pgoutput::OldTuple;
+    use bytes::Bytes;
+
+    fn column(name: &str, type_oid: u32, key: bool) -> Column {
+        Column {
+            flags: u8::from(key),
+            name: name.into(),
+            type_oid,
+            type_modifier: -1,
+        }
+    }
+
+    fn relation() -> Arc<Relation> {
+        Arc::new(Relation {
+            xid: None,
+            oid: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: b'd',
+            columns: vec![column("id", 23, true), column("big", 25, false)],
+        })
+    }
+
+    fn text(v: &str) -> TupleValue {
+        TupleValue::Text(Bytes::from(v.to_string()))
+    }
+
+    fn encoder(time_format: TimeFormat) -> Encoder {
+        Encoder::new(
+            Format {
+                topic_prefix: "p".into(),
+                database: "db".into(),
+                time_format,
+                unavailable_value: "__unavailable".into(),
+                transaction_metadata: false,
+            },
+            1 << 20,
+        )
+    }
+
+    fn txn() -> TxnInfo {
+        TxnInfo {
+            xid: 5,
+            commit_lsn: Lsn(100),
+            end_lsn: Lsn(110),
+            commit_time: PgTimestamp(0),
+        }
+    }
+
+    fn values(events: &[Event]) -> Vec<Value> {
+        events
+            .iter()
+            .map(|e| serde_json::from_str(&e.value).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn values_take_debezium_types() {
+        let typed = |oid, text, format| typed_value(&column("c", oid, false), text, format);
+        assert_eq!(typed(23, "42", TimeFormat::Iso), json!(42));
+        assert_eq!(
+            typed(20, "-9000000000", TimeFormat::Iso),
+            json!(-9000000000i64)
+        );
+        assert_eq!(typed(1700, "12.50", TimeFormat::Iso), json!("12.50"));
+        assert_eq!(typed(16, "t", TimeFormat::Iso), json!(true));
+        assert_eq!(typed(701, "1.5", TimeFormat::Iso), json!(1.5));
+        assert_eq!(typed(701, "NaN", TimeFormat::Iso), json!("NaN"));
+        assert_eq!(
+            typed(3802, "{\"a\": 1}", TimeFormat::Iso),
+            json!("{\"a\": 1}")
+        );
+        assert_eq!(typed(17, "\\x00ff", TimeFormat::Iso), json!("AP8="));
+        let at = "2026-11-21 10:15:00.25+05:30";
+        assert_eq!(
+            typed(1184, at, TimeFormat::Iso),
+            json!("2026-11-21T04:45:00.250000Z")
+        );
+        assert_eq!(
+            typed(1184, at, TimeFormat::Micros),
+            json!(1_795_236_300_250_000i64)
+        );
+        assert_eq!(
+            typed(1184, "infinity", TimeFormat::Micros),
+            json!("infinity")
+        );
+        assert_eq!(
+            typed(1114, "2026-11-21 10:15:00", TimeFormat::Iso),
+            json!("2026-11-21T10:15:00.000000")
+        );
+        assert_eq!(typed(1082, "1970-01-11", TimeFormat::Micros), json!(10));
+        assert_eq!(
+            typed(1083, "00:00:01.5", TimeFormat::Micros),
+            json!(1_500_000)
+        );
+        assert_eq!(
+            typed(
+                2950,
+                "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                TimeFormat::Iso
+            ),
+            json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_is_filled_from_the_last_full_value_or_marked() {
+        let mut encoder = encoder(TimeFormat::Iso);
+        let rel = relation();
+        let big = "b".repeat(3000);
+        let mut index = 1;
+        let mut order = HashMap::new();
+        let mut encode = |encoder: &mut Encoder, change: Change| {
+            values(&encoder.change(&txn(), Lsn(1), &change, &mut index, &mut order))
+        };
+        encode(
+            &mut encoder,
+            Change::Insert {
+                relation: rel.clone(),
+                new: Tuple(vec![text("1"), text(&big)]),
+            },
+        );
+        let filled = encode(
+            &mut encoder,
+            Change::Update {
+                relation: rel.clone(),
+                old: None,
+                new: Tuple(vec![text("1"), TupleValue::UnchangedToast]),
+            },
+        );
+        assert_eq!(filled[0]["after"]["big"], json!(big));
+        assert_eq!(filled[0]["op"], "u");
+        let unknown = encode(
+            &mut encoder,
+            Change::Update {
+                relation: rel.clone(),
+                old: None,
+                new: Tuple(vec![text("2"), TupleValue::UnchangedToast]),
+            },
+        );
+        assert_eq!(unknown[0]["after"]["big"], json!("__unavailable"));
+        // A key change carries the value to the new key, as delete + create.
+        let moved = encode(
+            &mut encoder,
+            Change::Update {
+                relation: rel.clone(),
+                old: Some(OldTuple::Key(Tuple(vec![text("1"), TupleValue::Null]))),
+                new: Tuple(vec![text("3"), TupleValue::UnchangedToast]),
+            },
+        );
+        assert_eq!(
+            moved.iter().map(|v| v["op"].clone()).collect::<Vec<_>>(),
+            vec![json!("d"), json!("c")]
+        );
+        assert_eq!(moved[1]["after"]["big"], json!(big));
+        assert_eq!(index, 6, "each event takes the next index");
     }
 }

@@ -24,6 +24,7 @@
 pub mod broker;
 pub mod envelope;
 pub mod position;
+mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ pub enum FeedError {
     Broker(#[from] KafkaError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
     #[error("the feed's position file {}: {source}; it must be writable (it lives in [log] dir)", path.display())]
     Watermark {
         path: PathBuf,
@@ -59,9 +62,13 @@ pub enum FeedError {
 }
 
 impl FeedError {
-    /// Broker trouble passes; a damaged log or position file does not.
+    /// Broker or source trouble passes; a damaged log or position file does not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, FeedError::Broker(_))
+        match self {
+            FeedError::Broker(_) => true,
+            FeedError::Source(e) => e.is_retryable(),
+            FeedError::Log(_) | FeedError::Watermark { .. } => false,
+        }
     }
 }
 
@@ -72,6 +79,9 @@ pub struct Feed {
     pub log_dir: PathBuf,
     pub tables: Vec<TableName>,
     pub database: String,
+    /// The source and capture's slot, for the initial snapshot.
+    pub source: tokio_postgres::Config,
+    pub slot: String,
     /// Tells the log's owner the oldest segment the feed still needs.
     pub retain_from: watch::Sender<u64>,
 }
@@ -165,7 +175,15 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
         runtime: tokio::runtime::Handle::current(),
     };
     let dir = feed.log_dir.clone();
+    let snapshot = (delivered.is_none() && feed.config.snapshot)
+        .then(|| (feed.source.clone(), feed.slot.clone(), feed.tables.clone()));
     tokio::task::spawn_blocking(move || -> Result<(), FeedError> {
+        let mut start = start;
+        if let Some((source, slot, tables)) = snapshot {
+            let point = snapshot::publish(&source, &slot, &tables, &mut sink)?;
+            sink.settle_snapshot(point)?;
+            start = start_segment(&dir, Some(point))?;
+        }
         let mut tail = LogTail::at_segment(&dir, start);
         let mut assembler = Assembler::new(&dir);
         let mut settled = Instant::now();
@@ -349,6 +367,15 @@ impl KafkaSink {
             self.retain_from
                 .send_replace(start_segment(&self.log_dir, Some(lsn))?);
         }
+        Ok(())
+    }
+
+    /// Waits for the initial snapshot to be acknowledged, then goes on from its point.
+    fn settle_snapshot(&mut self, point: Lsn) -> Result<(), FeedError> {
+        self.pending.push_back(Pending::TxnEnd(point));
+        self.settle(true)?;
+        self.skip_through = Some(point);
+        self.fresh = false;
         Ok(())
     }
 
