@@ -451,6 +451,30 @@ dir = "/tmp/tm"
     }
 
     #[test]
+    fn the_example_kafka_section_is_valid_and_its_secrets_stay_hidden() {
+        let example = include_str!("../config/tidemark.toml");
+        let start = example.find("# [kafka]").unwrap();
+        let end = example.find("[metrics]").unwrap();
+        let kafka: String = example[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = format!("{}{kafka}{}", &example[..start], &example[end..])
+            .replace("\"sasl.password\" = \"...\"", "\"sasl.password\" = \"hunter2-secret\"");
+        let checked = load(&text, &[]).unwrap();
+        let config = checked.config.kafka.as_ref().unwrap();
+        assert_eq!(config.topic_prefix, "tidemark");
+        assert_eq!(config.settings["security.protocol"], "SASL_SSL");
+        assert_eq!(config.settings["sasl.password"], "hunter2-secret");
+        assert!(!format!("{checked:?}").contains("hunter2"), "{checked:?}");
+        let typo = text.replace("topic_prefix =", "topicprefix =");
+        let error = load(&typo, &[]).unwrap_err().to_string();
+        assert!(error.contains("unknown key \"topicprefix\" in [kafka]"), "{error}");
+    }
+
+    #[test]
     fn defaults_apply() {
         let checked = load(GOOD, &[]).unwrap();
         assert_eq!(checked.config.source.slot, "tidemark");
