@@ -530,7 +530,7 @@ impl Session {
             {
                 tracing::error!(
                     limit = self.max_log_bytes,
-                    "the local log is full of segments not yet archived; capture stops reading from the slot (PostgreSQL keeps the WAL) until the archive store accepts uploads again"
+                    "the local log is full of segments not yet archived (or, with [kafka], not yet in the broker); capture stops reading from the slot (PostgreSQL keeps the WAL) until the archive store (or the broker) catches up"
                 );
                 last_full_warning = Some(now);
             }

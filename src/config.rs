@@ -461,8 +461,10 @@ dir = "/tmp/tm"
             .filter(|l| l.starts_with('[') || l.contains(" = "))
             .map(|l| format!("{l}\n"))
             .collect();
-        let text = format!("{}{kafka}{}", &example[..start], &example[end..])
-            .replace("\"sasl.password\" = \"...\"", "\"sasl.password\" = \"hunter2-secret\"");
+        let text = format!("{}{kafka}{}", &example[..start], &example[end..]).replace(
+            "\"sasl.password\" = \"...\"",
+            "\"sasl.password\" = \"hunter2-secret\"",
+        );
         let checked = load(&text, &[]).unwrap();
         let config = checked.config.kafka.as_ref().unwrap();
         assert_eq!(config.topic_prefix, "tidemark");
@@ -471,7 +473,10 @@ dir = "/tmp/tm"
         assert!(!format!("{checked:?}").contains("hunter2"), "{checked:?}");
         let typo = text.replace("topic_prefix =", "topicprefix =");
         let error = load(&typo, &[]).unwrap_err().to_string();
-        assert!(error.contains("unknown key \"topicprefix\" in [kafka]"), "{error}");
+        assert!(
+            error.contains("unknown key \"topicprefix\" in [kafka]"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -378,3 +378,66 @@ async fn the_initial_snapshot_and_the_changes_after_it_meet_exactly() {
         (Some("u"), Some("after"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches_up() {
+    let mut broker = Broker::reserve().await;
+    let fx = Fixture::new("CREATE TABLE events (id int PRIMARY KEY, body text);");
+    let archive = format!(
+        "\n[archive]\nurl = {:?}\nupload_interval = \"100ms\"\n",
+        fx.archive_url()
+    );
+    let config = fx.config(
+        &["public.events"],
+        &format!("{archive}{}", kafka_section(&broker, "")),
+    );
+    let capture = fx.start_capture(&config);
+    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
+        capture.logs().contains("base snapshot stored")
+    });
+    for batch in 0..5 {
+        fx.psql(&format!(
+            "INSERT INTO events SELECT g, 'x' FROM generate_series({}, {}) g",
+            batch * 100 + 1,
+            batch * 100 + 100
+        ));
+    }
+    fx.wait_caught_up(Duration::from_secs(30));
+    // The archive has everything while the broker was never up, and the
+    // local log still holds the archived segments for the feed.
+    harness::wait_for(Duration::from_secs(30), "the archive to catch up", || {
+        let listed = harness::tidemark(
+            &["list", "--config", config.to_str().unwrap(), "--json"],
+            &[],
+        );
+        let list: Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        list["window"]["latest"]["lsn"].as_str().is_some_and(|l| {
+            l.parse::<tidemark::lsn::Lsn>().unwrap() >= fx.confirmed_flush().unwrap()
+        })
+    });
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the feed to say it is behind",
+        || capture.logs().contains("the Kafka feed is behind"),
+    );
+    let first_segment = fx.log_dir().join(tidemark::log::segment::file_name(1));
+    assert!(
+        first_segment.exists(),
+        "the log kept the archived segments for Kafka"
+    );
+
+    broker.spawn();
+    let events = read_until(
+        &broker,
+        &["audit.public.events"],
+        "the feed to catch up",
+        |m| m.len() >= 500,
+    );
+    assert_eq!(events.len(), 500);
+    // Once Kafka has them, the archived segments leave the local log.
+    fx.psql("INSERT INTO events VALUES (1000, 'more')");
+    harness::wait_for(Duration::from_secs(30), "the local log to shrink", || {
+        !first_segment.exists()
+    });
+    assert_eq!(capture.stop(), 0);
+}

@@ -12,6 +12,8 @@ consumer = KafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
                          consumer_timeout_ms=1500)
 partitions = [TopicPartition(t, p) for t in topics
               for p in sorted(consumer.partitions_for_topic(t) or [])]
+if not partitions:  # the topics do not exist yet
+    sys.exit(0)
 consumer.assign(partitions)
 consumer.seek_to_beginning(*partitions)
 for message in consumer:

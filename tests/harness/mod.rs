@@ -418,21 +418,25 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start() -> Broker {
-        let bucket = s3().bucket().await;
-        let mut broker = Broker {
-            child: None,
-            port: free_port(),
-            bucket,
-        };
+        let mut broker = Broker::reserve().await;
         broker.spawn();
         broker
+    }
+
+    /// A broker's address and storage, not started yet (see `spawn`).
+    pub async fn reserve() -> Broker {
+        Broker {
+            child: None,
+            port: free_port(),
+            bucket: s3().bucket().await,
+        }
     }
 
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let listener = format!("tcp://{}", self.address());
         let mut command = Command::new("tansu");
         command

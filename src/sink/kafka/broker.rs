@@ -55,7 +55,9 @@ pub async fn ensure_topics(
             )
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(REQUEST_TIMEOUT))
+        .request_timeout(Some(REQUEST_TIMEOUT));
     for result in admin.create_topics(&new, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
