@@ -69,6 +69,15 @@ const SLOT_BUSY_WAIT: Duration = Duration::from_secs(60);
 /// Runs capture until `shutdown` turns true; then fsyncs, confirms and returns.
 /// Errors after streaming has started once are retried with backoff.
 pub async fn run(checked: &Checked, shutdown: watch::Receiver<bool>) -> Result<Lsn, CaptureError> {
+    run_observed(checked, shutdown, Arc::default()).await
+}
+
+/// Like `run`, reporting positions through `progress` as they advance.
+pub async fn run_observed(
+    checked: &Checked,
+    shutdown: watch::Receiver<bool>,
+    progress: Arc<Progress>,
+) -> Result<Lsn, CaptureError> {
     let (retain_from, retained) = watch::channel(0);
     let (stop_feed, feed_stopped) = watch::channel(false);
     let feed = checked.config.kafka.as_ref().map(|config| {
@@ -85,10 +94,17 @@ pub async fn run(checked: &Checked, shutdown: watch::Receiver<bool>) -> Result<L
             source: checked.pg.clone(),
             slot: checked.config.source.slot.clone(),
             retain_from,
+            progress: progress.clone(),
         };
         tokio::spawn(crate::sink::kafka::run(feed, feed_stopped))
     });
-    let result = capture(checked, shutdown, feed.is_some().then_some(retained)).await;
+    let result = capture(
+        checked,
+        shutdown,
+        feed.is_some().then_some(retained),
+        progress,
+    )
+    .await;
     // The feed stops after capture's last write, so it publishes all of it.
     stop_feed.send_replace(true);
     if let Some(feed) = feed {
@@ -101,6 +117,7 @@ async fn capture(
     checked: &Checked,
     mut shutdown: watch::Receiver<bool>,
     retained: Option<watch::Receiver<u64>>,
+    progress: Arc<Progress>,
 ) -> Result<Lsn, CaptureError> {
     let cfg = &checked.config;
     let (mut writer, recovery) = LogWriter::open(&cfg.log.dir, cfg.log.segment_size.as_u64())?;
@@ -116,7 +133,6 @@ async fn capture(
         None => None,
     };
     let mut archive: Option<Archive> = None;
-    let progress = Arc::new(Progress::default());
     let mut log_empty = recovery.empty;
     let mut streamed_once = false;
     let mut backoff = Duration::from_millis(500);
@@ -350,7 +366,7 @@ impl Session {
         } else {
             (timeout / 2).min(Duration::from_secs(1))
         };
-        let appender = Appender::start(writer);
+        let appender = Appender::start(writer, Some(progress.durable.clone()));
         let session = Session {
             conn,
             appender,

@@ -6,6 +6,7 @@
 //! See `docs/architecture.md`.
 
 pub mod archive;
+pub mod bench;
 pub mod capture;
 pub mod child;
 pub mod cluster;

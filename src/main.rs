@@ -28,6 +28,44 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Measure tidemark against the physical limit on this machine: drain rates next to
+    /// pg_recvlogical and wal2json, latencies, restore rates, memory. Starts its own cluster.
+    Bench {
+        /// Drain scenarios to run (repeatable; default: all).
+        #[arg(long = "scenario", value_enum)]
+        scenarios: Vec<tidemark::bench::Scenario>,
+        /// Changes in the pgbench backlog (the wide one has a tenth as many, of 4 KB each).
+        #[arg(long, default_value_t = 400_000)]
+        changes: u64,
+        /// Rounds per drain scenario; the report gives medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Offered rates for the latency phase, transactions/s.
+        #[arg(long, value_delimiter = ',', default_value = "500,2000,5000")]
+        rates: Vec<u32>,
+        /// Seconds of load at each rate.
+        #[arg(long, default_value_t = 5.0)]
+        rate_seconds: f64,
+        /// Size of the single transaction in the memory phase, MiB.
+        #[arg(long, default_value_t = 1024)]
+        big_txn_mib: u64,
+        /// Rows in the restore phase's table.
+        #[arg(long, default_value_t = 1_000_000)]
+        restore_rows: u64,
+        /// Run against this server instead of a throwaway cluster (needs wal_level=logical
+        /// and a role that may create databases and replication slots).
+        #[arg(long)]
+        source_url: Option<String>,
+        /// Also measure the Kafka feed against these brokers.
+        #[arg(long)]
+        kafka_brokers: Option<String>,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a markdown report here, with SVG charts beside it.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Stream changes of the watched tables into the durable segment log, until SIGINT or SIGTERM.
     Capture {
         #[arg(long, env = "TIDEMARK_CONFIG")]
@@ -220,6 +258,65 @@ fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Bench {
+            scenarios,
+            changes,
+            rounds,
+            rates,
+            rate_seconds,
+            big_txn_mib,
+            restore_rows,
+            source_url,
+            kafka_brokers,
+            json,
+            report,
+        } => {
+            use tidemark::bench;
+            if rounds == 0 || changes == 0 || rate_seconds <= 0.0 {
+                return Err(bad_input(anyhow::anyhow!(
+                    "--rounds, --changes and --rate-seconds must be above zero"
+                )));
+            }
+            let work = tempfile::tempdir().map_err(|e| Failure {
+                error: e.into(),
+                code: 1,
+            })?;
+            let options = bench::Options {
+                scenarios: if scenarios.is_empty() {
+                    vec![bench::Scenario::Pgbench, bench::Scenario::Wide]
+                } else {
+                    scenarios
+                },
+                changes,
+                rounds,
+                rates,
+                rate_seconds,
+                big_txn_mib,
+                restore_rows,
+                source_url,
+                kafka_brokers,
+                work_dir: work.path().to_path_buf(),
+            };
+            let results = bench::run(&options, &mut std::io::stderr())
+                .await
+                .map_err(|e| Failure {
+                    error: e.into(),
+                    code: 1,
+                })?;
+            print!("{}", results.table());
+            let write = |path: &PathBuf, result: std::io::Result<()>| {
+                result
+                    .map_err(|e| bad_input(anyhow::anyhow!("cannot write {}: {e}", path.display())))
+            };
+            if let Some(path) = &json {
+                let text = serde_json::to_string_pretty(&results).expect("results serialize");
+                write(path, std::fs::write(path, text))?;
+            }
+            if let Some(path) = &report {
+                write(path, results.write_report(path))?;
+            }
+            Ok(())
+        }
         Command::Quickstart { dir } => {
             let temp;
             let kept = dir.is_some();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::lsn::PgTimestamp;
+use crate::lsn::{Lsn, PgTimestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -76,11 +76,18 @@ pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
     Ok(())
 }
 
-/// Commit times seen by capture and by the archive, for the head-age gauge.
+/// Commit times seen by capture and by the archive, for the head-age gauge;
+/// and the positions each stage has reached, for whoever watches (`tidemark bench`).
 #[derive(Default)]
 pub struct Progress {
     captured_us: AtomicI64,
     archived_us: AtomicI64,
+    /// Every transaction ending here or before is fsynced in the log.
+    pub durable: tokio::sync::watch::Sender<Lsn>,
+    /// ... is in the object store, listed by a stored manifest.
+    pub archived: tokio::sync::watch::Sender<Lsn>,
+    /// ... is acknowledged by the Kafka broker.
+    pub published: tokio::sync::watch::Sender<Lsn>,
 }
 
 impl Progress {

@@ -22,6 +22,9 @@ pub const SEGMENT_PREFIX: &str = "segments/";
 /// Old manifests are trimmed every this many commits (one per upload pass while busy).
 const TRIM_EVERY: u64 = 64;
 
+/// zstd's level for segments: fast, and most of the gain of higher levels.
+pub const SEGMENT_ZSTD_LEVEL: i32 = 3;
+
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
     log_dir: PathBuf,
@@ -201,6 +204,9 @@ impl Uploader {
         }
         if uploaded > 0 {
             self.commit(&mut next).await?;
+            if let Some(last) = next.segments.last() {
+                self.progress.archived.send_replace(last.end_lsn);
+            }
             if let Some(time) = next.segments.last().and_then(|e| e.last_commit_time) {
                 self.progress.archived(time);
             }
@@ -317,7 +323,7 @@ fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
     let mut file = std::fs::File::open(path).map_err(io_err)?;
     let mut raw_hash = Sha256::new();
     let mut raw_size = 0u64;
-    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).map_err(io_err)?;
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), SEGMENT_ZSTD_LEVEL).map_err(io_err)?;
     let mut chunk = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut chunk).map_err(io_err)?;

@@ -307,7 +307,8 @@ enum Command {
 const QUEUE_DEPTH: usize = 8;
 
 impl Appender {
-    pub fn start(writer: LogWriter) -> Appender {
+    /// Starts the writer thread; `observed` also receives each new durable LSN.
+    pub fn start(writer: LogWriter, observed: Option<watch::Sender<Lsn>>) -> Appender {
         let (commands, mut rx) = mpsc::channel::<Command>(QUEUE_DEPTH);
         let (durable_tx, durable) = watch::channel(writer.durable_ack);
         let (sealed_tx, sealed) = watch::channel(writer.sealed_seq);
@@ -329,6 +330,9 @@ impl Appender {
                     if writer.has_unsynced_ack() {
                         let lsn = writer.sync()?;
                         durable_tx.send_replace(lsn);
+                        if let Some(observed) = &observed {
+                            observed.send_replace(lsn);
+                        }
                     }
                     if writer.sealed_seq != *sealed_tx.borrow() {
                         // Sealing fsynced everything before the seal.
@@ -337,6 +341,9 @@ impl Appender {
                             *d = writer.durable_ack;
                             changed
                         });
+                        if let Some(observed) = &observed {
+                            observed.send_replace(writer.durable_ack);
+                        }
                         sealed_tx.send_replace(writer.sealed_seq);
                     }
                 }

@@ -132,6 +132,9 @@ pub struct Summary {
     /// With --dry-run: the expected wall time, from reference rates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_seconds: Option<f64>,
+    /// Snapshot load (with primary keys), and segment fetch plus replay.
+    pub load_seconds: f64,
+    pub replay_seconds: f64,
     pub seconds: f64,
 }
 
@@ -159,6 +162,8 @@ fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
         segment_records: plan.segments.iter().map(|s| s.records).sum(),
         snapshot_bytes: objects.iter().map(|o| o.raw_size).sum(),
         estimated_seconds: None,
+        load_seconds: 0.0,
+        replay_seconds: 0.0,
         rows_loaded: 0,
         transactions: 0,
         changes: 0,
@@ -271,6 +276,8 @@ pub async fn run(
     summary.rows_loaded = rebuilt.rows_loaded;
     summary.transactions = rebuilt.transactions;
     summary.changes = rebuilt.changes;
+    summary.load_seconds = rebuilt.load_seconds;
+    summary.replay_seconds = rebuilt.replay_seconds;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }

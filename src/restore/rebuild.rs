@@ -152,6 +152,10 @@ pub struct Rebuilt {
     pub transactions: u64,
     pub changes: u64,
     pub rows_loaded: u64,
+    /// Wall time of the snapshot load (tables, rows, primary keys).
+    pub load_seconds: f64,
+    /// Wall time of fetching and replaying the segments.
+    pub replay_seconds: f64,
 }
 
 /// Which tables a rebuild restores, and whether it creates them.
@@ -221,6 +225,7 @@ pub async fn rebuild_scoped(
     if !scope.data_only {
         load::create_tables(&client, &schema).await?;
     }
+    let loading = std::time::Instant::now();
     let objects: Vec<_> = snapshot
         .tables
         .iter()
@@ -237,6 +242,8 @@ pub async fn rebuild_scoped(
         load::add_primary_keys(&client, &schema).await?;
     }
 
+    let load_seconds = loading.elapsed().as_secs_f64();
+    let replaying = std::time::Instant::now();
     let executor = ClientExecutor {
         client,
         runtime: tokio::runtime::Handle::current(),
@@ -247,6 +254,8 @@ pub async fn rebuild_scoped(
         transactions,
         changes,
         rows_loaded,
+        load_seconds,
+        replay_seconds: replaying.elapsed().as_secs_f64(),
     })
 }
 

@@ -84,6 +84,7 @@ pub struct Feed {
     pub slot: String,
     /// Tells the log's owner the oldest segment the feed still needs.
     pub retain_from: watch::Sender<u64>,
+    pub progress: std::sync::Arc<crate::telemetry::Progress>,
 }
 
 /// Events the producer may hold unacknowledged before the feed waits.
@@ -172,6 +173,7 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
         watermark,
         log_dir: feed.log_dir.clone(),
         retain_from: feed.retain_from.clone(),
+        progress: feed.progress.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     let dir = feed.log_dir.clone();
@@ -265,6 +267,7 @@ struct KafkaSink {
     watermark: Watermark,
     log_dir: PathBuf,
     retain_from: watch::Sender<u64>,
+    progress: std::sync::Arc<crate::telemetry::Progress>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -364,6 +367,7 @@ impl KafkaSink {
                 })?;
             self.stored = self.delivered;
             metrics::gauge!(crate::telemetry::KAFKA_DELIVERED_LSN).set(lsn.0 as f64);
+            self.progress.published.send_replace(lsn);
             self.retain_from
                 .send_replace(start_segment(&self.log_dir, Some(lsn))?);
         }

@@ -1,0 +1,302 @@
+//! `tidemark bench`: how fast tidemark is, next to the physical limit, in one run.
+//!
+//! Why the comparisons are fair:
+//! - Drain rates: each round creates one slot per consumer at the same
+//!   instant, before the backlog is written, so every consumer decodes the
+//!   very same WAL. Rounds alternate which consumer goes first (the first
+//!   reads WAL from disk, the rest from the page cache), and the reported
+//!   ratio is the median of the per-round ratios.
+//! - tidemark runs in this process exactly as `tidemark capture` does, and is
+//!   timed to the instant its log is fsynced up to the backlog's end (the
+//!   writer thread reports it); `pg_recvlogical` is timed until it exits at
+//!   the same end position.
+//! - Latencies are measured from each transaction's commit timestamp (the
+//!   server's clock, the same machine's) to the wall-clock instant tidemark
+//!   reported the position covering it.
+//! - Peak RSS is this process's high-water mark, reset at the start of each
+//!   phase; while capture phases run, the process holds nothing else of size.
+
+pub mod drain;
+pub mod latency;
+pub mod report;
+pub mod restore;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::lsn::Lsn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("the bench database: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: String, detail: String },
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+    #[error(transparent)]
+    Restore(#[from] crate::restore::command::RestoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("--source-url: {0}")]
+    SourceUrl(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// pgbench's TPC-B-like transactions: 4 small changes each.
+    Pgbench,
+    /// Inserts and updates of rows with 4 KB TOASTed values.
+    Wide,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Pgbench => "pgbench",
+            Scenario::Wide => "wide",
+        }
+    }
+}
+
+pub struct Options {
+    pub scenarios: Vec<Scenario>,
+    pub changes: u64,
+    pub rounds: usize,
+    pub rates: Vec<u32>,
+    pub rate_seconds: f64,
+    pub big_txn_mib: u64,
+    pub restore_rows: u64,
+    pub source_url: Option<String>,
+    pub kafka_brokers: Option<String>,
+    pub work_dir: PathBuf,
+}
+
+/// The PostgreSQL server the bench runs against: a throwaway cluster of its
+/// own, or the user's (`--source-url`), where it works in databases it creates.
+pub struct Server {
+    _cluster: Option<Cluster>,
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    bin: PathBuf,
+}
+
+impl Server {
+    pub fn start(source_url: Option<&str>) -> Result<Server, BenchError> {
+        let bin = crate::cluster::pg_bin_dir()?;
+        let Some(url) = source_url else {
+            let cluster = Cluster::start(&[("autovacuum", "off"), ("max_wal_size", "4GB")])?;
+            return Ok(Server {
+                host: "127.0.0.1".into(),
+                port: cluster.port(),
+                user: "postgres".into(),
+                password: Some(crate::cluster::SUPERUSER_PASSWORD.into()),
+                bin,
+                _cluster: Some(cluster),
+            });
+        };
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|_| BenchError::SourceUrl("not a PostgreSQL connection string".into()))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => return Err(BenchError::SourceUrl("give a TCP host".into())),
+        };
+        Ok(Server {
+            _cluster: None,
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            user: config.get_user().unwrap_or("postgres").to_string(),
+            password: config
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            bin,
+        })
+    }
+
+    /// A libpq key=value string for `db`, password included (never printed).
+    pub fn url(&self, db: &str) -> String {
+        let mut url = format!(
+            "host={} port={} user={} dbname={db}",
+            self.host, self.port, self.user
+        );
+        if let Some(password) = &self.password {
+            url += &format!(
+                " password='{}'",
+                password.replace('\\', "\\\\").replace('\'', "\\'")
+            );
+        }
+        url
+    }
+
+    /// The same without the password, for child processes (which get PGPASSWORD).
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={db}",
+            self.host, self.port, self.user
+        )
+    }
+
+    pub fn tool(&self, name: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(self.bin.join(name));
+        if let Some(password) = &self.password {
+            command.env("PGPASSWORD", password);
+        }
+        command
+    }
+
+    pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, BenchError> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// A fresh database (dropped first if a previous run left it).
+    pub async fn fresh_database(&self, name: &str) -> Result<(), BenchError> {
+        let admin = self.connect("postgres").await?;
+        for slot in admin
+            .query(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = $1",
+                &[&name],
+            )
+            .await?
+        {
+            let slot: String = slot.get(0);
+            admin
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await?;
+        }
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn drop_database(&self, name: &str) -> Result<(), BenchError> {
+        self.fresh_database(name).await?;
+        let admin = self.connect("postgres").await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a PostgreSQL tool to completion; its stderr goes into the error.
+    pub fn run_tool(&self, name: &str, args: &[&str]) -> Result<std::process::Output, BenchError> {
+        let output = self.tool(name).args(args).output()?;
+        if !output.status.success() {
+            return Err(BenchError::Tool {
+                tool: name.into(),
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(output)
+    }
+}
+
+pub async fn current_lsn(client: &tokio_postgres::Client) -> Result<Lsn, BenchError> {
+    let text: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    Ok(text.parse().expect("the server prints LSNs"))
+}
+
+/// A capture config for the bench, checked as `tidemark capture` checks it.
+pub fn capture_config(
+    server: &Server,
+    db: &str,
+    tables: &[&str],
+    slot: &str,
+    log_dir: &Path,
+    extra: &str,
+) -> Result<crate::config::Checked, BenchError> {
+    let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+    let text = format!(
+        "[source]\nurl = {:?}\ntables = [{}]\npublication = \"tidemark_bench\"\nslot = {slot:?}\n\n[log]\ndir = {:?}\n{extra}\n",
+        server.url(db),
+        tables.join(", "),
+        log_dir.display().to_string(),
+    );
+    Ok(crate::config::Config::from_toml(
+        Path::new("bench.toml"),
+        &text,
+        std::iter::empty(),
+    )?)
+}
+
+/// This process's peak resident set since the last reset, in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Starts a new peak-RSS measurement.
+pub fn reset_peak_rss() {
+    // Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The p-th percentile (0..=100) of `values`, nearest rank.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    percentile(&mut values, 50.0)
+}
+
+/// Runs every phase and returns the results.
+pub async fn run(
+    options: &Options,
+    out: &mut dyn std::io::Write,
+) -> Result<report::Results, BenchError> {
+    let server = Server::start(options.source_url.as_deref())?;
+    let mut results = report::Results::new(options);
+    for scenario in &options.scenarios {
+        writeln!(out, "capture drain, {} scenario...", scenario.name())?;
+        results.add_drain(drain::run(&server, *scenario, options, out).await?);
+    }
+    writeln!(
+        out,
+        "capture memory with a {} MiB transaction...",
+        options.big_txn_mib
+    )?;
+    results.memory.big_transaction_peak_rss_mib =
+        Some(drain::big_transaction(&server, options).await?);
+    for &rate in &options.rates {
+        writeln!(out, "latency at {rate} tx/s...")?;
+        results.latency.insert(
+            rate.to_string(),
+            latency::run(&server, rate, options).await?,
+        );
+    }
+    if options.kafka_brokers.is_some() {
+        writeln!(out, "Kafka feed drain...")?;
+        results.kafka = Some(drain::kafka(&server, options).await?);
+    }
+    writeln!(out, "restore...")?;
+    results.restore = Some(restore::run(&server, options).await?);
+    results.finish();
+    Ok(results)
+}
