@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use super::report::{DrainResult, DrainRound, KafkaResult};
 use super::{
-    capture_config, current_lsn, median, peak_rss_mib, reset_peak_rss, BenchError, Options,
-    Scenario, Server,
+    capture_config, capture_toml, current_lsn, median, peak_rss_mib, reset_peak_rss, BenchError,
+    Options, Scenario, Server,
 };
 use crate::lsn::Lsn;
 use crate::telemetry::Progress;
@@ -68,7 +68,13 @@ async fn prepare(server: &Server, scenario: Scenario) -> Result<(), BenchError> 
 }
 
 /// Writes `changes` changes in many transactions; returns the end position.
-async fn backlog(server: &Server, scenario: Scenario, changes: u64) -> Result<Lsn, BenchError> {
+/// Each `round` writes rows of its own.
+async fn backlog(
+    server: &Server,
+    scenario: Scenario,
+    changes: u64,
+    round: u64,
+) -> Result<Lsn, BenchError> {
     let client = server.connect(DB).await?;
     match scenario {
         Scenario::Pgbench => {
@@ -93,16 +99,17 @@ async fn backlog(server: &Server, scenario: Scenario, changes: u64) -> Result<Ls
             // Half inserts, half updates of the big column, 100 rows a transaction.
             let rows = changes / 2;
             let payload = "(SELECT string_agg(md5(g::text || i::text || random()::text), '') FROM generate_series(1, 128) i)";
-            for start in (1..=rows).step_by(100) {
-                let end = (start + 99).min(rows);
+            let (first, last) = (round * rows + 1, (round + 1) * rows);
+            for start in (first..=last).step_by(100) {
+                let end = (start + 99).min(last);
                 client
                     .batch_execute(&format!(
                         "INSERT INTO wide SELECT g, {payload} FROM generate_series({start}, {end}) g"
                     ))
                     .await?;
             }
-            for start in (1..=rows).step_by(100) {
-                let end = (start + 99).min(rows);
+            for start in (first..=last).step_by(100) {
+                let end = (start + 99).min(last);
                 client
                     .batch_execute(&format!(
                         "UPDATE wide w SET payload = {} WHERE id BETWEEN {start} AND {end}",
@@ -243,7 +250,7 @@ pub async fn run(
                 .await?;
         }
         let start = current_lsn(&client).await?;
-        let end = backlog(server, scenario, changes).await?;
+        let end = backlog(server, scenario, changes, round as u64).await?;
         let json_file = options.work_dir.join("wal2json.out");
         let mut tidemark_run = None;
         let (mut recvlogical_s, mut wal2json_s) = (0.0, 0.0);
@@ -313,7 +320,8 @@ pub async fn run(
     Ok(DrainResult::from_rounds(scenario.name(), rounds))
 }
 
-/// Peak RSS while capture drains one transaction of `big_txn_mib` MiB.
+/// Peak RSS of a `tidemark capture` process draining one transaction of
+/// `big_txn_mib` MiB. A process of its own, so nothing else is counted.
 pub async fn big_transaction(server: &Server, options: &Options) -> Result<f64, BenchError> {
     const BIG_DB: &str = "tidemark_bench_big";
     server.fresh_database(BIG_DB).await?;
@@ -335,18 +343,52 @@ pub async fn big_transaction(server: &Server, options: &Options) -> Result<f64, 
         ))
         .await?;
     let end = current_lsn(&client).await?;
-    let run = CaptureRun {
-        db: BIG_DB,
-        tables: &["public.big"],
-        slot: "big",
-        extra: String::new(),
-        until: |p| &p.durable,
-    };
-    let drained = tidemark(server, &run, end, &options.work_dir.join("big-log")).await?;
-    std::fs::remove_dir_all(options.work_dir.join("big-log"))?;
+    let log_dir = options.work_dir.join("big-log");
+    std::fs::create_dir_all(&log_dir)?;
+    let config = options.work_dir.join("big.toml");
+    std::fs::write(
+        &config,
+        capture_toml(server, BIG_DB, &["public.big"], "big", &log_dir, ""),
+    )?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["capture", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id().to_string();
+    let mut peak = 0.0;
+    loop {
+        peak = super::peak_rss_mib_of(&pid).max(peak);
+        let confirmed: Option<String> = client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'big'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if confirmed
+            .and_then(|l| l.parse::<Lsn>().ok())
+            .is_some_and(|l| l >= end)
+        {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(BenchError::Tool {
+                tool: "tidemark capture".into(),
+                detail: format!("exited ({status}) before draining the transaction"),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    std::fs::remove_dir_all(&log_dir)?;
     drop(client);
     server.drop_database(BIG_DB).await?;
-    Ok(drained.peak_rss_mib)
+    Ok(peak)
 }
 
 /// Events per second from a pgbench backlog through capture into Kafka.
@@ -361,7 +403,7 @@ pub async fn kafka(server: &Server, options: &Options) -> Result<KafkaResult, Be
         )
         .await?;
     let changes = options.changes;
-    let end = backlog(server, Scenario::Pgbench, changes).await?;
+    let end = backlog(server, Scenario::Pgbench, changes, 0).await?;
     let topic_prefix = format!("tidemark_bench_{}", std::process::id());
     let run = CaptureRun {
         db: DB,

@@ -212,7 +212,25 @@ pub async fn current_lsn(client: &tokio_postgres::Client) -> Result<Lsn, BenchEr
     Ok(text.parse().expect("the server prints LSNs"))
 }
 
-/// A capture config for the bench, checked as `tidemark capture` checks it.
+/// A capture config for the bench, as TOML.
+pub fn capture_toml(
+    server: &Server,
+    db: &str,
+    tables: &[&str],
+    slot: &str,
+    log_dir: &Path,
+    extra: &str,
+) -> String {
+    let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+    format!(
+        "[source]\nurl = {:?}\ntables = [{}]\npublication = \"tidemark_bench\"\nslot = {slot:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[log]\ndir = {:?}\n{extra}\n",
+        server.url(db),
+        tables.join(", "),
+        log_dir.display().to_string(),
+    )
+}
+
+/// The same config, checked as `tidemark capture` checks it.
 pub fn capture_config(
     server: &Server,
     db: &str,
@@ -221,13 +239,7 @@ pub fn capture_config(
     log_dir: &Path,
     extra: &str,
 ) -> Result<crate::config::Checked, BenchError> {
-    let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
-    let text = format!(
-        "[source]\nurl = {:?}\ntables = [{}]\npublication = \"tidemark_bench\"\nslot = {slot:?}\n\n[log]\ndir = {:?}\n{extra}\n",
-        server.url(db),
-        tables.join(", "),
-        log_dir.display().to_string(),
-    );
+    let text = capture_toml(server, db, tables, slot, log_dir, extra);
     Ok(crate::config::Config::from_toml(
         Path::new("bench.toml"),
         &text,
@@ -237,7 +249,12 @@ pub fn capture_config(
 
 /// This process's peak resident set since the last reset, in MiB.
 pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_mib_of("self")
+}
+
+/// A process's peak resident set (`pid`, or `self`), in MiB.
+pub fn peak_rss_mib_of(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
