@@ -206,6 +206,7 @@ pub async fn run(
         archive_p50_ms: percentile(&mut archived, 50.0),
         archive_p95_ms: percentile(&mut archived, 95.0),
         archive_p99_ms: percentile(&mut archived, 99.0),
+        kafka_p50_ms: kafka.then(|| percentile(&mut published, 50.0)),
         kafka_p99_ms: kafka.then(|| percentile(&mut published, 99.0)),
     })
 }

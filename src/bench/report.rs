@@ -75,6 +75,8 @@ pub struct LatencyResult {
     pub archive_p95_ms: f64,
     pub archive_p99_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka_p99_ms: Option<f64>,
 }
 
@@ -291,7 +293,7 @@ impl Results {
                 l.durable_p95_ms,
                 l.durable_p99_ms,
                 l.archive_p99_ms,
-                l.kafka_p99_ms.map_or(String::new(), |k| format!(", in Kafka p99 {k:.1} ms"))
+                l.kafka_p99_ms.map_or(String::new(), |k| format!(", in Kafka p50 {:.1} p99 {k:.1} ms", l.kafka_p50_ms.unwrap_or(f64::NAN)))
             );
         }
         if let Some(r) = &self.restore {
@@ -349,7 +351,7 @@ impl Results {
                 d.bytes_ratio_vs_wal2json
             );
         }
-        let _ = writeln!(md, "\n## Latency\n\n![latency]({latency})\n\n| offered tx/s | achieved | durable p50 / p95 / p99 ms | in the store p50 / p95 / p99 ms | in Kafka p99 ms |\n|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## Latency\n\n![latency]({latency})\n\n| offered tx/s | achieved | durable p50 / p95 / p99 ms | in the store p50 / p95 / p99 ms | in Kafka p50 / p99 ms |\n|---|---|---|---|---|");
         for l in self.latency.values() {
             let _ = writeln!(
                 md,
@@ -362,7 +364,10 @@ impl Results {
                 l.archive_p50_ms,
                 l.archive_p95_ms,
                 l.archive_p99_ms,
-                l.kafka_p99_ms.map_or("-".into(), |k| format!("{k:.1}"))
+                l.kafka_p99_ms.map_or("-".into(), |k| format!(
+                    "{:.1} / {k:.1}",
+                    l.kafka_p50_ms.unwrap_or(f64::NAN)
+                ))
             );
         }
         if let Some(r) = &self.restore {

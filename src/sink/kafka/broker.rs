@@ -35,7 +35,10 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+        // Never give up on a message, and stop rather than leave a gap: what a
+        // partition holds is then always a prefix of what was sent to it.
+        .set("message.timeout.ms", "0")
+        .set("enable.gapless.guarantee", "true");
     client.create()
 }
 

@@ -19,7 +19,8 @@
 //!   only if its position is past its partition's last one. With the prefix
 //!   property, that publishes exactly the events missing, once.
 //! - The watermark advances only when every event up to a transaction's end
-//!   is acknowledged, and is fsynced before the log may drop what it covers.
+//!   (or up to a Progress record, written while no transaction was open) is
+//!   acknowledged, and is fsynced before the log may drop what it covers.
 
 pub mod broker;
 pub mod envelope;
@@ -42,7 +43,7 @@ use crate::config::KafkaConfig;
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
 use crate::log::reader::LogTail;
 use crate::log::segment::{self, SegmentReader};
-use crate::log::LogError;
+use crate::log::{LogError, RecordKind};
 use crate::lsn::Lsn;
 use crate::source::setup::TableName;
 
@@ -191,7 +192,13 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
         let mut settled = Instant::now();
         loop {
             match tail.next_record()? {
-                Some((position, record)) => assembler.push(position, record, &mut sink)?,
+                Some((position, record)) => {
+                    let progress = (record.kind == RecordKind::Progress).then_some(record.lsn);
+                    assembler.push(position, record, &mut sink)?;
+                    if let Some(lsn) = progress {
+                        sink.passed(lsn);
+                    }
+                }
                 None => {
                     sink.settle(false)?;
                     settled = Instant::now();
@@ -372,6 +379,19 @@ impl KafkaSink {
                 .send_replace(start_segment(&self.log_dir, Some(lsn))?);
         }
         Ok(())
+    }
+
+    /// Notes a Progress record: capture wrote it while no transaction was
+    /// open, so every transaction ending at or before `lsn` is behind it in
+    /// the log. The watermark follows quiet stretches of WAL this way.
+    fn passed(&mut self, lsn: Lsn) {
+        let queued = self.pending.iter().rev().find_map(|p| match p {
+            Pending::TxnEnd(lsn) => Some(*lsn),
+            Pending::Delivery(_) => None,
+        });
+        if Some(lsn) > queued.max(self.delivered).max(self.skip_through) {
+            self.pending.push_back(Pending::TxnEnd(lsn));
+        }
     }
 
     /// Waits for the initial snapshot to be acknowledged, then goes on from its point.
