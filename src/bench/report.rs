@@ -262,6 +262,13 @@ impl Results {
         );
     }
 
+    /// The latency results, lowest rate first.
+    fn latencies(&self) -> Vec<&LatencyResult> {
+        let mut all: Vec<&LatencyResult> = self.latency.values().collect();
+        all.sort_by_key(|l| l.offered_tx_per_s);
+        all
+    }
+
     /// The table printed on stdout.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -285,10 +292,11 @@ impl Results {
                 d.changes_per_s, d.mb_per_s, d.pg_recvlogical_changes_per_s, d.wal2json_changes_per_s
             );
         }
-        for (rate, l) in &self.latency {
+        for l in self.latencies() {
             let _ = writeln!(
                 out,
-                "latency at {rate} tx/s: durable p50/p95/p99 {:.1}/{:.1}/{:.1} ms, in the store p99 {:.0} ms{}",
+                "latency at {} tx/s: durable p50/p95/p99 {:.1}/{:.1}/{:.1} ms, in the store p99 {:.0} ms{}",
+                l.offered_tx_per_s,
                 l.durable_p50_ms,
                 l.durable_p95_ms,
                 l.durable_p99_ms,
@@ -352,7 +360,7 @@ impl Results {
             );
         }
         let _ = writeln!(md, "\n## Latency\n\n![latency]({latency})\n\n| offered tx/s | achieved | durable p50 / p95 / p99 ms | in the store p50 / p95 / p99 ms | in Kafka p50 / p99 ms |\n|---|---|---|---|---|");
-        for l in self.latency.values() {
+        for l in self.latencies() {
             let _ = writeln!(
                 md,
                 "| {} | {:.0} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} / {:.0} | {} |",
@@ -398,7 +406,7 @@ impl Results {
         if let Some(k) = &self.kafka {
             let _ = writeln!(md, "\n## Kafka\n\n{} events in {:.2}s: {:.0} events/s; p99 commit→in-Kafka at 2000 tx/s: {}.", k.events, k.seconds, k.events_per_s, k.commit_to_kafka_p99_ms.map_or("not measured".into(), |p| format!("{p:.1} ms")));
         }
-        let _ = writeln!(md, "\n## Peak RSS\n\n| phase | MiB |\n|---|---|");
+        let _ = writeln!(md, "\n## Peak RSS\n\n`big_transaction` is a `tidemark capture` process of its own; the other phases run in the bench process, so their peaks include what earlier phases left allocated.\n\n| phase | MiB |\n|---|---|");
         for (phase, mib) in &self.memory.phases {
             let _ = writeln!(md, "| {phase} | {mib:.1} |");
         }
@@ -429,8 +437,8 @@ impl Results {
 
     fn latency_chart(&self) -> Document {
         let groups = self
-            .latency
-            .values()
+            .latencies()
+            .into_iter()
             .map(|l| {
                 (
                     format!("{} tx/s", l.offered_tx_per_s),
