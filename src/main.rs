@@ -65,6 +65,10 @@ enum Command {
         /// Write a markdown report here, with SVG charts beside it.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Where the logs and archives go while measuring: put it on the disk
+        /// capture would use (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Stream changes of the watched tables into the durable segment log, until SIGINT or SIGTERM.
     Capture {
@@ -270,6 +274,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             kafka_brokers,
             json,
             report,
+            dir,
         } => {
             use tidemark::bench;
             if rounds == 0 || changes == 0 || rate_seconds <= 0.0 {
@@ -277,10 +282,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "--rounds, --changes and --rate-seconds must be above zero"
                 )));
             }
-            let work = tempfile::tempdir().map_err(|e| Failure {
-                error: e.into(),
-                code: 1,
-            })?;
+            let work = match &dir {
+                Some(dir) => tempfile::tempdir_in(dir),
+                None => tempfile::tempdir(),
+            }
+            .map_err(|e| bad_input(anyhow::anyhow!("cannot make a work directory: {e}")))?;
             let options = bench::Options {
                 scenarios: if scenarios.is_empty() {
                     vec![bench::Scenario::Pgbench, bench::Scenario::Wide]

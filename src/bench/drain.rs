@@ -317,6 +317,8 @@ pub async fn run(
         )?;
         rounds.push(round);
     }
+    drop(client);
+    server.drop_database(DB).await?;
     Ok(DrainResult::from_rounds(scenario.name(), rounds))
 }
 
@@ -413,6 +415,8 @@ pub async fn kafka(server: &Server, options: &Options) -> Result<KafkaResult, Be
         until: |p| &p.published,
     };
     let drained = tidemark(server, &run, end, &options.work_dir.join("kafka-log")).await?;
+    drop(client);
+    server.drop_database(DB).await?;
     Ok(KafkaResult {
         events: changes,
         seconds: drained.seconds,

@@ -196,6 +196,8 @@ pub async fn run(
     for dir in [&archive_dir, &log_dir] {
         std::fs::remove_dir_all(dir)?;
     }
+    drop(client);
+    server.drop_database(DB).await?;
     Ok(LatencyResult {
         offered_tx_per_s: rate,
         achieved_tx_per_s: sent as f64 / offered_seconds,

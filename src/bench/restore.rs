@@ -157,7 +157,9 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
     let pg_restore_seconds = started.elapsed().as_secs_f64();
     std::fs::remove_file(&dump)?;
     drop(target);
+    drop(client);
     server.drop_database(TARGET).await?;
+    server.drop_database(SOURCE).await?;
     for dir in [&archive_dir, &log_dir] {
         std::fs::remove_dir_all(dir)?;
     }
