@@ -9,24 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use harness::{Capture, Fixture};
+use harness::{Capture, Fixture, Rng};
 use tidemark::log::{LogReader, RecordKind};
 
 const SCHEMA: &str = "
     CREATE TABLE payments (id bigserial PRIMARY KEY, amount numeric NOT NULL, note text);
     CREATE TABLE ledger (xid bigint PRIMARY KEY, changes int NOT NULL);
 ";
-
-/// A small deterministic generator; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
 
 async fn workload(url: String, stop: Arc<AtomicBool>, seed: u64) {
     let mut rng = Rng(seed | 1);
@@ -122,14 +111,7 @@ fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
     fx.wait_caught_up(Duration::from_secs(120));
     assert_eq!(capture.stop(), 0);
 
-    let ledger: BTreeMap<u64, u64> = fx
-        .psql("SELECT xid, changes FROM ledger ORDER BY xid")
-        .lines()
-        .map(|l| {
-            let (xid, changes) = l.split_once('|').unwrap();
-            (xid.parse().unwrap(), changes.parse().unwrap())
-        })
-        .collect();
+    let ledger = fx.ledger();
     assert!(
         ledger.len() > 50,
         "the workload committed enough transactions: {}",

@@ -7,7 +7,7 @@ mod harness;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use harness::{Broker, Fixture};
+use harness::{Broker, Fixture, Rng};
 use serde_json::{json, Value};
 
 /// Big and incompressible, so PostgreSQL stores it out of line (TOAST).
@@ -158,17 +158,6 @@ async fn changes_arrive_as_debezium_events_with_their_transactions() {
     assert_eq!(capture.stop(), 0);
 }
 
-/// A small deterministic generator; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
 /// Transactions of new accounts and version bumps, some streamed, some rolled
 /// back; the ledger (not watched) records each committed one's change count.
 async fn workload(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, seed: u64) {
@@ -259,14 +248,7 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
 
     let capture = fx.start_capture(&config);
     fx.wait_caught_up(Duration::from_secs(120));
-    let ledger: HashMap<u64, u64> = fx
-        .psql("SELECT xid, changes FROM ledger")
-        .lines()
-        .map(|l| {
-            let (xid, changes) = l.split_once('|').unwrap();
-            (xid.parse().unwrap(), changes.parse().unwrap())
-        })
-        .collect();
+    let ledger: HashMap<u64, u64> = fx.ledger().into_iter().collect();
     assert!(
         ledger.len() > 30,
         "committed transactions: {}",

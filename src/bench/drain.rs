@@ -352,7 +352,8 @@ pub async fn big_transaction(server: &Server, options: &Options) -> Result<f64, 
         &config,
         capture_toml(server, BIG_DB, &["public.big"], "big", &log_dir, ""),
     )?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    // This very binary, even if a newer build has replaced the file since.
+    let mut child = std::process::Command::new("/proc/self/exe")
         .args(["capture", "--config"])
         .arg(&config)
         .env("RUST_LOG", "error")

@@ -91,17 +91,7 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
 
     server.fresh_database(TARGET).await?;
     reset_peak_rss();
-    let request = Request {
-        to: Target::Latest,
-        predicate: None,
-        target_url: server.url(TARGET),
-        tables: Vec::new(),
-        dry_run: false,
-        data_only: false,
-        force: false,
-        into_source: false,
-        jobs: command::default_jobs(),
-    };
+    let request = Request::new(Target::Latest, &server.url(TARGET));
     let summary = command::run(
         &*store,
         &request,

@@ -107,6 +107,23 @@ pub struct Request {
     pub jobs: usize,
 }
 
+impl Request {
+    /// Everything restored to `to` into `target_url`, with the defaults.
+    pub fn new(to: Target, target_url: &str) -> Request {
+        Request {
+            to,
+            predicate: None,
+            target_url: target_url.to_string(),
+            tables: Vec::new(),
+            dry_run: false,
+            data_only: false,
+            force: false,
+            into_source: false,
+            jobs: default_jobs(),
+        }
+    }
+}
+
 /// One loading connection per CPU, at most 8: COPY is CPU-bound on both ends.
 pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().min(8))

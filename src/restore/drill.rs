@@ -130,17 +130,7 @@ pub async fn run(
     )?;
 
     let restoring = Instant::now();
-    let request = Request {
-        to: Target::Lsn(point),
-        predicate: None,
-        target_url: target_url.to_string(),
-        tables: Vec::new(),
-        dry_run: false,
-        data_only: false,
-        force: false,
-        into_source: false,
-        jobs: command::default_jobs(),
-    };
+    let request = Request::new(Target::Lsn(point), target_url);
     let summary = command::run(store, &request, work_dir, out, phases).await?;
     let rto = restoring.elapsed();
 

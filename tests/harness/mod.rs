@@ -89,6 +89,17 @@ impl Fixture {
         path
     }
 
+    /// The workload's ledger on the source: each committed transaction's xid and change count.
+    pub fn ledger(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.psql("SELECT xid, changes FROM ledger")
+            .lines()
+            .map(|l| {
+                let (xid, changes) = l.split_once('|').unwrap();
+                (xid.parse().unwrap(), changes.parse().unwrap())
+            })
+            .collect()
+    }
+
     pub fn slot(&self) -> String {
         format!("slot_{}", self.db)
     }
@@ -497,5 +508,17 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A small deterministic generator; tests print their seed so a failure can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
     }
 }
