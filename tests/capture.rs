@@ -118,7 +118,11 @@ fn the_flush_position_never_passes_the_log() {
         "ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'",
         fx.db
     ));
-    let config = fx.config(&["public.users", "public.payments"], "");
+    // Small segments, so the workload rolls several however fast it runs.
+    let config = fx.config(
+        &["public.users", "public.payments"],
+        "segment_size = \"4MiB\"",
+    );
     let capture = fx.start_capture(&config);
     let url = fx.url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

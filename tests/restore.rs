@@ -262,3 +262,44 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!((md5_in("t1", "payments"), md5_in("t1", "notes")), want2);
 }
+
+#[tokio::test]
+async fn a_prepared_transaction_counts_from_its_commit_prepared() {
+    let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY)");
+    let config = fx.config(
+        &["public.t"],
+        &format!(
+            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
+            fx.archive_url()
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
+        capture.logs().contains("base snapshot stored")
+    });
+    fx.psql("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'p1'");
+    fx.psql("INSERT INTO t VALUES (2)");
+    // Prepared before this point, committed after it.
+    let prepared = fx.psql("SELECT clock_timestamp()::text");
+    fx.psql("COMMIT PREPARED 'p1'");
+    let committed = fx.psql("SELECT clock_timestamp()::text");
+    // The window ends at the last archived commit: one more moves it past the point.
+    fx.psql("INSERT INTO t VALUES (3)");
+    fx.wait_caught_up(Duration::from_secs(30));
+    assert_eq!(capture.stop(), 0);
+
+    for (name, to, want) in [("p_before", &prepared, "2"), ("p_after", &committed, "1,2")] {
+        fx.psql(&format!("CREATE DATABASE {}_{name}", fx.db));
+        let url = fx.cluster.url(&format!("{}_{name}", fx.db));
+        let (code, stdout, stderr) = restore(&config, &["--to", to, "--target", &url]);
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        let ids = fx
+            .cluster
+            .psql(
+                &format!("{}_{name}", fx.db),
+                "SELECT string_agg(id::text, ',' ORDER BY id) FROM t",
+            )
+            .unwrap();
+        assert_eq!(ids, want, "restored to {to}");
+    }
+}

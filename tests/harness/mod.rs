@@ -14,7 +14,10 @@ use tidemark::cluster::Cluster;
 /// The cluster shared by every test in this binary.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| Cluster::start(&[]).expect("starting the throwaway PostgreSQL cluster"))
+    CLUSTER.get_or_init(|| {
+        Cluster::start(&[("max_prepared_transactions", "10")])
+            .expect("starting the throwaway PostgreSQL cluster")
+    })
 }
 
 /// A test's own database and tidemark setup inside a cluster.
