@@ -114,12 +114,32 @@ pub async fn run(
             async move { crate::capture::run_observed(&checked, stopped, observed).await },
         );
 
-    // Warm up: the slot exists and capture streams before the measured load.
+    // Warm up: capture streams from its slot, and a first transaction has
+    // gone all the way through, before the measured load.
+    let started = Instant::now();
+    while client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lat' AND active",
+            &[],
+        )
+        .await?
+        .is_none()
+    {
+        if started.elapsed() > SETTLE_WAIT || capture.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client
         .batch_execute("INSERT INTO lat (note) VALUES ('warm-up')")
         .await?;
     let warm = current_lsn(&client).await?;
-    if !wait_for(&progress.durable, warm).await {
+    let kafka = options.kafka_brokers.is_some();
+    // With Kafka, the producer must be connected too: its first events wait
+    // for a producer id, which is start-up, not the feed's latency.
+    let ready = wait_for(&progress.durable, warm).await
+        && (!kafka || wait_for(&progress.published, warm).await);
+    if !ready {
         return Err(BenchError::Tool {
             tool: "tidemark capture".into(),
             detail: "did not start streaming within a minute".into(),
@@ -153,7 +173,6 @@ pub async fn run(
     }
     let offered_seconds = started.elapsed().as_secs_f64();
     let end = current_lsn(&client).await?;
-    let kafka = options.kafka_brokers.is_some();
     let settled = wait_for(&progress.durable, end).await
         && wait_for(&progress.archived, end).await
         && (!kafka || wait_for(&progress.published, end).await);
