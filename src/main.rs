@@ -305,9 +305,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let results = bench::run(&options, &mut std::io::stderr())
                 .await
-                .map_err(|e| Failure {
-                    error: e.into(),
-                    code: 1,
+                .map_err(|e| {
+                    let code = match e {
+                        bench::BenchError::SourceUrl(_) => BAD_INPUT,
+                        _ => 1,
+                    };
+                    Failure {
+                        error: e.into(),
+                        code,
+                    }
                 })?;
             print!("{}", results.table());
             let write = |path: &PathBuf, result: std::io::Result<()>| {

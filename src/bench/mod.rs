@@ -103,10 +103,14 @@ impl Server {
             });
         };
         let config = tokio_postgres::Config::from_str(url)
-            .map_err(|_| BenchError::SourceUrl("not a PostgreSQL connection string".into()))?;
+            .map_err(|_| BenchError::SourceUrl(
+                "not a PostgreSQL connection string; write it as postgres://user:password@host:port/db".into(),
+            ))?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => return Err(BenchError::SourceUrl("give a TCP host".into())),
+            _ => return Err(BenchError::SourceUrl(
+                    "name a TCP host, e.g. postgres://user@127.0.0.1:5432/db (Unix sockets are not supported)".into(),
+                )),
         };
         Ok(Server {
             _cluster: None,
