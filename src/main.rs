@@ -356,6 +356,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Capture { config } => {
             let checked = Config::load(&config).map_err(bad_input)?;
+            if let Some(kafka) = &checked.config.kafka {
+                tidemark::sink::kafka::broker::producer(kafka)
+                    .map(drop)
+                    .map_err(|e| {
+                        bad_input(anyhow::anyhow!(
+                            "[kafka] settings refused by librdkafka: {e}; fix or remove that key"
+                        ))
+                    })?;
+            }
             tidemark::telemetry::install(checked.config.metrics.listen).map_err(bad_input)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {

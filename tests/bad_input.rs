@@ -236,3 +236,14 @@ fn a_metrics_port_in_use() {
         "{error}"
     );
 }
+
+#[test]
+fn a_kafka_setting_librdkafka_refuses() {
+    let fx = fixture_with_log();
+    let config = fx.config(
+        &["public.payments"],
+        "\n[kafka]\nbrokers = \"127.0.0.1:9\"\n\"security.protocol\" = \"hunter2-secret\"\n\"sasl.password\" = \"s3cret-pw\"\n",
+    );
+    let error = refused_without_damage(&fx, &config, &["hunter2-secret", "s3cret-pw"]);
+    assert!(error.contains("security.protocol"), "{error}");
+}

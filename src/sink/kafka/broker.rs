@@ -28,6 +28,31 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// Creates a client; librdkafka's complaint about a setting may quote its
+/// value, so every configured value is blanked out of the error.
+fn create<T: rdkafka::config::FromClientConfig>(
+    config: &KafkaConfig,
+    client: &ClientConfig,
+) -> Result<T, KafkaError> {
+    client.create().map_err(|e| match e {
+        KafkaError::ClientCreation(message) => KafkaError::ClientCreation(redact(config, &message)),
+        KafkaError::ClientConfig(code, description, key, _) => {
+            KafkaError::ClientConfig(code, redact(config, &description), key, "<redacted>".into())
+        }
+        other => other,
+    })
+}
+
+fn redact(config: &KafkaConfig, message: &str) -> String {
+    config
+        .settings
+        .values()
+        .filter(|v| !v.is_empty())
+        .fold(message.to_string(), |m, v| {
+            m.replace(v.as_str(), "<redacted>")
+        })
+}
+
 /// An idempotent producer: retries never duplicate or reorder within a partition.
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     let mut client = client_config(config);
@@ -39,7 +64,7 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
         // partition holds is then always a prefix of what was sent to it.
         .set("message.timeout.ms", "0")
         .set("enable.gapless.guarantee", "true");
-    client.create()
+    create(config, &client)
 }
 
 /// Creates the topics that are missing; returns every topic's partition count.
@@ -47,7 +72,7 @@ pub async fn ensure_topics(
     config: &KafkaConfig,
     topics: &[String],
 ) -> Result<HashMap<String, i32>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let admin: AdminClient<DefaultClientContext> = create(config, &client_config(config))?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
@@ -102,7 +127,7 @@ fn probe(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "50");
-    client.create()
+    create(config, &client)
 }
 
 /// The position header of the last message in each partition that has one.
@@ -165,4 +190,28 @@ pub fn last_positions(
         }
     }
     Ok(positions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_setting_never_shows_its_value() {
+        let mut config: KafkaConfig =
+            toml::from_str("brokers = \"127.0.0.1:1\"\n\"security.protocol\" = \"hunter2-secret\"")
+                .unwrap();
+        config
+            .settings
+            .insert("sasl.password".into(), "also-secret".into());
+        let error = producer(&config)
+            .err()
+            .expect("an invalid protocol is refused");
+        let text = error.to_string();
+        assert!(text.contains("security.protocol"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("also-secret"),
+            "{text}"
+        );
+    }
 }
