@@ -117,6 +117,47 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     assert_eq!(md5_in("t3", "payments"), latest_payments);
     assert_eq!(in_db("t3", "SELECT to_regclass('notes') IS NULL"), "t");
 
+    // One tenant back into live tables: its rows replaced by those at point 2,
+    // every other row left exactly as it is.
+    fx.cluster
+        .psql(
+            &format!("{}_t3", fx.db),
+            "UPDATE payments SET note = 'kept' WHERE kind IS DISTINCT FROM 'wire'; DELETE FROM payments WHERE kind = 'wire'",
+        )
+        .unwrap();
+    let others = |name: &str| {
+        in_db(name, "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t WHERE kind IS DISTINCT FROM 'wire'")
+    };
+    let others_before = others("t3");
+    let tenant = [
+        "--to",
+        &lsn2,
+        "--target",
+        &url3,
+        "--table",
+        "public.payments",
+        "--data-only",
+        "--where",
+        "kind = 'wire'",
+    ];
+    let (code, _, stderr) = restore(&config, &tenant);
+    assert_eq!(code, Some(2), "a table with rows needs --force: {stderr}");
+    let (code, stdout, stderr) = restore(&config, &[&tenant[..], &["--force"]].concat());
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        in_db("t3", "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t WHERE kind = 'wire'"),
+        want2_wire
+    );
+    assert_eq!(
+        others("t3"),
+        others_before,
+        "rows outside the predicate changed"
+    );
+    assert_eq!(
+        fx.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'tidemark_scratch%'"),
+        "0"
+    );
+
     // One tenant: the rows satisfying the predicate at point 2, and only those.
     let url5 = target("t5");
     let (code, stdout, stderr) = restore(

@@ -33,8 +33,8 @@ pub enum RestoreError {
         "table {table} in the target already holds rows; empty it, or add --force to replace them"
     )]
     TableNotEmpty { table: String },
-    #[error("--where with --data-only would replace one tenant's rows inside existing tables, which tidemark does not do yet; restore into an empty database and copy the rows across")]
-    WhereIntoExisting,
+    #[error("--where with --data-only rebuilds the tables in a scratch database first, and the target server refused to create it ({0}); grant CREATEDB, or restore into an empty database and copy the rows across")]
+    NoScratchDatabase(String),
     #[error("--where {predicate:?} does not apply to table {table}: {message}; write it in the columns of the restored tables")]
     BadPredicate {
         predicate: String,
@@ -249,6 +249,19 @@ pub async fn run(
         plan.snapshot.lsn,
         plan.snapshot.time
     )?;
+    if let (true, Some(predicate)) = (request.data_only, &request.predicate) {
+        let rebuilt = replace_matching_rows(
+            store, &plan, &schema, &tables, predicate, request, &client, work_dir, phases,
+        )
+        .await?;
+        summary.rows_loaded = rebuilt.rows_loaded;
+        summary.transactions = rebuilt.transactions;
+        summary.changes = rebuilt.changes;
+        summary.load_seconds = rebuilt.load_seconds;
+        summary.replay_seconds = rebuilt.replay_seconds;
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
     let scope = Scope {
         tables: Some(tables.clone()),
         data_only: request.data_only,
@@ -297,6 +310,103 @@ pub async fn run(
     summary.replay_seconds = rebuilt.replay_seconds;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// `--where` into existing tables: the tables are rebuilt in a scratch
+/// database on the target's server; then, in one transaction, the target's
+/// rows satisfying the predicate are deleted and the rebuilt rows satisfying
+/// it are copied in. Rows outside the predicate are never touched.
+#[allow(clippy::too_many_arguments)]
+async fn replace_matching_rows(
+    store: &dyn ObjectStore,
+    plan: &Plan,
+    schema: &crate::archive::schema::SchemaSet,
+    tables: &[TableName],
+    predicate: &str,
+    request: &Request,
+    target: &tokio_postgres::Client,
+    work_dir: &Path,
+    phases: &Phases,
+) -> Result<rebuild::Rebuilt, RestoreError> {
+    let scratch = format!("tidemark_scratch_{}", std::process::id());
+    target
+        .batch_execute(&format!("CREATE DATABASE {scratch}"))
+        .await
+        .map_err(|e| RestoreError::NoScratchDatabase(db_message(&e)))?;
+    let mut config: tokio_postgres::Config = request
+        .target_url
+        .parse()
+        .map_err(|_| RestoreError::Connect("--target is not a connection string".into()))?;
+    config.dbname(&scratch);
+    let replaced = async {
+        let mut clients = Vec::new();
+        for _ in 0..request.jobs.max(1) {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            clients.push(std::sync::Arc::new(client));
+        }
+        let scope = Scope {
+            tables: Some(tables.to_vec()),
+            data_only: false,
+        };
+        let rebuilt =
+            rebuild::rebuild_scoped(store, plan, &clients, work_dir, &scope, phases).await?;
+        target.batch_execute("BEGIN").await?;
+        for table in tables {
+            let columns: Vec<String> = schema
+                .table(table)
+                .map(|t| {
+                    t.columns
+                        .iter()
+                        .filter(|c| c.generated.is_none())
+                        .map(|c| crate::source::setup::quote_ident(&c.name))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let bad_predicate = |e: tokio_postgres::Error| RestoreError::BadPredicate {
+                predicate: predicate.to_string(),
+                table: table.to_string(),
+                message: db_message(&e),
+            };
+            target
+                .batch_execute(&format!(
+                    "DELETE FROM {} WHERE ({predicate})",
+                    table.quoted()
+                ))
+                .await
+                .map_err(bad_predicate)?;
+            load::copy_across(
+                &clients[0],
+                &format!(
+                    "COPY (SELECT {} FROM {} WHERE ({predicate})) TO STDOUT (FORMAT binary)",
+                    columns.join(", "),
+                    table.quoted()
+                ),
+                target,
+                &format!(
+                    "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                    table.quoted(),
+                    columns.join(", ")
+                ),
+            )
+            .await?;
+        }
+        target.batch_execute("COMMIT").await?;
+        Ok::<_, RestoreError>(rebuilt)
+    }
+    .await;
+    if replaced.is_err() {
+        let _ = target.batch_execute("ROLLBACK").await;
+    }
+    target
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+        .await?;
+    replaced
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string())
 }
 
 async fn check_target(
@@ -348,9 +458,12 @@ async fn check_target(
                             table: table.to_string(),
                         });
                     }
-                    client
-                        .batch_execute(&format!("TRUNCATE {}", table.quoted()))
-                        .await?;
+                    // With --where only the matching rows are replaced, later.
+                    if request.predicate.is_none() {
+                        client
+                            .batch_execute(&format!("TRUNCATE {}", table.quoted()))
+                            .await?;
+                    }
                 }
             }
             (false, false) => {}

@@ -79,6 +79,24 @@ pub async fn connect_all(
     Ok(clients)
 }
 
+/// Streams `source_sql` (a `COPY ... TO STDOUT`) from one database into
+/// `target_sql` (a `COPY ... FROM STDIN`) on another, without holding it.
+pub async fn copy_across(
+    source: &tokio_postgres::Client,
+    source_sql: &str,
+    target: &tokio_postgres::Client,
+    target_sql: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    use futures_util::StreamExt;
+    let rows = source.copy_out(source_sql).await?;
+    let sink = target.copy_in(target_sql).await?;
+    futures_util::pin_mut!(rows, sink);
+    while let Some(chunk) = rows.next().await {
+        sink.send(chunk?).await?;
+    }
+    sink.finish().await
+}
+
 /// Loads snapshot tables with one worker per client, largest tables first so
 /// the last to finish is a small one. Returns the rows loaded.
 pub async fn load_tables(
