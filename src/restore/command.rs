@@ -155,6 +155,18 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+impl Summary {
+    /// Takes in what a rebuild did, and the wall time since `started`.
+    fn record(&mut self, rebuilt: &rebuild::Rebuilt, started: std::time::Instant) {
+        self.rows_loaded = rebuilt.rows_loaded;
+        self.transactions = rebuilt.transactions;
+        self.changes = rebuilt.changes;
+        self.load_seconds = rebuilt.load_seconds;
+        self.replay_seconds = rebuilt.replay_seconds;
+        self.seconds = started.elapsed().as_secs_f64();
+    }
+}
+
 /// Rates a restore reaches on a 2-core machine with a local target, measured
 /// by `tidemark bench`; they make --dry-run's estimate.
 const REFERENCE_LOAD_BYTES_PER_S: f64 = 150e6;
@@ -254,12 +266,7 @@ pub async fn run(
             store, &plan, &schema, &tables, predicate, request, &client, work_dir, phases,
         )
         .await?;
-        summary.rows_loaded = rebuilt.rows_loaded;
-        summary.transactions = rebuilt.transactions;
-        summary.changes = rebuilt.changes;
-        summary.load_seconds = rebuilt.load_seconds;
-        summary.replay_seconds = rebuilt.replay_seconds;
-        summary.seconds = started.elapsed().as_secs_f64();
+        summary.record(&rebuilt, started);
         return Ok(summary);
     }
     let scope = Scope {
@@ -303,12 +310,7 @@ pub async fn run(
         bar.inc(1);
     }
     bar.finish();
-    summary.rows_loaded = rebuilt.rows_loaded;
-    summary.transactions = rebuilt.transactions;
-    summary.changes = rebuilt.changes;
-    summary.load_seconds = rebuilt.load_seconds;
-    summary.replay_seconds = rebuilt.replay_seconds;
-    summary.seconds = started.elapsed().as_secs_f64();
+    summary.record(&rebuilt, started);
     Ok(summary)
 }
 
