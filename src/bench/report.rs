@@ -155,7 +155,7 @@ pub struct Results {
 impl Results {
     pub fn new(options: &Options) -> Results {
         Results {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: shown_command(std::env::args()),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             rounds: options.rounds,
             capture: CaptureSummary::default(),
@@ -455,6 +455,27 @@ impl Results {
     }
 }
 
+/// The command line as the report shows it: `--source-url` may carry a
+/// password, so its value is never written out.
+fn shown_command(args: impl Iterator<Item = String>) -> String {
+    let mut shown = Vec::new();
+    let mut hide_next = false;
+    for arg in args {
+        if hide_next {
+            shown.push("<source-url>".to_string());
+            hide_next = false;
+        } else if arg == "--source-url" {
+            hide_next = true;
+            shown.push(arg);
+        } else if arg.starts_with("--source-url=") {
+            shown.push("--source-url=<source-url>".to_string());
+        } else {
+            shown.push(arg);
+        }
+    }
+    shown.join(" ")
+}
+
 const COLORS: [&str; 3] = ["#2b6cb0", "#a0aec0", "#dd6b20"];
 
 /// Grouped bars, one color per series, values printed above the bars.
@@ -546,5 +567,28 @@ fn format_value(value: f64) -> String {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_url_never_reaches_the_report() {
+        let args = |line: &str| {
+            line.split(' ')
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let shown = shown_command(args(
+            "tidemark bench --source-url postgres://u:hunter2@db/app --rounds 1",
+        ));
+        assert_eq!(shown, "tidemark bench --source-url <source-url> --rounds 1");
+        let shown = shown_command(args(
+            "tidemark bench --source-url=postgres://u:hunter2@db/app",
+        ));
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }
