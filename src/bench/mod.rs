@@ -303,8 +303,7 @@ pub async fn run(
         "capture memory with a {} MiB transaction...",
         options.big_txn_mib
     )?;
-    results.memory.big_transaction_peak_rss_mib =
-        Some(drain::big_transaction(&server, options).await?);
+    results.memory.capture_peak_rss_mib = drain::big_transaction(&server, options).await?;
     for &rate in &options.rates {
         writeln!(out, "latency at {rate} tx/s...")?;
         results.latency.insert(

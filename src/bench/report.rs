@@ -112,8 +112,6 @@ pub struct Memory {
     /// Capture's peak RSS while draining one transaction of `big_transaction_mib`.
     pub capture_peak_rss_mib: f64,
     pub big_transaction_mib: u64,
-    #[serde(skip)]
-    pub big_transaction_peak_rss_mib: Option<f64>,
     /// Peak RSS of each phase.
     pub phases: BTreeMap<String, f64>,
 }
@@ -186,10 +184,9 @@ impl Results {
 
     /// Fills in the memory summary and checks each target.
     pub fn finish(&mut self) {
-        if let Some(big) = self.memory.big_transaction_peak_rss_mib {
-            self.memory.capture_peak_rss_mib = big;
-            self.memory.phases.insert("big_transaction".into(), big);
-        }
+        self.memory
+            .phases
+            .insert("big_transaction".into(), self.memory.capture_peak_rss_mib);
         if let Some(restore) = &self.restore {
             self.memory
                 .phases
@@ -221,7 +218,7 @@ impl Results {
         );
         let p99 = self.latency.get("2000").map(|l| l.durable_p99_ms);
         let copy = self.restore.as_ref().map(|r| r.ratio_vs_copy);
-        let rss = self.memory.big_transaction_peak_rss_mib;
+        let rss = Some(self.memory.capture_peak_rss_mib);
         let big_mib = self.memory.big_transaction_mib;
         check(
             "capture vs pg_recvlogical",
