@@ -94,6 +94,8 @@ const IN_FLIGHT: usize = 50_000;
 const TOAST_CACHE_BYTES: usize = 64 << 20;
 /// How often a caught-up feed looks for new records in the log.
 const TAIL_POLL: Duration = Duration::from_millis(10);
+/// How often an advancing watermark is made durable.
+const WATERMARK_EVERY: Duration = Duration::from_millis(250);
 /// How long a stopping feed waits for the broker to acknowledge what it sent.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -165,12 +167,12 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
         last,
         pending: VecDeque::new(),
         skip_through: delivered,
-        fresh: delivered.is_none(),
         skipping: false,
         index: 1,
         order: HashMap::new(),
         delivered,
         stored: delivered,
+        stored_at: Instant::now(),
         watermark,
         log_dir: feed.log_dir.clone(),
         retain_from: feed.retain_from.clone(),
@@ -263,14 +265,13 @@ struct KafkaSink {
     pending: VecDeque<Pending>,
     /// Transactions ending at or before this are in the broker already.
     skip_through: Option<Lsn>,
-    /// No watermark yet: the local log may begin inside a transaction.
-    fresh: bool,
     skipping: bool,
     /// The next change's index within its transaction.
     index: u32,
     order: HashMap<String, u64>,
     delivered: Option<Lsn>,
     stored: Option<Lsn>,
+    stored_at: Instant,
     watermark: Watermark,
     log_dir: PathBuf,
     retain_from: watch::Sender<u64>,
@@ -339,8 +340,8 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Takes in acknowledgements (waiting for all if `wait`), advances the
-    /// watermark, and lets the log drop what the feed no longer needs.
+    /// Takes in acknowledgements (waiting for all if `wait`) and advances the
+    /// watermark; makes it durable now and then, and always when waiting.
     fn settle(&mut self, wait: bool) -> Result<(), FeedError> {
         while let Some(front) = self.pending.front_mut() {
             match front {
@@ -364,20 +365,34 @@ impl KafkaSink {
                 }
             }
         }
-        if self.delivered > self.stored {
-            let lsn = self.delivered.expect("greater than something");
-            self.watermark
-                .store(lsn)
-                .map_err(|source| FeedError::Watermark {
-                    path: self.watermark.path().to_path_buf(),
-                    source,
-                })?;
-            self.stored = self.delivered;
+        if let Some(lsn) = self.delivered {
             metrics::gauge!(crate::telemetry::KAFKA_DELIVERED_LSN).set(lsn.0 as f64);
             self.progress.published.send_replace(lsn);
-            self.retain_from
-                .send_replace(start_segment(&self.log_dir, Some(lsn))?);
         }
+        if wait || self.stored_at.elapsed() >= WATERMARK_EVERY {
+            self.store_watermark()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the watermark durable and lets the log drop what it covers. Not
+    /// on every acknowledgement: each store is two fsyncs and a read of every
+    /// segment header, and a stale watermark only means re-reading a little
+    /// more of the log (the positions skip what the broker has).
+    fn store_watermark(&mut self) -> Result<(), FeedError> {
+        self.stored_at = Instant::now();
+        let Some(lsn) = self.delivered.filter(|_| self.delivered > self.stored) else {
+            return Ok(());
+        };
+        self.watermark
+            .store(lsn)
+            .map_err(|source| FeedError::Watermark {
+                path: self.watermark.path().to_path_buf(),
+                source,
+            })?;
+        self.stored = self.delivered;
+        self.retain_from
+            .send_replace(start_segment(&self.log_dir, Some(lsn))?);
         Ok(())
     }
 
@@ -399,7 +414,6 @@ impl KafkaSink {
         self.pending.push_back(Pending::TxnEnd(point));
         self.settle(true)?;
         self.skip_through = Some(point);
-        self.fresh = false;
         Ok(())
     }
 
@@ -410,11 +424,11 @@ impl KafkaSink {
         loop {
             self.settle(false)?;
             if self.pending.is_empty() {
-                return Ok(());
+                return self.store_watermark();
             }
             if started.elapsed() > STOP_WAIT {
                 tracing::warn!("the broker did not acknowledge the last events in time; the next start sends them again, without duplicates");
-                return Ok(());
+                return self.store_watermark();
             }
             std::thread::sleep(TAIL_POLL);
         }
@@ -475,7 +489,8 @@ impl TxnSink for KafkaSink {
         if self.skip_through.is_some_and(|lsn| txn.end_lsn <= lsn) {
             return Ok(());
         }
-        if self.fresh {
+        // No watermark yet: the local log may begin inside a transaction.
+        if self.skip_through.is_none() {
             tracing::warn!(xid = txn.xid, commit_lsn = %txn.commit_lsn, "the local log begins inside this transaction; the feed starts after it");
             return Ok(());
         }
