@@ -142,6 +142,24 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     ];
     let (code, _, stderr) = restore(&config, &tenant);
     assert_eq!(code, Some(2), "a table with rows needs --force: {stderr}");
+    // A predicate the target cannot evaluate leaves its rows as they were.
+    let everything = || {
+        in_db(
+            "t3",
+            "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t",
+        )
+    };
+    let before_bad = everything();
+    let mut bad = tenant.to_vec();
+    *bad.last_mut().unwrap() = "no_such_column = 1";
+    let (code, _, stderr) = restore(&config, &[&bad[..], &["--force"]].concat());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("does not apply to table"), "{stderr}");
+    assert_eq!(
+        everything(),
+        before_bad,
+        "a refused predicate changed the target"
+    );
     let (code, stdout, stderr) = restore(&config, &[&tenant[..], &["--force"]].concat());
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(
