@@ -78,6 +78,13 @@ pub trait TxnSink {
         }
         .into())
     }
+
+    /// Every transaction ending at or before `lsn` has been emitted (a
+    /// Progress record read while no transaction was open). Most sinks need
+    /// not care.
+    fn passed(&mut self, _lsn: Lsn) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 type Relations = HashMap<u32, Arc<Relation>>;
@@ -166,7 +173,13 @@ impl Assembler {
                 self.main_relations.clear();
                 return Ok(());
             }
-            RecordKind::Progress | RecordKind::Seal => return Ok(()),
+            RecordKind::Progress => {
+                if self.open.is_none() && self.in_block.is_none() {
+                    sink.passed(record.lsn)?;
+                }
+                return Ok(());
+            }
+            RecordKind::Seal => return Ok(()),
             RecordKind::Schema => {
                 if let Message::Relation(relation) = self.decode(position, &record, false)? {
                     self.main_relations.insert(relation.oid, Arc::new(relation));
@@ -573,6 +586,10 @@ mod tests {
         fn commit(&mut self, _: &TxnInfo) -> Result<(), LogError> {
             Ok(())
         }
+        fn passed(&mut self, lsn: Lsn) -> Result<(), LogError> {
+            self.0.push((0, format!("passed {lsn}")));
+            Ok(())
+        }
     }
 
     fn assemble(records: Vec<Record>) -> Vec<(u32, String)> {
@@ -626,6 +643,31 @@ mod tests {
                 (8, "t1".to_string()),
                 (7, "s1".to_string()),
                 (7, "s2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn progress_is_passed_on_only_while_no_transaction_is_open() {
+        let progress = |lsn| Record::marker(RecordKind::Progress, Lsn(lsn));
+        let records = vec![
+            progress(0x10),
+            wal(begin(8)),
+            progress(0x20),
+            wal(relation(None)),
+            wal(insert(None, "t1")),
+            wal(commit(50)),
+            wal(stream_start(7)),
+            progress(0x30),
+            wal(msg(|b| b.put_u8(b'E'))),
+            progress(0x40),
+        ];
+        assert_eq!(
+            assemble(records),
+            vec![
+                (0, "passed 0/10".to_string()),
+                (8, "t1".to_string()),
+                (0, "passed 0/40".to_string()),
             ]
         );
     }

@@ -43,7 +43,7 @@ use crate::config::KafkaConfig;
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
 use crate::log::reader::LogTail;
 use crate::log::segment::{self, SegmentReader};
-use crate::log::{LogError, RecordKind};
+use crate::log::LogError;
 use crate::lsn::Lsn;
 use crate::source::setup::TableName;
 
@@ -194,13 +194,7 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
         let mut settled = Instant::now();
         loop {
             match tail.next_record()? {
-                Some((position, record)) => {
-                    let progress = (record.kind == RecordKind::Progress).then_some(record.lsn);
-                    assembler.push(position, record, &mut sink)?;
-                    if let Some(lsn) = progress {
-                        sink.passed(lsn);
-                    }
-                }
+                Some((position, record)) => assembler.push(position, record, &mut sink)?,
                 None => {
                     sink.settle(false)?;
                     settled = Instant::now();
@@ -396,19 +390,6 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Notes a Progress record: capture wrote it while no transaction was
-    /// open, so every transaction ending at or before `lsn` is behind it in
-    /// the log. The watermark follows quiet stretches of WAL this way.
-    fn passed(&mut self, lsn: Lsn) {
-        let queued = self.pending.iter().rev().find_map(|p| match p {
-            Pending::TxnEnd(lsn) => Some(*lsn),
-            Pending::Delivery(_) => None,
-        });
-        if Some(lsn) > queued.max(self.delivered).max(self.skip_through) {
-            self.pending.push_back(Pending::TxnEnd(lsn));
-        }
-    }
-
     /// Waits for the initial snapshot to be acknowledged, then goes on from its point.
     fn settle_snapshot(&mut self, point: Lsn) -> Result<(), FeedError> {
         self.pending.push_back(Pending::TxnEnd(point));
@@ -481,6 +462,18 @@ impl TxnSink for KafkaSink {
                 self.publish(event)?;
             }
             self.pending.push_back(Pending::TxnEnd(txn.end_lsn));
+        }
+        Ok(())
+    }
+
+    /// The watermark follows quiet stretches of WAL this way.
+    fn passed(&mut self, lsn: Lsn) -> Result<(), FeedError> {
+        let queued = self.pending.iter().rev().find_map(|p| match p {
+            Pending::TxnEnd(lsn) => Some(*lsn),
+            Pending::Delivery(_) => None,
+        });
+        if Some(lsn) > queued.max(self.delivered).max(self.skip_through) {
+            self.pending.push_back(Pending::TxnEnd(lsn));
         }
         Ok(())
     }
