@@ -669,11 +669,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     code,
                 }
             })?;
-            if json {
-                print_json(&report);
-            } else {
-                print!("{report}");
-            }
+            print_report(json, &report);
             if report.pass {
                 Ok(())
             } else {
@@ -691,11 +687,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let report = tidemark::archive::verify::verify(&*store, deep, &std::env::temp_dir())
                 .await
                 .map_err(|e| archive_failure(e.into()))?;
-            if json {
-                print_json(&report);
-            } else {
-                print!("{report}");
-            }
+            print_report(json, &report);
             if report.ok {
                 Ok(())
             } else {
@@ -757,6 +749,15 @@ fn archive_failure(error: tidemark::archive::ArchiveError) -> Failure {
     Failure {
         error: error.into(),
         code,
+    }
+}
+
+/// A report as JSON, or as the text its Display gives.
+fn print_report(json: bool, report: &(impl serde::Serialize + std::fmt::Display)) {
+    if json {
+        print_json(report);
+    } else {
+        print!("{report}");
     }
 }
 
