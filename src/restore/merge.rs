@@ -150,7 +150,7 @@ impl TableBatch {
         let mut data = String::with_capacity(self.bytes);
         let mut partial: BTreeSet<String> = BTreeSet::new();
         for (key, net) in self.rows.drain() {
-            let (op, values) = match &net {
+            let (op, values) = match net {
                 Net::Deleted => {
                     let mut values = vec![TupleValue::Null; self.columns.len()];
                     for (&i, v) in self.key.iter().zip(key) {
@@ -158,7 +158,7 @@ impl TableBatch {
                     }
                     ('d', values)
                 }
-                Net::Row(values) => ('u', values.clone()),
+                Net::Row(values) => ('u', values),
             };
             let unchanged: Vec<&str> = values
                 .iter()
