@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tidemark::base::position::Lsn;
 use tidemark::log::{LogWriter, Record};
-use tidemark::lsn::Lsn;
 
 const RECORD: usize = 200;
 const TOTAL: usize = 16 << 20;

@@ -25,12 +25,15 @@ use tokio::sync::{watch, Notify};
 use crate::archive::manifest::SourceId;
 use crate::archive::uploader::{self, Uploader};
 use crate::archive::ArchiveError;
+use crate::base::exit::ExitCode;
+use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::retry::Retry;
+use crate::base::table::{quote_ident, quote_literal};
 use crate::config::Checked;
 use crate::log::record::finished_transaction;
 use crate::log::{Appender, LogError, LogWriter, Record, RecordKind};
-use crate::lsn::{Lsn, PgTimestamp};
 use crate::source::conn::{ReplicationConnection, StreamFrame};
-use crate::source::setup::{self, quote_ident, quote_literal, SourceSpec};
+use crate::source::setup::{self, SourceSpec};
 use crate::source::wire::{self, ServerFrame};
 use crate::source::SourceError;
 use crate::telemetry::{self, Progress};
@@ -45,6 +48,17 @@ pub enum CaptureError {
     Frame(#[from] wire::FrameError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+}
+
+impl CaptureError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CaptureError::Source(e) => e.exit_code(),
+            CaptureError::Log(e) => e.exit_code(),
+            CaptureError::Archive(e) => e.exit_code(),
+            CaptureError::Frame(_) => ExitCode::Failure,
+        }
+    }
 }
 
 impl CaptureError {
@@ -135,14 +149,14 @@ async fn capture(
     let mut archive: Option<Archive> = None;
     let mut log_empty = recovery.empty;
     let mut streamed_once = false;
-    let mut backoff = Duration::from_millis(500);
+    let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let session = Session::start(checked, writer, log_empty, &progress).await;
         let outcome = match session {
             Ok(mut session) => {
                 let streamed_before = streamed_once;
                 streamed_once = true;
-                backoff = Duration::from_millis(500);
+                retry.reset();
                 log_empty = false;
                 if store.is_none() && !streamed_before {
                     tracing::warn!("no [archive] configured: changes stay in the local log only");
@@ -188,13 +202,13 @@ async fn capture(
             Ok(lsn) => return Ok(lsn),
             Err((error, Some(returned))) if streamed_once && error.is_retryable() => {
                 metrics::counter!(telemetry::ERRORS, "kind" => "source").increment(1);
+                let backoff = retry.next_delay();
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "capture interrupted; reconnecting");
                 writer = returned;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(writer.durable_ack()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err((error, _)) => return Err(error),
         }
@@ -228,7 +242,7 @@ impl Archive {
     ) -> Archive {
         let sealed = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(uploader::compact_periodically(
+        tokio::spawn(crate::compact::compact_periodically(
             uploader.clone(),
             compact_interval,
             retention,

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::source::setup::TableName;
+use crate::base::exit::ExitCode;
+use crate::base::table::TableName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,6 +27,16 @@ pub enum ConfigError {
     },
     #[error("environment variable {name}: {message}")]
     Env { name: String, message: String },
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Invalid { .. } | ConfigError::Env { .. } => {
+                ExitCode::BadInput
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,8 +306,11 @@ impl Config {
             .source
             .tables
             .iter()
-            .map(|t| TableName::parse(t))
-            .collect();
+            .map(|t| {
+                t.parse::<TableName>()
+                    .map_err(|e| invalid(String::new(), format!("[source] tables: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
         if let Some(archive) = &config.archive {
             if !(archive.url.starts_with("file:///") || archive.url.starts_with("s3://")) {
                 return Err(invalid(

@@ -5,11 +5,12 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::base::exit::ExitCode;
+use crate::base::position::Lsn;
+use crate::base::table::TableName;
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
 use crate::log::LogError;
-use crate::lsn::Lsn;
 use crate::source::pgoutput::{OldTuple, Relation, Tuple, TupleValue};
-use crate::source::setup::TableName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -17,6 +18,15 @@ pub enum InspectError {
     Log(#[from] LogError),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+impl InspectError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            InspectError::Log(e) => e.exit_code(),
+            InspectError::Output(_) => ExitCode::Failure,
+        }
+    }
 }
 
 pub struct Filter {
@@ -31,7 +41,7 @@ pub struct ChangeLine {
     pub commit_lsn: String,
     pub lsn: String,
     pub xid: u32,
-    pub table: String,
+    pub table: TableName,
     pub op: &'static str,
     pub key: Option<Map<String, Value>>,
     pub new: Option<Map<String, Value>>,
@@ -72,7 +82,7 @@ impl<W: Write> TxnSink for Printer<W> {
         }
         for line in change_lines(txn, lsn, &change) {
             if let Some(table) = &self.filter.table {
-                if line.table != table.to_string() {
+                if line.table != *table {
                     continue;
                 }
             }
@@ -121,10 +131,6 @@ fn json_or_dash(map: &Option<Map<String, Value>>) -> String {
         .map_or_else(|| "-".to_string(), |m| Value::Object(m.clone()).to_string())
 }
 
-fn table_name(relation: &Relation) -> String {
-    format!("{}.{}", relation.namespace, relation.name)
-}
-
 /// The lines for one change: one per table (a truncate may name several).
 pub fn change_lines(txn: &TxnInfo, lsn: Lsn, change: &Change) -> Vec<ChangeLine> {
     let line = |relation: &Relation, op, key, new, old, unchanged_toast| ChangeLine {
@@ -132,7 +138,7 @@ pub fn change_lines(txn: &TxnInfo, lsn: Lsn, change: &Change) -> Vec<ChangeLine>
         commit_lsn: txn.commit_lsn.to_string(),
         lsn: lsn.to_string(),
         xid: txn.xid,
-        table: table_name(relation),
+        table: relation.table(),
         op,
         key,
         new,

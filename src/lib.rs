@@ -6,15 +6,17 @@
 //! See `docs/architecture.md`.
 
 pub mod archive;
+pub mod base;
 pub mod bench;
 pub mod capture;
 pub mod child;
-pub mod cluster;
+pub mod compact;
 pub mod config;
 pub mod inspect;
 pub mod log;
-pub mod lsn;
+pub mod ops;
 pub mod quickstart;
+pub mod replay;
 pub mod restore;
 pub mod sink;
 pub mod source;

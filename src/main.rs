@@ -1,12 +1,14 @@
-//! The `tidemark` binary: argument parsing, logging, signals and exit codes.
+//! The `tidemark` binary: parses arguments, dispatches to `ops`, prints the
+//! result, and turns a failure into one line and its exit code.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tidemark::config::Config;
-use tidemark::lsn::Lsn;
+use tidemark::base::position::{Lsn, PgTimestamp};
+use tidemark::base::table::TableName;
+use tidemark::ops::{self, OpError};
 
 #[derive(Parser)]
 #[command(
@@ -84,7 +86,7 @@ enum Command {
         from: Option<Lsn>,
         /// Only changes to this table (schema.name).
         #[arg(long)]
-        table: Option<String>,
+        table: Option<TableName>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -127,7 +129,7 @@ enum Command {
         target: Option<String>,
         /// Restore only this table (schema.name); repeatable.
         #[arg(long = "table")]
-        tables: Vec<String>,
+        tables: Vec<TableName>,
         /// Restore only the rows satisfying this SQL predicate, e.g. "org_id = 'clx123abc'".
         #[arg(long = "where")]
         predicate: Option<String>,
@@ -156,16 +158,16 @@ enum Command {
         config: PathBuf,
         /// The table (schema.name).
         #[arg(long)]
-        table: String,
+        table: TableName,
         /// Only this row: its key columns as JSON, e.g. '{"id": 42}'.
         #[arg(long)]
         key: Option<String>,
         /// From this time (RFC 3339 with a zone).
         #[arg(long)]
-        from: Option<tidemark::lsn::PgTimestamp>,
+        from: Option<PgTimestamp>,
         /// Until this time (RFC 3339 with a zone).
         #[arg(long)]
-        to: Option<tidemark::lsn::PgTimestamp>,
+        to: Option<PgTimestamp>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -196,15 +198,17 @@ enum Command {
     },
 }
 
-/// Exit code for input a person must fix: config, arguments, server state, files.
-const BAD_INPUT: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { BAD_INPUT } else { 0 });
+            let code = if e.use_stderr() {
+                tidemark::base::exit::ExitCode::BadInput.code()
+            } else {
+                0
+            };
+            return ExitCode::from(code);
         }
     };
     // The quickstart tells its own story; its logs stay quiet unless asked for.
@@ -220,15 +224,22 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("starting the tokio runtime");
-    match runtime.block_on(run(cli)) {
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(tidemark::base::exit::ExitCode::Failure.code());
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("error: {}", one_line(&failure.error));
-            ExitCode::from(failure.code)
+        Err(error) => {
+            let code = error.exit_code().code();
+            eprintln!("error: {}", one_line(&anyhow::Error::from(error)));
+            ExitCode::from(code)
         }
     }
 }
@@ -248,20 +259,8 @@ fn one_line(error: &anyhow::Error) -> String {
     text.replace('\n', " ")
 }
 
-struct Failure {
-    error: anyhow::Error,
-    code: u8,
-}
-
-fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        error: error.into(),
-        code: BAD_INPUT,
-    }
-}
-
-async fn run(cli: Cli) -> Result<(), Failure> {
-    match cli.command {
+async fn run(command: Command) -> Result<(), OpError> {
+    match command {
         Command::Bench {
             scenarios,
             changes,
@@ -276,20 +275,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             report,
             dir,
         } => {
-            use tidemark::bench;
-            if rounds == 0 || changes == 0 || rate_seconds <= 0.0 {
-                return Err(bad_input(anyhow::anyhow!(
-                    "--rounds, --changes and --rate-seconds must be above zero"
-                )));
-            }
-            let work = match &dir {
-                Some(dir) => tempfile::tempdir_in(dir),
-                None => tempfile::tempdir(),
-            }
-            .map_err(|e| bad_input(anyhow::anyhow!("cannot make a work directory: {e}")))?;
-            let options = bench::Options {
+            use tidemark::bench::{Options, Scenario};
+            let options = Options {
                 scenarios: if scenarios.is_empty() {
-                    vec![bench::Scenario::Pgbench, bench::Scenario::Wide]
+                    vec![Scenario::Pgbench, Scenario::Wide]
                 } else {
                     scenarios
                 },
@@ -301,206 +290,48 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 restore_rows,
                 source_url,
                 kafka_brokers,
-                work_dir: work.path().to_path_buf(),
+                work_dir: dir.unwrap_or_else(std::env::temp_dir),
             };
-            let results = bench::run(&options, &mut std::io::stderr())
-                .await
-                .map_err(|e| {
-                    let code = match e {
-                        bench::BenchError::SourceUrl(_) => BAD_INPUT,
-                        _ => 1,
-                    };
-                    Failure {
-                        error: e.into(),
-                        code,
-                    }
-                })?;
+            let outputs = ops::bench::Outputs { json, report };
+            let results = ops::bench::run(options, &outputs).await?;
             print!("{}", results.table());
-            let write = |path: &PathBuf, result: std::io::Result<()>| {
-                result
-                    .map_err(|e| bad_input(anyhow::anyhow!("cannot write {}: {e}", path.display())))
-            };
-            if let Some(path) = &json {
-                let text = serde_json::to_string_pretty(&results).expect("results serialize");
-                write(path, std::fs::write(path, text))?;
-            }
-            if let Some(path) = &report {
-                write(path, results.write_report(path))?;
-            }
             Ok(())
         }
-        Command::Quickstart { dir } => {
-            let temp;
-            let kept = dir.is_some();
-            let dir = match dir {
-                Some(dir) => {
-                    std::fs::create_dir_all(&dir)
-                        .map_err(|e| bad_input(anyhow::anyhow!("--dir {}: {e}", dir.display())))?;
-                    dir
-                }
-                None => {
-                    temp = tempfile::tempdir().map_err(|e| Failure {
-                        error: e.into(),
-                        code: 1,
-                    })?;
-                    temp.path().to_path_buf()
-                }
-            };
-            let mut stdout = std::io::stdout();
-            tidemark::quickstart::run(&dir, kept, &mut stdout)
-                .await
-                .map_err(|e| Failure {
-                    error: e.into(),
-                    code: 1,
-                })
-        }
-        Command::Capture { config } => {
-            let checked = Config::load(&config).map_err(bad_input)?;
-            if let Some(kafka) = &checked.config.kafka {
-                tidemark::sink::kafka::broker::producer(kafka)
-                    .map(drop)
-                    .map_err(|e| {
-                        bad_input(anyhow::anyhow!(
-                            "[kafka] settings refused by librdkafka: {e}; fix or remove that key"
-                        ))
-                    })?;
-            }
-            tidemark::telemetry::install(checked.config.metrics.listen).map_err(bad_input)?;
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                wait_for_stop_signal().await;
-                tracing::info!("stop requested; finishing");
-                let _ = stop.send(true);
-            });
-            tidemark::capture::run(&checked, stopped)
-                .await
-                .map(|_| ())
-                .map_err(bad_input)
-        }
+        Command::Quickstart { dir } => ops::quickstart::run(dir, &mut std::io::stdout()).await,
+        Command::Capture { config } => ops::capture::run(&config).await.map(drop),
         Command::Log {
             config,
             from,
             table,
             json,
         } => {
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let filter = tidemark::inspect::Filter {
-                from,
-                table: table
-                    .as_deref()
-                    .map(tidemark::source::setup::TableName::parse),
-            };
+            let filter = tidemark::inspect::Filter { from, table };
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            match tidemark::inspect::print(&checked.config.log.dir, filter, json, stdout) {
-                Err(tidemark::inspect::InspectError::Output(e))
-                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
-                {
-                    Ok(())
-                }
-                Err(
-                    e @ tidemark::inspect::InspectError::Log(tidemark::log::LogError::Missing {
-                        ..
-                    }),
-                ) => Err(bad_input(e)),
-                other => other
-                    .context("reading the log")
-                    .map_err(|error| Failure { error, code: 1 }),
-            }
+            ops::log::run(&config, filter, json, stdout)
         }
         Command::List { config, json } => {
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let store = open_archive(&checked.config).await?;
-            let latest = tidemark::archive::manifest::load_latest(&*store)
-                .await
-                .map_err(archive_failure)?;
-            let inventory = tidemark::archive::inventory::inventory(
-                latest.as_ref().map(|(k, m)| (k.as_str(), m)),
-            );
-            if json {
-                print_json(&inventory);
-            } else {
-                print!("{inventory}");
-            }
+            print_report(json, &ops::list::run(&config).await?);
             Ok(())
         }
         Command::Compact { config } => {
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let store = open_archive(&checked.config).await?;
-            let log_dir = &checked.config.log.dir;
-            std::fs::create_dir_all(log_dir)
-                .map_err(|e| bad_input(anyhow::anyhow!("log dir {}: {e}", log_dir.display())))?;
-            // One writer per archive: capture compacts by itself while it runs.
-            let _lock = tidemark::log::writer::lock_dir(log_dir).map_err(|e| match e {
-                tidemark::log::LogError::Locked { path } => bad_input(anyhow::anyhow!(
-                    "capture is running on {} and compacts every [archive] compact_interval; stop it first to compact by hand",
-                    path.display()
-                )),
-                other => bad_input(other),
-            })?;
-            let Some((_, manifest)) = tidemark::archive::manifest::load_latest(&*store)
-                .await
-                .map_err(archive_failure)?
-            else {
-                println!("The archive is empty; nothing to compact.");
-                return Ok(());
-            };
-            match tidemark::archive::compact::compact(store.clone(), &manifest, log_dir).await {
-                Ok(Some(done)) => {
-                    let lsn = done.snapshot.lsn;
-                    tidemark::archive::manifest::update(&*store, |m| {
-                        m.snapshots.push(done.snapshot)
-                    })
-                    .await
-                    .map_err(archive_failure)?;
-                    println!(
-                        "New base snapshot at {lsn}: {} transactions, {} changes applied to the previous one.",
-                        done.transactions, done.changes
-                    );
-                    Ok(())
-                }
-                Ok(None) => {
-                    println!("Nothing to compact: no snapshot yet, or no archived change after the newest one.");
-                    Ok(())
-                }
-                Err(error) => Err(Failure {
-                    error: error.into(),
-                    code: 1,
-                }),
+            match ops::compact::run(&config).await? {
+                Some(done) => println!(
+                    "New base snapshot at {}: {} transactions, {} changes applied to the previous one.",
+                    done.snapshot.lsn, done.transactions, done.changes
+                ),
+                None => println!("Nothing to compact: no snapshot yet, or no archived change after the newest one."),
             }
+            Ok(())
         }
         Command::Prune {
             config,
             dry_run,
             json,
         } => {
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let policy = checked.config.retention.clone().ok_or_else(|| {
-                bad_input(anyhow::anyhow!(
-                    "the config has no [retention] section; add one, e.g. window = \"7d\", daily = 7, weekly = 4, monthly = 6"
-                ))
-            })?;
-            let store = open_archive(&checked.config).await?;
-            let _lock = sole_writer(&checked.config.log.dir, "prunes after every compaction")?;
-            let Some((_, manifest)) = tidemark::archive::manifest::load_latest(&*store)
-                .await
-                .map_err(archive_failure)?
-            else {
+            let Some(plan) = ops::prune::run(&config, dry_run).await? else {
                 println!("The archive is empty; nothing to prune.");
                 return Ok(());
             };
-            let plan = tidemark::archive::retention::plan(
-                &manifest,
-                &policy,
-                tidemark::lsn::PgTimestamp::now(),
-            );
-            if !dry_run && !plan.is_empty() {
-                tidemark::archive::manifest::update(&*store, |m| plan.apply_to(m))
-                    .await
-                    .map_err(archive_failure)?;
-                tidemark::archive::retention::delete(&*store, &plan)
-                    .await
-                    .map_err(archive_failure)?;
-            }
             if json {
                 print_json(&plan);
             } else {
@@ -528,51 +359,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             jobs,
             json,
         } => {
-            use tidemark::restore::command;
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let store = open_archive(&checked.config).await?;
-            let to = command::parse_target(&to).map_err(bad_input)?;
+            use tidemark::restore::command::{parse_target, Request};
+            let to = parse_target(&to)?;
             let target_url = match (target, dry_run) {
                 (Some(url), _) => url,
                 (None, true) => String::new(),
-                (None, false) => return Err(bad_input(anyhow::anyhow!("--target is required: the database to restore into, e.g. postgres://user@host/recovered"))),
+                (None, false) => {
+                    return Err(OpError::Usage(
+                        "--target is required: the database to restore into, e.g. postgres://user@host/recovered".into(),
+                    ))
+                }
             };
-            let request = command::Request {
+            let request = Request {
                 to,
                 predicate,
                 target_url,
-                tables: tables
-                    .iter()
-                    .map(|t| tidemark::source::setup::TableName::parse(t))
-                    .collect(),
+                tables,
                 dry_run,
                 data_only,
                 force,
                 into_source: i_know_this_is_the_source,
-                jobs: jobs.unwrap_or_else(command::default_jobs),
+                jobs: jobs.unwrap_or_else(tidemark::replay::load::default_jobs),
             };
             // With --json, stdout carries only the JSON; progress goes to stderr.
-            let mut progress: Box<dyn std::io::Write> = if json {
-                Box::new(std::io::stderr())
-            } else {
-                Box::new(std::io::stdout())
-            };
-            let phases = tidemark::restore::progress::Phases::on_stderr();
-            let summary = command::run(
-                &*store,
-                &request,
-                &checked.config.log.dir,
-                &mut progress,
-                &phases,
-            )
-            .await
-            .map_err(|e| {
-                let code = if e.is_bad_input() { BAD_INPUT } else { 1 };
-                Failure {
-                    error: e.into(),
-                    code,
-                }
-            })?;
+            let summary = ops::restore::run(&config, &request, &mut progress_out(json)).await?;
             if json {
                 print_json(&summary);
             } else if dry_run {
@@ -586,7 +396,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     summary.changes,
                     summary.objects,
                     bytesize::ByteSize(summary.bytes),
-                    summary.tables.join(", "),
+                    summary.tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                     summary.estimated_seconds.unwrap_or_default()
                 );
             } else {
@@ -609,146 +419,44 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             to,
             json,
         } => {
-            use tidemark::restore::history;
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let store = open_archive(&checked.config).await?;
-            let query = history::Query {
-                table: tidemark::source::setup::TableName::parse(&table),
-                key: key
-                    .as_deref()
-                    .map(history::parse_key)
-                    .transpose()
-                    .map_err(bad_input)?,
+            use tidemark::restore::history::{parse_key, Query};
+            let key = key
+                .as_deref()
+                .map(parse_key)
+                .transpose()
+                .map_err(OpError::from)?;
+            let query = Query {
+                table,
+                key,
                 from,
                 to,
             };
             let stdout = std::io::BufWriter::new(std::io::stdout());
-            match history::run(&*store, &query, json, &checked.config.log.dir, stdout).await {
-                Ok(_) => Ok(()),
-                Err(history::HistoryError::Output(e))
-                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(Failure {
-                    error: e.into(),
-                    code: 1,
-                }),
-            }
+            ops::history::run(&config, &query, json, stdout).await
         }
         Command::Drill {
             config,
             target,
             json,
         } => {
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let store = open_archive(&checked.config).await?;
-            let mut progress: Box<dyn std::io::Write> = if json {
-                Box::new(std::io::stderr())
-            } else {
-                Box::new(std::io::stdout())
-            };
-            let report = tidemark::restore::drill::run(
-                &*store,
-                &checked.pg,
-                &target,
-                &checked.config.log.dir,
-                &mut progress,
-                &tidemark::restore::progress::Phases::on_stderr(),
-            )
-            .await
-            .map_err(|e| {
-                let code = match &e {
-                    tidemark::restore::drill::DrillError::Restore(r) if r.is_bad_input() => {
-                        BAD_INPUT
-                    }
-                    _ => 1,
-                };
-                Failure {
-                    error: e.into(),
-                    code,
-                }
-            })?;
+            let report = ops::drill::run(&config, &target, &mut progress_out(json)).await?;
             print_report(json, &report);
-            if report.pass {
-                Ok(())
-            } else {
-                Err(Failure {
-                    error: anyhow::anyhow!(
-                        "the drill found differences between the restore and the source"
-                    ),
-                    code: 1,
-                })
-            }
+            ops::drill::differences(&report)
         }
         Command::Verify { config, deep, json } => {
-            let checked = Config::load(&config).map_err(bad_input)?;
-            let store = open_archive(&checked.config).await?;
-            let report = tidemark::archive::verify::verify(&*store, deep, &std::env::temp_dir())
-                .await
-                .map_err(|e| archive_failure(e.into()))?;
+            let report = ops::verify::run(&config, deep).await?;
             print_report(json, &report);
-            if report.ok {
-                Ok(())
-            } else {
-                Err(Failure {
-                    error: anyhow::anyhow!(
-                        "the archive failed verification: {}",
-                        report
-                            .problems
-                            .iter()
-                            .map(|p| p.key.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    code: 1,
-                })
-            }
+            ops::verify::problems(&report)
         }
     }
 }
 
-/// The archive store a config names; a config without one is bad input.
-async fn open_archive(
-    config: &Config,
-) -> Result<std::sync::Arc<dyn tidemark::archive::store::ObjectStore>, Failure> {
-    let archive = config.archive.as_ref().ok_or_else(|| {
-        bad_input(anyhow::anyhow!(
-            "the config has no [archive] section; add one with url = \"file:///path\" or \"s3://bucket/prefix\""
-        ))
-    })?;
-    archive.open_store().await.map_err(bad_input)
-}
-
-/// Takes the log dir's lock, so this command is the archive's only writer;
-/// capture holds it while it runs and does `what` by itself.
-fn sole_writer(log_dir: &std::path::Path, what: &str) -> Result<std::fs::File, Failure> {
-    std::fs::create_dir_all(log_dir)
-        .map_err(|e| bad_input(anyhow::anyhow!("log dir {}: {e}", log_dir.display())))?;
-    tidemark::log::writer::lock_dir(log_dir).map_err(|e| match e {
-        tidemark::log::LogError::Locked { path } => bad_input(anyhow::anyhow!(
-            "capture is running on {} and {what}; stop it first to do this by hand",
-            path.display()
-        )),
-        other => bad_input(other),
-    })
-}
-
-/// Exit 2 for what a person must fix in the config or credentials, 1 for the rest.
-fn archive_failure(error: tidemark::archive::ArchiveError) -> Failure {
-    use tidemark::archive::{store::StoreError, ArchiveError};
-    let code = match &error {
-        ArchiveError::Store(StoreError::Refused { .. } | StoreError::BadUrl { .. }) => BAD_INPUT,
-        ArchiveError::Store(StoreError::Crypt(e))
-            if !matches!(e, tidemark::archive::crypt::CryptError::Damaged { .. }) =>
-        {
-            BAD_INPUT
-        }
-        _ => 1,
-    };
-    Failure {
-        error: error.into(),
-        code,
+/// Where progress goes: stdout, or stderr when stdout carries JSON.
+fn progress_out(json: bool) -> Box<dyn Write> {
+    if json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
     }
 }
 
@@ -762,17 +470,8 @@ fn print_report(json: bool, report: &(impl serde::Serialize + std::fmt::Display)
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("reports serialize")
-    );
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot print the report as JSON: {e}"),
     }
 }

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::archive::manifest;
-use crate::cluster::Cluster;
+use crate::base::exit::ExitCode;
+use crate::base::position::PgTimestamp;
 use crate::config::Config;
-use crate::lsn::PgTimestamp;
-use crate::restore::apply::Target;
-use crate::restore::rebuild;
+use crate::replay::apply::Target;
+use crate::replay::rebuild;
+use crate::replay::scratch::ScratchServer;
 
 const SCHEMA: &str = "
     CREATE TYPE payment_status AS ENUM ('pending', 'paid', 'refunded');
@@ -38,7 +39,7 @@ const TABLES: [&str; 3] = ["public.customers", "public.payments", "public.delive
 #[derive(Debug, thiserror::Error)]
 pub enum QuickstartError {
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
+    ScratchServer(#[from] crate::replay::scratch::ScratchError),
     #[error("quickstart database: {0}")]
     Sql(#[from] tokio_postgres::Error),
     #[error(transparent)]
@@ -55,6 +56,20 @@ pub enum QuickstartError {
     NoSnapshot,
     #[error("the restored tables differ from the source at the restore point: {0}")]
     Mismatch(String),
+}
+
+impl QuickstartError {
+    pub fn exit_code(&self) -> ExitCode {
+        use QuickstartError::*;
+        match self {
+            ScratchServer(e) => e.exit_code(),
+            Config(e) => e.exit_code(),
+            Capture(e) => e.exit_code(),
+            Archive(e) => e.exit_code(),
+            Rebuild(e) => e.exit_code(),
+            Sql(_) | Output(_) | NoSnapshot | Mismatch(_) => ExitCode::Failure,
+        }
+    }
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -82,7 +97,7 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
         out,
         "1. Starting a throwaway PostgreSQL cluster (wal_level = logical)..."
     )?;
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(&[]))
+    let cluster = tokio::task::spawn_blocking(|| ScratchServer::start(&[]))
         .await
         .expect("starting the cluster")?;
     cluster_sql(&cluster, "postgres", "CREATE DATABASE shop").await?;
@@ -251,6 +266,10 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
     Ok(())
 }
 
-async fn cluster_sql(cluster: &Cluster, db: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+async fn cluster_sql(
+    cluster: &ScratchServer,
+    db: &str,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
     connect(&cluster.url(db)).await?.batch_execute(sql).await
 }

@@ -8,12 +8,21 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::lsn::{Lsn, PgTimestamp};
+use crate::base::exit::ExitCode;
+use crate::base::position::{Lsn, PgTimestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("cannot serve metrics on {addr}: {reason}; set [metrics] listen to a free address, e.g. \"127.0.0.1:9818\"")]
     Listen { addr: SocketAddr, reason: String },
+}
+
+impl TelemetryError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            TelemetryError::Listen { .. } => ExitCode::BadInput,
+        }
+    }
 }
 
 pub const SLOT_LAG_BYTES: &str = "tidemark_slot_lag_bytes";
@@ -129,8 +138,7 @@ impl ChangeCounts {
             }
             Some(b'R' | b'T') => match decode(payload, in_block) {
                 Ok(Message::Relation(r)) => {
-                    self.names
-                        .insert(r.oid, format!("{}.{}", r.namespace, r.name));
+                    self.names.insert(r.oid, r.table().to_string());
                 }
                 Ok(Message::Truncate { relation_oids, .. }) => {
                     for oid in relation_oids {

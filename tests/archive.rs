@@ -11,9 +11,9 @@ use std::time::Duration;
 use harness::Fixture;
 use tidemark::archive::manifest::{self, Manifest};
 use tidemark::archive::store::{self, ObjectStore};
+use tidemark::base::position::Lsn;
 use tidemark::log::committed::{Assembler, Change, TxnInfo, TxnSink};
 use tidemark::log::LogError;
-use tidemark::lsn::Lsn;
 
 const SCHEMA: &str = "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric, note text)";
 
@@ -503,12 +503,11 @@ async fn an_encrypted_archive_is_unreadable_without_its_key() {
                 .as_str()
         )
     );
-    let plan =
-        tidemark::restore::rebuild::plan(&manifest, tidemark::restore::apply::Target::Latest)
-            .unwrap();
+    let plan = tidemark::replay::rebuild::plan(&manifest, tidemark::replay::apply::Target::Latest)
+        .unwrap();
     let target = Fixture::new("");
     let client = Arc::new(harness::connect(&target.url()).await);
-    tidemark::restore::rebuild::rebuild(&*store, &plan, &[client], target.dir.path())
+    tidemark::replay::rebuild::rebuild(&*store, &plan, &[client], target.dir.path())
         .await
         .unwrap();
     assert_eq!(target.psql(ROWS_MD5), fx.psql(ROWS_MD5));
@@ -607,7 +606,7 @@ async fn the_archived_schema_rebuilds_constraints_indexes_and_policies() {
     let client = harness::connect(&fx.url()).await;
     let tables: Vec<_> = ["public.owners", "public.accounts", "public.audit"]
         .iter()
-        .map(|t| tidemark::source::setup::TableName::parse(t))
+        .map(|t| t.parse::<tidemark::base::table::TableName>().unwrap())
         .collect();
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use harness::{Capture, Fixture};
-use tidemark::cluster::{Cluster, SUPERUSER_PASSWORD};
+use tidemark::replay::scratch::{ScratchServer, SUPERUSER_PASSWORD};
 
 const SCHEMA: &str = "
     CREATE TABLE payments (id int PRIMARY KEY, amount numeric);
@@ -96,8 +96,9 @@ fn an_unreachable_host() {
 
 #[test]
 fn wal_level_not_logical() {
-    static REPLICA: OnceLock<Cluster> = OnceLock::new();
-    let cluster = REPLICA.get_or_init(|| Cluster::start(&[("wal_level", "replica")]).unwrap());
+    static REPLICA: OnceLock<ScratchServer> = OnceLock::new();
+    let cluster =
+        REPLICA.get_or_init(|| ScratchServer::start(&[("wal_level", "replica")]).unwrap());
     let fx = Fixture::in_cluster(cluster, SCHEMA);
     let config = fx.config(&["public.payments"], "");
     let error = expect_refusal(&config, &[]);

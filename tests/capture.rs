@@ -99,7 +99,7 @@ fn a_restart_resumes_without_loss_or_duplicates() {
 
 /// The resume LSN of what is on disk right now (a superset of what is fsynced),
 /// from the newest segment whose header is complete: it carries the base.
-fn on_disk_resume(dir: &std::path::Path) -> tidemark::lsn::Lsn {
+fn on_disk_resume(dir: &std::path::Path) -> tidemark::base::position::Lsn {
     use tidemark::log::segment;
     segment::list(dir)
         .unwrap()
@@ -159,7 +159,7 @@ fn the_flush_position_never_passes_the_log() {
              AND pid = (SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}')",
             fx.slot()
         ));
-        if let Ok(reported) = reported.parse::<tidemark::lsn::Lsn>() {
+        if let Ok(reported) = reported.parse::<tidemark::base::position::Lsn>() {
             let on_disk = on_disk_resume(&fx.log_dir());
             assert!(
                 reported <= on_disk,
@@ -257,7 +257,7 @@ fn metrics_move_while_capture_runs_and_show_no_secret() {
     assert!(harness::sample(&after, "tidemark_log_bytes").unwrap() > 0.0);
     assert!(harness::sample(&after, "tidemark_slot_lag_bytes").is_some());
     assert!(harness::sample(&after, "tidemark_archive_head_age_seconds").is_some());
-    assert!(!after.contains(tidemark::cluster::SUPERUSER_PASSWORD));
+    assert!(!after.contains(tidemark::replay::scratch::SUPERUSER_PASSWORD));
     assert!(!after.contains("postgres://"));
     assert_eq!(capture.stop(), 0);
 }

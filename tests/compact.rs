@@ -94,10 +94,10 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
         ["id", "balance", "big", "m", "region"],
         "columns follow the source"
     );
-    tidemark::restore::load::create_tables(&client, &schema)
+    tidemark::replay::load::create_tables(&client, &schema)
         .await
         .unwrap();
-    tidemark::restore::load::load_tables(
+    tidemark::replay::load::load_tables(
         std::slice::from_ref(&client),
         &*store,
         compacted.tables.iter().collect(),
@@ -144,7 +144,7 @@ async fn restored_md5(
     store: &dyn tidemark::archive::store::ObjectStore,
     time: &str,
 ) -> Result<String, String> {
-    use tidemark::restore::{apply::Target, rebuild};
+    use tidemark::replay::{apply::Target, rebuild};
     let (_, manifest) = manifest::load_latest(store).await.unwrap().unwrap();
     let plan =
         rebuild::plan(&manifest, Target::Time(time.parse().unwrap())).map_err(|e| e.to_string())?;
@@ -197,8 +197,8 @@ async fn pruning_keeps_every_point_in_the_window_restorable() {
     assert_eq!(capture.stop(), 0);
 
     // A window that starts at Q.
-    let q: tidemark::lsn::PgTimestamp = q_time.parse().unwrap();
-    let now = tidemark::lsn::PgTimestamp::now();
+    let q: tidemark::base::position::PgTimestamp = q_time.parse().unwrap();
+    let now = tidemark::base::position::PgTimestamp::now();
     let window_ms = (now.0 - q.0) / 1000;
     let config = fx.config(
         &tables,
@@ -359,9 +359,8 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
     // Restore from the snapshot taken mid-transaction (hide any taken after the commit).
     let (_, mut manifest) = manifest::load_latest(&*store).await.unwrap().unwrap();
     manifest.snapshots.retain(|s| s.lsn < commit_lsn);
-    let plan =
-        tidemark::restore::rebuild::plan(&manifest, tidemark::restore::apply::Target::Latest)
-            .unwrap();
+    let plan = tidemark::replay::rebuild::plan(&manifest, tidemark::replay::apply::Target::Latest)
+        .unwrap();
     assert!(
         plan.snapshot.lsn > open_from,
         "the snapshot lies inside the open transaction"
@@ -369,7 +368,7 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
     assert!(plan.segments[0].start_lsn < plan.snapshot.lsn);
     let target = Fixture::new("");
     let restored = std::sync::Arc::new(harness::connect(&target.url()).await);
-    tidemark::restore::rebuild::rebuild(&*store, &plan, &[restored], target.dir.path())
+    tidemark::replay::rebuild::rebuild(&*store, &plan, &[restored], target.dir.path())
         .await
         .unwrap();
     for table in ["small", "big"] {

@@ -394,7 +394,7 @@ async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches
         );
         let list: Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
         list["window"]["latest"]["lsn"].as_str().is_some_and(|l| {
-            l.parse::<tidemark::lsn::Lsn>().unwrap() >= fx.confirmed_flush().unwrap()
+            l.parse::<tidemark::base::position::Lsn>().unwrap() >= fx.confirmed_flush().unwrap()
         })
     });
     harness::wait_for(

@@ -234,7 +234,7 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(
-            !stderr.contains(tidemark::cluster::SUPERUSER_PASSWORD),
+            !stderr.contains(tidemark::replay::scratch::SUPERUSER_PASSWORD),
             "{stderr}"
         );
     };

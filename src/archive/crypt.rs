@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 
+use crate::base::exit::ExitCode;
 use aead::stream::{DecryptorBE32, EncryptorBE32};
 use aes_gcm::aead::{KeyInit, OsRng};
 use aes_gcm::{AeadCore, Aes256Gcm};
@@ -36,6 +37,16 @@ pub enum CryptError {
     NoKey { object: String, found: String },
     #[error("{object} does not decrypt: it is damaged or was cut short")]
     Damaged { object: String },
+}
+
+impl CryptError {
+    pub fn exit_code(&self) -> ExitCode {
+        use CryptError::*;
+        match self {
+            KeyUnreadable(_) | KeyMalformed | WrongKey { .. } | NoKey { .. } => ExitCode::BadInput,
+            Damaged { .. } => ExitCode::Failure,
+        }
+    }
 }
 
 /// A loaded key. Its bytes are never printed: Debug shows only the id.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::manifest::Manifest;
-use crate::lsn::{Lsn, PgTimestamp};
+use crate::base::position::{Lsn, PgTimestamp};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Inventory {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::store::ObjectStore;
 use super::ArchiveError;
-use crate::lsn::{Lsn, PgTimestamp};
+use crate::base::position::{Lsn, PgTimestamp};
 
 pub const PREFIX: &str = "manifests/";
 pub const FORMAT: &str = "tidemark-manifest";
@@ -58,7 +58,7 @@ pub struct ObjectRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableObject {
-    pub table: String,
+    pub table: crate::base::table::TableName,
     pub key: String,
     /// The copied columns, in order (generated columns are not copied).
     pub columns: Vec<String>,

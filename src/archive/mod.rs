@@ -12,7 +12,6 @@
 //!   end. A break is reported as a gap, never bridged.
 //! - A local segment is deleted only after a manifest listing it is stored.
 
-pub mod compact;
 pub mod crypt;
 pub mod inventory;
 pub mod manifest;
@@ -23,6 +22,7 @@ pub mod store;
 pub mod uploader;
 pub mod verify;
 
+use crate::base::exit::ExitCode;
 use store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,19 @@ pub enum ArchiveError {
     Log(#[from] crate::log::LogError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+}
+
+impl ArchiveError {
+    pub fn exit_code(&self) -> ExitCode {
+        use ArchiveError::*;
+        match self {
+            Store(e) => e.exit_code(),
+            Log(e) => e.exit_code(),
+            Source(e) => e.exit_code(),
+            UnsupportedManifest { .. } | ForeignArchive { .. } => ExitCode::BadInput,
+            Corrupt { .. } | Missing { .. } => ExitCode::Failure,
+        }
+    }
 }
 
 impl ArchiveError {

@@ -16,7 +16,7 @@ use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{Manifest, SegmentEntry, SnapshotEntry};
-use crate::lsn::{Lsn, PgTimestamp};
+use crate::base::position::{Lsn, PgTimestamp};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

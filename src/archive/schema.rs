@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::setup::{quote_ident, TableName};
+use crate::base::table::{quote_ident, quote_literal, TableName};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,11 +272,7 @@ impl SchemaSet {
             ));
         }
         for e in &self.enums {
-            let labels: Vec<String> = e
-                .labels
-                .iter()
-                .map(|l| crate::source::setup::quote_literal(l))
-                .collect();
+            let labels: Vec<String> = e.labels.iter().map(|l| quote_literal(l)).collect();
             sql.push(format!(
                 "CREATE TYPE {}.{} AS ENUM ({})",
                 quote_ident(&e.schema),
@@ -441,10 +437,7 @@ impl SchemaSet {
 
 impl TableSchema {
     pub fn table_name(&self) -> TableName {
-        TableName {
-            schema: self.schema.clone(),
-            name: self.name.clone(),
-        }
+        TableName::new(&self.schema, &self.name)
     }
 
     /// `CREATE TABLE` with columns, types, defaults and NOT NULL; constraints,

@@ -21,12 +21,23 @@ use super::manifest::{sha256_hex, ObjectRef, SnapshotEntry, TableObject};
 use super::schema::{self, SchemaSet};
 use super::store::ObjectStore;
 use super::ArchiveError;
-use crate::lsn::PgTimestamp;
+use crate::base::position::PgTimestamp;
+use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::source::conn::{describe_target, ReplicationConnection};
-use crate::source::setup::{self, TableName};
+use crate::source::setup;
 use crate::source::SourceError;
 
 pub const PREFIX: &str = "snapshots/";
+
+/// The key of the schema object of the snapshot at `lsn`.
+pub fn schema_key(lsn: crate::base::position::Lsn) -> String {
+    format!("{PREFIX}{:016X}/schema.json", lsn.0)
+}
+
+/// The key of `table`'s rows in the snapshot at `lsn` (`proto/manifest.md`).
+pub fn table_key(lsn: crate::base::position::Lsn, table: &TableName) -> String {
+    format!("{PREFIX}{:016X}/{}.copy.zst", lsn.0, table.key_part())
+}
 
 /// Copies every table of `tables` and uploads the snapshot; returns its manifest entry.
 pub async fn take(
@@ -61,7 +72,7 @@ pub async fn take(
     };
     let schema_body =
         bytes::Bytes::from(serde_json::to_vec_pretty(&schema_set).expect("schemas serialize"));
-    let schema_key = format!("{PREFIX}{:016X}/schema.json", lsn.0);
+    let schema_key = schema_key(lsn);
     let schema_ref = ObjectRef {
         key: schema_key.clone(),
         size: schema_body.len() as u64,
@@ -82,10 +93,7 @@ pub async fn take(
         let (pg, store, snapshot_name) = (pg.clone(), store.clone(), snapshot_name.clone());
         let work_dir = work_dir.to_path_buf();
         let table = table.clone();
-        let key = format!(
-            "{PREFIX}{:016X}/{}.{}.copy.zst",
-            lsn.0, table.schema, table.name
-        );
+        let key = table_key(lsn, &table.table_name());
         workers.push(tokio::spawn(async move {
             let _permit = permit;
             let client = snapshot_client(&pg, &snapshot_name).await?;
@@ -133,7 +141,7 @@ async fn snapshot_client(
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            setup::quote_literal(snapshot)
+            quote_literal(snapshot)
         ))
         .await
         .map_err(|e| sql_error(e, pg))?;
@@ -178,7 +186,7 @@ pub async fn copy_table(
         .collect();
     let column_list = columns
         .iter()
-        .map(|c| setup::quote_ident(c))
+        .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
@@ -232,7 +240,7 @@ pub async fn copy_table(
     metadata.insert("sha256".to_string(), sha256.clone());
     store.put_file(key, temp.path(), &metadata).await?;
     Ok(TableObject {
-        table: table.table_name().to_string(),
+        table: table.table_name(),
         key: key.to_string(),
         columns,
         size,

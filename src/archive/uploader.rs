@@ -1,6 +1,7 @@
 //! Seals → uploads: archives every sealed local segment, then writes a new
 //! manifest listing them, then deletes the local copies.
 
+use crate::base::retry::Retry;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,9 +14,9 @@ use tokio::sync::{watch, Mutex, Notify};
 use super::manifest::{self, Manifest, SegmentEntry, SnapshotEntry, SourceId};
 use super::store::ObjectStore;
 use super::ArchiveError;
+use crate::base::position::{Lsn, PgTimestamp};
 use crate::log::segment;
 use crate::log::{LogError, SegmentIndex};
-use crate::lsn::{Lsn, PgTimestamp};
 
 pub const SEGMENT_PREFIX: &str = "segments/";
 
@@ -110,6 +111,11 @@ impl Uploader {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The log dir, where compaction keeps its work files.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -350,9 +356,9 @@ fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
 pub async fn snapshot_when_missing(
     uploader: Arc<Uploader>,
     pg: tokio_postgres::Config,
-    tables: Vec<crate::source::setup::TableName>,
+    tables: Vec<crate::base::table::TableName>,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let result = async {
             if !uploader.needs_snapshot().await? {
@@ -373,51 +379,13 @@ pub async fn snapshot_when_missing(
         match result {
             Ok(()) => return,
             Err(error) if error.is_retryable() => {
+                let backoff = retry.next_delay();
                 tracing::warn!(%error, retry_in_s = backoff.as_secs(), "base snapshot failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
             Err(error) => {
                 tracing::error!(%error, "base snapshot failed; the archive has no restore point until a snapshot succeeds (restart capture to retry)");
                 return;
-            }
-        }
-    }
-}
-
-/// Compacts every `interval` until `shutdown` (a new base snapshot from the
-/// archive alone), then prunes by `retention` if it is set.
-pub async fn compact_periodically(
-    uploader: Arc<Uploader>,
-    interval: Duration,
-    retention: Option<super::retention::RetentionPolicy>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-        let result = async {
-            let manifest = uploader.manifest().await?;
-            match super::compact::compact(uploader.store.clone(), &manifest, &uploader.log_dir)
-                .await?
-            {
-                Some(done) => Ok::<_, super::compact::CompactError>(
-                    uploader.add_snapshot(done.snapshot).await?,
-                ),
-                None => Ok(()),
-            }
-        }
-        .await;
-        if let Err(error) = result {
-            metrics::counter!(crate::telemetry::ERRORS, "kind" => "compaction").increment(1);
-            tracing::error!(%error, "compaction failed; the next interval retries");
-        }
-        if let Some(policy) = &retention {
-            if let Err(error) = uploader.prune(policy).await {
-                metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
-                tracing::error!(%error, "pruning failed; the next interval retries");
             }
         }
     }
@@ -431,24 +399,23 @@ pub async fn run(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = interval;
+    let mut retry = Retry::new(interval, Duration::from_secs(30).max(interval));
     loop {
         let wait = match uploader.archive_sealed().await {
             Ok(_) => {
-                backoff = interval;
+                retry.reset();
                 interval
             }
             Err(error) => {
                 metrics::counter!(crate::telemetry::UPLOAD_FAILURES).increment(1);
                 metrics::counter!(crate::telemetry::ERRORS, "kind" => "archive").increment(1);
+                let backoff = retry.next_delay();
                 if error.is_retryable() {
                     tracing::warn!(%error, retry_in_s = backoff.as_secs_f64(), "archive store unavailable; capture continues locally");
                 } else {
                     tracing::error!(%error, retry_in_s = backoff.as_secs_f64(), "archiving failed; capture continues locally");
                 }
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                wait
+                backoff
             }
         };
         tokio::select! {

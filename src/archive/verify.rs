@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::manifest::{self, Manifest};
 use super::store::{ObjectStore, StoreError};
+use crate::base::position::Lsn;
 use crate::log::record::RecordKind;
 use crate::log::segment::{self, SegmentReader};
-use crate::lsn::Lsn;
 use crate::source::pgoutput;
 
 #[derive(Debug, Default, Serialize)]

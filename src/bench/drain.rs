@@ -13,7 +13,7 @@ use super::{
     capture_config, capture_toml, current_lsn, median, peak_rss_mib, reset_peak_rss, BenchError,
     Options, Scenario, Server,
 };
-use crate::lsn::Lsn;
+use crate::base::position::Lsn;
 use crate::telemetry::Progress;
 
 const DB: &str = "tidemark_bench_drain";

@@ -8,8 +8,8 @@ use tokio::sync::watch;
 
 use super::report::LatencyResult;
 use super::{capture_config, current_lsn, percentile, BenchError, Options, Server};
+use crate::base::position::{Lsn, PgTimestamp};
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
-use crate::lsn::{Lsn, PgTimestamp};
 use crate::telemetry::Progress;
 
 const DB: &str = "tidemark_bench_latency";
@@ -197,7 +197,7 @@ pub async fn run(
         .map_err(std::io::Error::other)?
         .ok_or_else(|| std::io::Error::other("the latency archive is empty"))?;
     let segments = tempfile::tempdir_in(&options.work_dir)?;
-    crate::restore::load::fetch_segments(
+    crate::replay::load::fetch_segments(
         &*store,
         &manifest.segments,
         segments.path(),

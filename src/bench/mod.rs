@@ -24,13 +24,14 @@ pub mod restore;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::cluster::{Cluster, ClusterError};
-use crate::lsn::Lsn;
+use crate::base::exit::ExitCode;
+use crate::base::position::Lsn;
+use crate::replay::scratch::{ScratchError, ScratchServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Cluster(#[from] ClusterError),
+    ScratchServer(#[from] ScratchError),
     #[error("the bench database: {0}")]
     Sql(#[from] tokio_postgres::Error),
     #[error("{tool} failed: {detail}")]
@@ -45,6 +46,20 @@ pub enum BenchError {
     SourceUrl(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl BenchError {
+    pub fn exit_code(&self) -> ExitCode {
+        use BenchError::*;
+        match self {
+            SourceUrl(_) => ExitCode::BadInput,
+            ScratchServer(e) => e.exit_code(),
+            Capture(e) => e.exit_code(),
+            Restore(e) => e.exit_code(),
+            Config(e) => e.exit_code(),
+            Sql(_) | Tool { .. } | Io(_) => ExitCode::Failure,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -80,7 +95,7 @@ pub struct Options {
 /// The PostgreSQL server the bench runs against: a throwaway cluster of its
 /// own, or the user's (`--source-url`), where it works in databases it creates.
 pub struct Server {
-    _cluster: Option<Cluster>,
+    _cluster: Option<ScratchServer>,
     host: String,
     port: u16,
     user: String,
@@ -90,14 +105,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(source_url: Option<&str>) -> Result<Server, BenchError> {
-        let bin = crate::cluster::pg_bin_dir()?;
+        let bin = crate::replay::scratch::pg_bin_dir()?;
         let Some(url) = source_url else {
-            let cluster = Cluster::start(&[("autovacuum", "off"), ("max_wal_size", "4GB")])?;
+            let cluster = ScratchServer::start(&[("autovacuum", "off"), ("max_wal_size", "4GB")])?;
             return Ok(Server {
                 host: "127.0.0.1".into(),
                 port: cluster.port(),
                 user: "postgres".into(),
-                password: Some(crate::cluster::SUPERUSER_PASSWORD.into()),
+                password: Some(crate::replay::scratch::SUPERUSER_PASSWORD.into()),
                 bin,
                 _cluster: Some(cluster),
             });

@@ -13,7 +13,7 @@ use super::report::RestoreResult;
 use super::{
     capture_config, current_lsn, peak_rss_mib, reset_peak_rss, BenchError, Options, Server,
 };
-use crate::restore::apply::Target;
+use crate::replay::apply::Target;
 use crate::restore::command::{self, Request};
 use crate::telemetry::Progress;
 
@@ -97,7 +97,7 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
         &request,
         &options.work_dir,
         &mut std::io::sink(),
-        &crate::restore::progress::Phases::hidden(),
+        &crate::replay::progress::Phases::hidden(),
     )
     .await?;
     let restore_rss = peak_rss_mib();

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use super::reader::{LogReader, Position};
 use super::record::{Record, RecordKind};
 use super::LogError;
-use crate::lsn::{Lsn, PgTimestamp};
+use crate::base::position::{Lsn, PgTimestamp};
 use crate::source::pgoutput::{self, Message, OldTuple, Relation, Tuple};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

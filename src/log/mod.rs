@@ -27,6 +27,7 @@ pub mod record;
 pub mod segment;
 pub mod writer;
 
+use crate::base::exit::ExitCode;
 use std::path::PathBuf;
 
 pub use reader::{LogReader, Position};
@@ -64,7 +65,7 @@ pub enum LogError {
     #[error("transaction {xid} (commit {commit_lsn}) started before the segments read begin, so its changes cannot be applied whole; tidemark refuses rather than apply part of it")]
     Incomplete {
         xid: u32,
-        commit_lsn: crate::lsn::Lsn,
+        commit_lsn: crate::base::position::Lsn,
     },
     #[error("transaction {xid} changes relation {oid}, but no Relation message for it came first; the log is incomplete, rebuild it from the archive")]
     UnknownRelation { xid: u32, oid: u32 },
@@ -74,4 +75,23 @@ pub enum LogError {
         offset: u64,
         problem: crate::source::pgoutput::DecodeError,
     },
+}
+
+impl LogError {
+    pub fn exit_code(&self) -> ExitCode {
+        use LogError::*;
+        match self {
+            Dir { .. }
+            | Locked { .. }
+            | Missing { .. }
+            | NotASegment { .. }
+            | UnsupportedVersion { .. } => ExitCode::BadInput,
+            Io { .. }
+            | Corrupt { .. }
+            | NotSealed { .. }
+            | Incomplete { .. }
+            | UnknownRelation { .. }
+            | Decode { .. } => ExitCode::Failure,
+        }
+    }
 }

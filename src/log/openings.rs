@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::record::{Record, RecordKind};
-use crate::lsn::Lsn;
+use crate::base::position::Lsn;
 
 #[derive(Default)]
 pub struct Openings {

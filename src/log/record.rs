@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::lsn::{Lsn, PgTimestamp};
+use crate::base::position::{Lsn, PgTimestamp};
 
 pub const FRAME_HEADER: usize = 8;
 const BODY_HEADER: usize = 1 + 8;

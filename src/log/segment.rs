@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use super::record::{self, FrameError, Record, RecordKind, SegmentIndex, FRAME_HEADER};
 use super::LogError;
-use crate::lsn::Lsn;
+use crate::base::position::Lsn;
 
 pub const MAGIC: &[u8; 8] = b"TIDEMARK";
 pub const FORMAT_VERSION: u32 = 1;

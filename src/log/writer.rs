@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use super::record::{Record, SegmentIndex};
 use super::segment::{self, SegmentReader, Tail, HEADER_LEN};
 use super::LogError;
-use crate::lsn::Lsn;
+use crate::base::position::Lsn;
 
 /// Userspace buffer size: writes reach the kernel in chunks of about this much.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -503,7 +503,10 @@ mod tests {
             .unwrap()
             .expect("the first segment is sealed");
         assert_eq!(index.first_lsn, Some(Lsn(100)));
-        assert_eq!(index.first_commit_time, Some(crate::lsn::PgTimestamp(7)));
+        assert_eq!(
+            index.first_commit_time,
+            Some(crate::base::position::PgTimestamp(7))
+        );
         assert!(index.ack_lsn >= Lsn(150));
         let sealed_bytes = std::fs::read(first).unwrap();
 

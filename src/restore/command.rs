@@ -6,14 +6,15 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::apply::Target;
-use super::load;
-use super::progress::{Phases, Unit};
-use super::rebuild::{self, Plan, RebuildError, Scope};
 use crate::archive::manifest::{self, Manifest};
 use crate::archive::store::ObjectStore;
-use crate::lsn::{Lsn, PgTimestamp};
-use crate::source::setup::TableName;
+use crate::base::exit::ExitCode;
+use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::table::TableName;
+use crate::replay::apply::Target;
+use crate::replay::load;
+use crate::replay::progress::{Phases, Unit};
+use crate::replay::rebuild::{self, Plan, RebuildError, Scope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -51,6 +52,22 @@ pub enum RestoreError {
     Target(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Output(#[from] std::io::Error),
+}
+
+impl RestoreError {
+    pub fn exit_code(&self) -> ExitCode {
+        use RestoreError::*;
+        match self {
+            BadTarget(_) | EmptyArchive | UnknownTable { .. } | TargetIsSource { .. } => {
+                ExitCode::BadInput
+            }
+            TableExists { .. } | TableMissing { .. } | TableNotEmpty { .. } => ExitCode::BadInput,
+            NoScratchDatabase(_) | BadPredicate { .. } | Connect(_) => ExitCode::BadInput,
+            Rebuild(e) => e.exit_code(),
+            Archive(e) => e.exit_code(),
+            Target(_) | Output(_) => ExitCode::Failure,
+        }
+    }
 }
 
 impl RestoreError {
@@ -119,14 +136,9 @@ impl Request {
             data_only: false,
             force: false,
             into_source: false,
-            jobs: default_jobs(),
+            jobs: load::default_jobs(),
         }
     }
-}
-
-/// One loading connection per CPU, at most 8: COPY is CPU-bound on both ends.
-pub fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
 }
 
 /// What a restore will do (`--dry-run`) or did.
@@ -134,7 +146,7 @@ pub fn default_jobs() -> usize {
 pub struct Summary {
     pub snapshot_lsn: Lsn,
     pub snapshot_time: PgTimestamp,
-    pub tables: Vec<String>,
+    pub tables: Vec<TableName>,
     pub objects: usize,
     pub bytes: u64,
     pub segments: usize,
@@ -177,12 +189,12 @@ fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
         .snapshot
         .tables
         .iter()
-        .filter(|o| tables.contains(&TableName::parse(&o.table)))
+        .filter(|o| tables.contains(&o.table))
         .collect();
     Summary {
         snapshot_lsn: plan.snapshot.lsn,
         snapshot_time: plan.snapshot.time,
-        tables: tables.iter().map(|t| t.to_string()).collect(),
+        tables: tables.to_vec(),
         objects: 1 + objects.len() + plan.segments.len(),
         bytes: plan.snapshot.schema.size
             + objects.iter().map(|o| o.size).sum::<u64>()
@@ -361,7 +373,7 @@ async fn replace_matching_rows(
                     t.columns
                         .iter()
                         .filter(|c| c.generated.is_none())
-                        .map(|c| crate::source::setup::quote_ident(&c.name))
+                        .map(|c| crate::base::table::quote_ident(&c.name))
                         .collect()
                 })
                 .unwrap_or_default();

@@ -11,15 +11,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::apply::Target;
 use super::command::{self, Request, RestoreError};
-use super::progress::Phases;
 use crate::archive::inventory;
 use crate::archive::manifest;
 use crate::archive::store::ObjectStore;
-use crate::lsn::Lsn;
+use crate::base::exit::ExitCode;
+use crate::base::position::Lsn;
+use crate::base::table::{quote_literal, TableName};
+use crate::replay::apply::Target;
+use crate::replay::progress::Phases;
 use crate::source::conn::ReplicationConnection;
-use crate::source::setup::{self, TableName};
+use crate::source::setup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
@@ -37,9 +39,22 @@ pub enum DrillError {
     Output(#[from] std::io::Error),
 }
 
+impl DrillError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            DrillError::Restore(e) => e.exit_code(),
+            DrillError::Source(e) => e.exit_code(),
+            DrillError::Archive(e) => e.exit_code(),
+            DrillError::Sql(_) | DrillError::NotAdvancing(..) | DrillError::Output(_) => {
+                ExitCode::Failure
+            }
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct TableCheck {
-    pub table: String,
+    pub table: TableName,
     pub source_rows: i64,
     pub restored_rows: i64,
     pub matches: bool,
@@ -137,16 +152,15 @@ pub async fn run(
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            setup::quote_literal(&snapshot)
+            quote_literal(&snapshot)
         ))
         .await?;
     let (restored, connection) = tokio_postgres::connect(target_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let mut tables = Vec::new();
     for name in &summary.tables {
-        let table = TableName::parse(name);
-        let (source_rows, source_hash) = fingerprint(&client, &table).await?;
-        let (restored_rows, restored_hash) = fingerprint(&restored, &table).await?;
+        let (source_rows, source_hash) = fingerprint(&client, name).await?;
+        let (restored_rows, restored_hash) = fingerprint(&restored, name).await?;
         tables.push(TableCheck {
             table: name.clone(),
             source_rows,

@@ -7,14 +7,15 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::load;
 use crate::archive::manifest;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
+use crate::base::exit::ExitCode;
+use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::table::TableName;
 use crate::inspect::{change_lines, ChangeLine};
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
-use crate::lsn::{Lsn, PgTimestamp};
-use crate::source::setup::TableName;
+use crate::replay::load;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -26,6 +27,17 @@ pub enum HistoryError {
     Log(#[from] crate::log::LogError),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+impl HistoryError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            HistoryError::BadKey(_) => ExitCode::BadInput,
+            HistoryError::Archive(e) => e.exit_code(),
+            HistoryError::Log(e) => e.exit_code(),
+            HistoryError::Output(_) => ExitCode::Failure,
+        }
+    }
 }
 
 pub struct Query {
@@ -58,7 +70,6 @@ pub fn parse_key(text: &str) -> Result<Map<String, Value>, HistoryError> {
 
 struct Filter<'a, W: Write> {
     query: &'a Query,
-    table: String,
     json: bool,
     out: W,
     found: u64,
@@ -86,7 +97,7 @@ impl<W: Write> TxnSink for Filter<'_, W> {
             return Ok(());
         }
         for line in change_lines(txn, lsn, &change) {
-            if line.table != self.table {
+            if line.table != self.query.table {
                 continue;
             }
             if let Some(key) = &self.query.key {
@@ -153,7 +164,6 @@ pub async fn run(
     .await?;
     let mut filter = Filter {
         query,
-        table: query.table.to_string(),
         json,
         out,
         found: 0,

@@ -1,19 +1,9 @@
-//! Restore: rebuilds watched tables from a base snapshot plus the archived
-//! segments after it.
-//!
-//! Why the result is exact at a target: the snapshot holds every transaction
-//! whose commit record precedes its LSN, and none after. The segments after it
-//! hold every later transaction, whole, and the log reader yields each once,
-//! in commit order, dropping aborted and unfinished ones. The applier skips
-//! those the snapshot holds and stops at the first transaction past the
-//! target. Since commit order is the order the source applied them, replaying
-//! them in that order reproduces the source's state at the target.
+//! Restore: the operator's commands over `replay`. `tidemark restore` into a
+//! target database, `history` of a row, and `drill`, a measured rehearsal.
+//! Why a restore is exact is `replay`'s argument; this layer adds only what a
+//! target needs: checks before touching it, and the scope (`--table`,
+//! `--where`) of what is replaced.
 
-pub mod apply;
 pub mod command;
 pub mod drill;
 pub mod history;
-pub mod load;
-pub mod merge;
-pub mod progress;
-pub mod rebuild;

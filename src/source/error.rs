@@ -1,4 +1,5 @@
-use crate::lsn::Lsn;
+use crate::base::exit::ExitCode;
+use crate::base::position::Lsn;
 
 /// Errors from the source database. Retryable ones are worth a reconnect; the
 /// rest need a person to fix something, and say what.
@@ -63,6 +64,31 @@ pub enum SourceError {
     SlotBusy { slot: String, pid: i32 },
     #[error("catalog query failed: {0}")]
     Sql(String),
+}
+
+impl SourceError {
+    pub fn exit_code(&self) -> ExitCode {
+        use SourceError::*;
+        match self {
+            // Before capture has streamed once, a host that does not answer is a wrong url.
+            Unreachable { .. }
+            | AuthFailed { .. }
+            | PasswordMissing { .. }
+            | UnsupportedAuth(_) => ExitCode::BadInput,
+            WalLevel { .. }
+            | NoReplicationRole { .. }
+            | MissingTable { .. }
+            | NotATable { .. }
+            | NoReplicaIdentity { .. }
+            | NoSelect { .. } => ExitCode::BadInput,
+            SlotPlugin { .. }
+            | SlotDatabase { .. }
+            | SlotPhysical { .. }
+            | SlotAhead { .. }
+            | SlotBusy { .. } => ExitCode::BadInput,
+            Server { .. } | Protocol(_) | Io(_) | Closed | Sql(_) => ExitCode::Failure,
+        }
+    }
 }
 
 impl SourceError {

@@ -9,7 +9,7 @@
 
 use bytes::{Buf, Bytes};
 
-use crate::lsn::{Lsn, PgTimestamp};
+use crate::base::position::{Lsn, PgTimestamp};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -156,6 +156,13 @@ pub struct Relation {
     /// pg_class.relreplident: 'd' default (primary key), 'n' nothing, 'f' full, 'i' index.
     pub replica_identity: u8,
     pub columns: Vec<Column>,
+}
+
+impl Relation {
+    /// The table this relation describes.
+    pub fn table(&self) -> crate::base::table::TableName {
+        crate::base::table::TableName::new(&self.namespace, &self.name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,53 +1,11 @@
 //! Checks the source before capture, and creates the publication and slot it needs.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use super::conn::{describe_target, ReplicationConnection};
 use super::error::SourceError;
-use crate::lsn::Lsn;
-
-/// A watched table, `schema.name`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    /// Parses `schema.name`, or `name` in schema `public`.
-    pub fn parse(text: &str) -> TableName {
-        match text.split_once('.') {
-            Some((schema, name)) => TableName {
-                schema: schema.to_string(),
-                name: name.to_string(),
-            },
-            None => TableName {
-                schema: "public".to_string(),
-                name: text.to_string(),
-            },
-        }
-    }
-
-    /// The name quoted for use in SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+use crate::base::position::Lsn;
+use crate::base::table::{quote_ident, TableName};
 
 /// What the source looks like once checked and provisioned.
 pub struct Prepared {
@@ -365,13 +323,6 @@ fn parse_duration_ms(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn table_names_default_to_public_and_quote_safely() {
-        assert_eq!(TableName::parse("users").to_string(), "public.users");
-        let t = TableName::parse("billing.we\"ird");
-        assert_eq!(t.quoted(), "\"billing\".\"we\"\"ird\"");
-    }
 
     #[test]
     fn durations_as_postgres_prints_them() {

@@ -9,20 +9,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tidemark::cluster::Cluster;
+use tidemark::replay::scratch::ScratchServer;
 
 /// The cluster shared by every test in this binary.
-pub fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+pub fn cluster() -> &'static ScratchServer {
+    static CLUSTER: OnceLock<ScratchServer> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        Cluster::start(&[("max_prepared_transactions", "10")])
+        ScratchServer::start(&[("max_prepared_transactions", "10")])
             .expect("starting the throwaway PostgreSQL cluster")
     })
 }
 
 /// A test's own database and tidemark setup inside a cluster.
 pub struct Fixture {
-    pub cluster: &'static Cluster,
+    pub cluster: &'static ScratchServer,
     pub db: String,
     pub dir: tempfile::TempDir,
 }
@@ -33,7 +33,7 @@ impl Fixture {
         Fixture::in_cluster(cluster(), schema)
     }
 
-    pub fn in_cluster(cluster: &'static Cluster, schema: &str) -> Fixture {
+    pub fn in_cluster(cluster: &'static ScratchServer, schema: &str) -> Fixture {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let db = format!(
             "t{}_{}",
@@ -114,7 +114,7 @@ impl Fixture {
     }
 
     /// The slot's confirmed_flush_lsn.
-    pub fn confirmed_flush(&self) -> Option<tidemark::lsn::Lsn> {
+    pub fn confirmed_flush(&self) -> Option<tidemark::base::position::Lsn> {
         self.psql(&format!(
             "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
             self.slot()
@@ -123,7 +123,7 @@ impl Fixture {
         .ok()
     }
 
-    pub fn current_wal_lsn(&self) -> tidemark::lsn::Lsn {
+    pub fn current_wal_lsn(&self) -> tidemark::base::position::Lsn {
         self.psql("SELECT pg_current_wal_lsn()")
             .parse()
             .expect("an LSN")

@@ -11,6 +11,7 @@ pub mod s3;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::base::exit::ExitCode;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -38,6 +39,17 @@ pub enum StoreError {
     BadUrl { url: String },
     #[error(transparent)]
     Crypt(#[from] crate::archive::crypt::CryptError),
+}
+
+impl StoreError {
+    pub fn exit_code(&self) -> ExitCode {
+        use StoreError::*;
+        match self {
+            Refused { .. } | BadUrl { .. } => ExitCode::BadInput,
+            NotFound { .. } | Unavailable { .. } => ExitCode::Failure,
+            Crypt(e) => e.exit_code(),
+        }
+    }
 }
 
 impl StoreError {

@@ -10,8 +10,8 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::position::EventPosition;
+use crate::base::position::{Lsn, PgTimestamp};
 use crate::log::committed::{Change, TxnInfo};
-use crate::lsn::{Lsn, PgTimestamp};
 use crate::source::pgoutput::{Column, Relation, Tuple, TupleValue};
 
 /// How timestamps, dates and times are written.
@@ -163,7 +163,7 @@ impl Encoder {
         };
         let mut events = Vec::new();
         for relation in relations {
-            let table = format!("{}.{}", relation.namespace, relation.name);
+            let table = relation.table().to_string();
             // Like Debezium, a change of key is a delete of the old key and a create of the new.
             let records: Vec<(&str, Value, Value, Option<String>)> = match change {
                 Change::Insert { new, .. } => {
@@ -246,7 +246,7 @@ impl Encoder {
         point: Lsn,
         index: u32,
     ) -> Event {
-        let table = format!("{}.{}", relation.namespace, relation.name);
+        let table = relation.table().to_string();
         let key = self.key_of(relation, row);
         self.remember(&table, &key, row);
         let value = json!({

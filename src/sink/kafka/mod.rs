@@ -39,13 +39,14 @@ use tokio::sync::watch;
 
 use self::envelope::{Encoder, Event, Format};
 use self::position::{EventPosition, Watermark, HEADER};
+use crate::base::position::Lsn;
+use crate::base::retry::Retry;
+use crate::base::table::TableName;
 use crate::config::KafkaConfig;
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
 use crate::log::reader::LogTail;
 use crate::log::segment::{self, SegmentReader};
 use crate::log::LogError;
-use crate::lsn::Lsn;
-use crate::source::setup::TableName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -101,9 +102,10 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the feed until `shutdown`, starting a new session after broker trouble.
 pub async fn run(feed: Feed, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(500);
+    let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let outcome = session(&feed, shutdown.clone()).await;
+        let backoff = retry.next_delay();
         match outcome {
             Ok(()) => return,
             Err(error) if error.is_retryable() => {
@@ -120,7 +122,6 @@ pub async fn run(feed: Feed, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

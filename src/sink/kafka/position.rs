@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::lsn::Lsn;
+use crate::base::position::Lsn;
 
 /// The header that carries an event's position.
 pub const HEADER: &str = "tidemark.position";

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use super::{FeedError, KafkaSink};
 use crate::archive::schema;
-use crate::lsn::Lsn;
+use crate::base::position::Lsn;
+use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::source::conn::{describe_target, ReplicationConnection};
 use crate::source::pgoutput::{Column, Relation};
-use crate::source::setup::{self, quote_ident, quote_literal, TableName};
+use crate::source::setup;
 use crate::source::SourceError;
 
 /// How long the snapshot waits for capture to create its slot.
@@ -86,10 +87,7 @@ pub(super) fn publish(
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
-        let table = TableName {
-            schema: relation.namespace.clone(),
-            name: relation.name.clone(),
-        };
+        let table = relation.table();
         runtime
             .block_on(client.batch_execute(&format!(
                 "DECLARE tidemark_feed NO SCROLL CURSOR FOR SELECT {} FROM {}",

@@ -1,10 +1,14 @@
-//! A throwaway PostgreSQL cluster for tests, benchmarks and the quickstart:
-//! initdb into a temp dir, wal_level = logical, a free port on 127.0.0.1.
+//! The scratch server: a throwaway PostgreSQL that rebuilds run in.
+//! Compaction loads a snapshot and replays segments into one, and so does a
+//! `restore --where` into live tables; the quickstart, the bench and the
+//! tests start one as their source. initdb into a temp dir,
+//! wal_level = logical, a free port on 127.0.0.1.
 //!
 //! PostgreSQL refuses to run as root; as root, initdb and the server run as
 //! the `postgres` user on a directory that user owns. The server gets
 //! SIGKILL when the process that started it exits, so no run leaves one behind.
 
+use crate::base::exit::ExitCode;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -13,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
+pub enum ScratchError {
     #[error("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin; run scripts/setup.sh, or set TIDEMARK_PG_BIN")]
     NoBinaries,
     #[error("{what} failed: {detail}")]
@@ -22,10 +26,19 @@ pub enum ClusterError {
     Io(#[from] std::io::Error),
 }
 
+impl ScratchError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            ScratchError::NoBinaries => ExitCode::BadInput,
+            ScratchError::Command { .. } | ScratchError::Io(_) => ExitCode::Failure,
+        }
+    }
+}
+
 /// The superuser's password in every throwaway cluster (host connections use scram-sha-256).
 pub const SUPERUSER_PASSWORD: &str = "tidemark-throwaway-pw";
 
-pub struct Cluster {
+pub struct ScratchServer {
     root: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
@@ -34,12 +47,12 @@ pub struct Cluster {
 }
 
 /// The PostgreSQL binary directory: `TIDEMARK_PG_BIN`, else the newest under /usr/lib/postgresql.
-pub fn pg_bin_dir() -> Result<PathBuf, ClusterError> {
+pub fn pg_bin_dir() -> Result<PathBuf, ScratchError> {
     if let Ok(dir) = std::env::var("TIDEMARK_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .map_err(|_| ClusterError::NoBinaries)?
+        .map_err(|_| ScratchError::NoBinaries)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let version = e.file_name().to_str()?.parse().ok()?;
@@ -51,12 +64,12 @@ pub fn pg_bin_dir() -> Result<PathBuf, ClusterError> {
     versions
         .pop()
         .map(|(_, bin)| bin)
-        .ok_or(ClusterError::NoBinaries)
+        .ok_or(ScratchError::NoBinaries)
 }
 
-impl Cluster {
+impl ScratchServer {
     /// Starts a new cluster with extra `postgresql.conf` settings.
-    pub fn start(settings: &[(&str, &str)]) -> Result<Cluster, ClusterError> {
+    pub fn start(settings: &[(&str, &str)]) -> Result<ScratchServer, ScratchError> {
         let bin = pg_bin_dir()?;
         let owner = if unsafe { libc::geteuid() } == 0 {
             Some(postgres_ids()?)
@@ -68,7 +81,7 @@ impl Cluster {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(root.path(), Some(uid), Some(gid))?;
         }
-        let mut cluster = Cluster {
+        let mut cluster = ScratchServer {
             root,
             bin,
             port: 0,
@@ -144,7 +157,7 @@ impl Cluster {
     }
 
     /// Runs SQL through psql as the superuser and returns its unaligned, tuples-only output.
-    pub fn psql(&self, db: &str, sql: &str) -> Result<String, ClusterError> {
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, ScratchError> {
         let output = Command::new(self.bin.join("psql"))
             .args([
                 "-X",
@@ -162,7 +175,7 @@ impl Cluster {
             .env("PGPASSWORD", SUPERUSER_PASSWORD)
             .output()?;
         if !output.status.success() {
-            return Err(ClusterError::Command {
+            return Err(ScratchError::Command {
                 what: format!("psql -c {sql:?}"),
                 detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
             });
@@ -171,7 +184,7 @@ impl Cluster {
     }
 
     /// Adds a line at the top of pg_hba.conf and reloads.
-    pub fn prepend_hba(&self, line: &str) -> Result<(), ClusterError> {
+    pub fn prepend_hba(&self, line: &str) -> Result<(), ScratchError> {
         let path = self.data_dir().join("pg_hba.conf");
         let current = std::fs::read_to_string(&path)?;
         std::fs::write(&path, format!("{line}\n{current}"))?;
@@ -179,7 +192,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn chown(&self, path: &Path) -> Result<(), ClusterError> {
+    fn chown(&self, path: &Path) -> Result<(), ScratchError> {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
         }
@@ -193,10 +206,10 @@ impl Cluster {
         command.current_dir(self.root.path())
     }
 
-    fn run(&self, what: &str, command: &mut Command) -> Result<(), ClusterError> {
+    fn run(&self, what: &str, command: &mut Command) -> Result<(), ScratchError> {
         let output = self.as_owner(command).output()?;
         if !output.status.success() {
-            return Err(ClusterError::Command {
+            return Err(ScratchError::Command {
                 what: what.to_string(),
                 detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
             });
@@ -205,7 +218,7 @@ impl Cluster {
     }
 
     /// Starts the postmaster on a free port, retrying if another process takes the port first.
-    fn launch(&mut self) -> Result<(), ClusterError> {
+    fn launch(&mut self) -> Result<(), ScratchError> {
         let log_path = self.root.path().join("server.log");
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -233,7 +246,7 @@ impl Cluster {
             }
             last_error = std::fs::read_to_string(&log_path).unwrap_or_default();
         }
-        Err(ClusterError::Command {
+        Err(ScratchError::Command {
             what: "starting postgres".into(),
             detail: last_error.lines().last().unwrap_or("no log").to_string(),
         })
@@ -261,7 +274,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for ScratchServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.postmaster.take() {
             let _ = child.kill();
@@ -274,13 +287,13 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn postgres_ids() -> Result<(u32, u32), ClusterError> {
-    let id = |flag: &str| -> Result<u32, ClusterError> {
+fn postgres_ids() -> Result<(u32, u32), ScratchError> {
+    let id = |flag: &str| -> Result<u32, ScratchError> {
         let out = Command::new("id").args([flag, "postgres"]).output()?;
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .map_err(|_| ClusterError::Command {
+            .map_err(|_| ScratchError::Command {
                 what: "looking up the postgres user".into(),
                 detail: "running as root needs a `postgres` user to run the server; run scripts/setup.sh".into(),
             })

@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::merge::TableBatch;
+use crate::base::exit::ExitCode;
+use crate::base::position::Lsn;
+use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::log::committed::{Change, TxnInfo, TxnSink};
 use crate::log::LogError;
-use crate::lsn::Lsn;
 use crate::source::pgoutput::{Column, OldTuple, Relation, Tuple, TupleValue};
-use crate::source::setup::{quote_ident, quote_literal, TableName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -29,10 +30,19 @@ pub enum ApplyError {
     },
     #[error("table {table} gained column {column} of a type the archive cannot name (oid {oid})")]
     UnknownType {
-        table: String,
+        table: TableName,
         column: String,
         oid: u32,
     },
+}
+
+impl ApplyError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            ApplyError::Log(e) => e.exit_code(),
+            ApplyError::Target { .. } | ApplyError::UnknownType { .. } => ExitCode::Failure,
+        }
+    }
 }
 
 /// Which transactions to apply: those that commit after the base and finish at or before the target.
@@ -46,7 +56,7 @@ pub struct Bounds {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Lsn(Lsn),
-    Time(crate::lsn::PgTimestamp),
+    Time(crate::base::position::PgTimestamp),
     Latest,
 }
 
@@ -64,13 +74,13 @@ pub struct Applier<E: Executor> {
     executor: E,
     bounds: Bounds,
     /// Only these tables are applied; the columns each has on the target now, in order.
-    tables: HashMap<String, Vec<(String, u32)>>,
+    tables: HashMap<TableName, Vec<(String, u32)>>,
     /// Type names known from the snapshot's schema, for columns added later.
     type_names: HashMap<u32, String>,
     /// Statements to run in order: changes to keyless tables, truncates, schema changes.
     batch: String,
     /// The net effect pending on each keyed table; applied after `batch`.
-    pending: HashMap<String, TableBatch>,
+    pending: HashMap<TableName, TableBatch>,
     in_bounds: bool,
     pub applied_txns: u64,
     pub applied_changes: u64,
@@ -91,7 +101,7 @@ impl<E: Executor> Applier<E> {
     pub fn new(
         executor: E,
         bounds: Bounds,
-        tables: HashMap<String, Vec<(String, u32)>>,
+        tables: HashMap<TableName, Vec<(String, u32)>>,
         type_names: HashMap<u32, String>,
     ) -> Self {
         Applier {
@@ -133,10 +143,7 @@ impl<E: Executor> Applier<E> {
             .filter(|(_, p)| !p.is_empty())
             .enumerate()
         {
-            let statements = pending.take(
-                &TableName::parse(table).quoted(),
-                &format!("tidemark_stage_{i}"),
-            );
+            let statements = pending.take(&table.quoted(), &format!("tidemark_stage_{i}"));
             self.executor.execute(&statements.create).map_err(failed)?;
             self.executor
                 .copy_in(&statements.copy, statements.data)
@@ -147,7 +154,7 @@ impl<E: Executor> Applier<E> {
     }
 
     /// Queues a statement on `table`, after whatever net effect is pending on it.
-    fn statement(&mut self, txn: &TxnInfo, table: &str, sql: &str) -> Result<(), ApplyError> {
+    fn statement(&mut self, txn: &TxnInfo, table: &TableName, sql: &str) -> Result<(), ApplyError> {
         if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
             self.flush(txn)?;
         }
@@ -159,7 +166,7 @@ impl<E: Executor> Applier<E> {
     fn pending_for(
         &mut self,
         txn: &TxnInfo,
-        table: &str,
+        table: &TableName,
         relation: &Relation,
     ) -> Result<Option<&mut TableBatch>, ApplyError> {
         if self.pending.get(table).is_some_and(|p| !p.fits(relation)) {
@@ -168,7 +175,7 @@ impl<E: Executor> Applier<E> {
         }
         if !self.pending.contains_key(table) {
             match TableBatch::new(relation) {
-                Some(batch) => self.pending.insert(table.to_string(), batch),
+                Some(batch) => self.pending.insert(table.clone(), batch),
                 None => return Ok(None),
             };
         }
@@ -199,7 +206,7 @@ impl<E: Executor> Applier<E> {
     fn follow_schema(
         &mut self,
         txn: &TxnInfo,
-        table: &str,
+        table: &TableName,
         relation: &Relation,
     ) -> Result<(), ApplyError> {
         let current = self.tables.get(table).cloned().unwrap_or_default();
@@ -214,7 +221,7 @@ impl<E: Executor> Applier<E> {
             self.flush(txn)?;
         }
         self.pending.remove(table);
-        let quoted = TableName::parse(table).quoted();
+        let quoted = table.quoted();
         for (name, _) in &current {
             if !wanted.iter().any(|c| &c.name == name) {
                 self.batch += &format!("ALTER TABLE {quoted} DROP COLUMN {};\n", quote_ident(name));
@@ -237,7 +244,7 @@ impl<E: Executor> Applier<E> {
                 Some(name) => name.clone(),
                 None => {
                     return Err(ApplyError::UnknownType {
-                        table: table.to_string(),
+                        table: table.clone(),
                         column: column.name.clone(),
                         oid: column.type_oid,
                     })
@@ -249,7 +256,7 @@ impl<E: Executor> Applier<E> {
             );
         }
         self.tables.insert(
-            table.to_string(),
+            table.clone(),
             wanted
                 .iter()
                 .map(|c| (c.name.clone(), c.type_oid))
@@ -305,8 +312,8 @@ fn row_match(quoted: &str, relation: &Relation, old: Option<&OldTuple>, new: &Tu
 }
 
 /// One change as a statement that finds its row on the target.
-fn statement(table: &str, relation: &Relation, change: &Change) -> String {
-    let quoted = TableName::parse(table).quoted();
+fn statement(table: &TableName, relation: &Relation, change: &Change) -> String {
+    let quoted = table.quoted();
     match change {
         Change::Insert { new, .. } => {
             let (columns, values): (Vec<String>, Vec<String>) = relation
@@ -379,7 +386,7 @@ impl<E: Executor> TxnSink for Applier<E> {
             Change::Message { .. } => return Ok(()),
         };
         for relation in &relations {
-            let table = format!("{}.{}", relation.namespace, relation.name);
+            let table = relation.table();
             if !self.tables.contains_key(&table) {
                 continue;
             }
@@ -486,7 +493,7 @@ mod tests {
             xid: 7,
             commit_lsn: Lsn(commit),
             end_lsn: Lsn(end),
-            commit_time: crate::lsn::PgTimestamp(end as i64),
+            commit_time: crate::base::position::PgTimestamp(end as i64),
         }
     }
 
@@ -494,7 +501,7 @@ mod tests {
         let mut recorder = Recorder::default();
         {
             let tables = HashMap::from([(
-                "public.t".to_string(),
+                TableName::new("public", "t"),
                 vec![("id".to_string(), 25), ("v".to_string(), 25)],
             )]);
             let mut applier = Applier::new(

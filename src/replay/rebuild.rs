@@ -13,9 +13,10 @@ use crate::archive::manifest::{Manifest, SegmentEntry, SnapshotEntry};
 use crate::archive::schema::SchemaSet;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
+use crate::base::exit::ExitCode;
+use crate::base::position::Lsn;
+use crate::base::table::TableName;
 use crate::log::committed::Assembler;
-use crate::lsn::Lsn;
-use crate::source::setup::TableName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -35,6 +36,18 @@ pub enum RebuildError {
     Apply(#[from] ApplyError),
     #[error("the target database failed: {0}")]
     Target(#[from] tokio_postgres::Error),
+}
+
+impl RebuildError {
+    pub fn exit_code(&self) -> ExitCode {
+        use RebuildError::*;
+        match self {
+            NoSnapshot | OutsideWindow { .. } | MissingHistory { .. } => ExitCode::BadInput,
+            Archive(e) => e.exit_code(),
+            Apply(e) => e.exit_code(),
+            Target(_) => ExitCode::Failure,
+        }
+    }
 }
 
 /// What a rebuild reads: one snapshot and the segments after it.
@@ -229,7 +242,7 @@ pub async fn rebuild_scoped(
     let objects: Vec<_> = snapshot
         .tables
         .iter()
-        .filter(|o| schema.table(&TableName::parse(&o.table)).is_some())
+        .filter(|o| schema.table(&o.table).is_some())
         .collect();
     let bar = phases.bar(
         "snapshot load",
@@ -311,7 +324,7 @@ async fn replay<E: Executor + Send + 'static>(
     );
     load::fetch_segments(store, &plan.segments, segment_dir.path(), &bar).await?;
     bar.finish();
-    let tables: HashMap<String, Vec<(String, u32)>> = schema
+    let tables: HashMap<TableName, Vec<(String, u32)>> = schema
         .tables
         .iter()
         .map(|t| {
@@ -321,7 +334,7 @@ async fn replay<E: Executor + Send + 'static>(
                 .filter(|c| c.generated.is_none())
                 .map(|c| (c.name.clone(), c.type_oid))
                 .collect();
-            (t.table_name().to_string(), columns)
+            (t.table_name(), columns)
         })
         .collect();
     let type_names: HashMap<u32, String> = schema
@@ -365,7 +378,7 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::archive::manifest::test_entries::{segment, snapshot};
-    use crate::lsn::PgTimestamp;
+    use crate::base::position::PgTimestamp;
 
     fn manifest() -> Manifest {
         crate::archive::manifest::test_entries::manifest(

@@ -16,8 +16,8 @@ use std::fmt::Write;
 
 use bytes::Bytes;
 
+use crate::base::table::quote_ident;
 use crate::source::pgoutput::{OldTuple, Relation, Tuple, TupleValue};
-use crate::source::setup::quote_ident;
 
 /// What a key ends the batch as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,13 +160,7 @@ impl TableBatch {
                 }
                 Net::Row(values) => ('u', values),
             };
-            let unchanged: Vec<&str> = values
-                .iter()
-                .zip(&columns)
-                .filter(|(v, _)| **v == TupleValue::UnchangedToast)
-                .map(|(_, c)| c.as_str())
-                .collect();
-            let unchanged = unchanged.join(",");
+            let unchanged = unchanged_mask(&values);
             data.push(op);
             data.push('\t');
             copy_text(&mut data, unchanged.as_bytes());
@@ -193,17 +187,17 @@ impl TableBatch {
              INSERT INTO {table} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {stage} WHERE tidemark_op = 'u' AND tidemark_unchanged = '';\n"
         );
         for unchanged in partial {
-            let kept: Vec<&str> = unchanged.split(',').collect();
             let sets: Vec<String> = columns
                 .iter()
-                .filter(|c| !kept.contains(&c.as_str()))
-                .map(|c| format!("{c} = s.{c}"))
+                .zip(unchanged.bytes())
+                .filter(|&(_, flag)| flag != UNCHANGED)
+                .map(|(c, _)| format!("{c} = s.{c}"))
                 .collect();
             let _ = writeln!(
                 merge,
                 "UPDATE {table} t SET {} FROM {stage} s WHERE s.tidemark_unchanged = {} AND {key_match};",
                 sets.join(", "),
-                crate::source::setup::quote_literal(&unchanged)
+                crate::base::table::quote_literal(&unchanged)
             );
         }
         merge += &format!("DROP TABLE {stage};\n");
@@ -216,6 +210,27 @@ impl TableBatch {
             merge,
         }
     }
+}
+
+const UNCHANGED: u8 = b'u';
+
+/// Which columns an update left as they were: one character per column,
+/// `u` where the value is unchanged TOAST, `.` elsewhere; empty when none is.
+/// Positions, not names, so no column name can be misread as two.
+fn unchanged_mask(values: &[TupleValue]) -> String {
+    if !values.contains(&TupleValue::UnchangedToast) {
+        return String::new();
+    }
+    values
+        .iter()
+        .map(|v| {
+            if *v == TupleValue::UnchangedToast {
+                char::from(UNCHANGED)
+            } else {
+                '.'
+            }
+        })
+        .collect()
 }
 
 /// One table's batch as SQL: create the stage, COPY `data` into it, merge.
@@ -310,11 +325,11 @@ mod tests {
             vec![
                 "d\t\t2\t\\N\t\\N",
                 "u\t\t1\tb1\t2",
-                "u\t\"big\"\t3\t\\N\ttab\\there",
+                "u\t.u.\t3\t\\N\ttab\\there",
             ]
         );
         assert!(
-            merge.contains(r#"UPDATE "public"."t" t SET "id" = s."id", "n" = s."n" FROM stage s WHERE s.tidemark_unchanged = '"big"' AND t."id" = s."id";"#),
+            merge.contains(r#"UPDATE "public"."t" t SET "id" = s."id", "n" = s."n" FROM stage s WHERE s.tidemark_unchanged = '.u.' AND t."id" = s."id";"#),
             "{merge}"
         );
         assert!(batch.is_empty());

@@ -14,25 +14,37 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::manifest::{self, Manifest, ObjectRef, SnapshotEntry};
-use super::schema;
-use super::snapshot::{self, PREFIX};
-use super::store::ObjectStore;
-use super::ArchiveError;
-use crate::cluster::Cluster;
-use crate::restore::apply::Target;
-use crate::restore::rebuild;
+use crate::archive::manifest::{self, Manifest, ObjectRef, SnapshotEntry};
+use crate::archive::schema;
+use crate::archive::snapshot;
+use crate::archive::store::ObjectStore;
+use crate::archive::ArchiveError;
+use crate::base::exit::ExitCode;
+use crate::replay::apply::Target;
+use crate::replay::rebuild;
+use crate::replay::scratch::ScratchServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error("compaction needs a scratch PostgreSQL: {0}")]
-    ScratchCluster(#[from] crate::cluster::ClusterError),
+    ScratchCluster(#[from] crate::replay::scratch::ScratchError),
     #[error("compaction's scratch database failed: {0}")]
     ScratchSql(#[from] tokio_postgres::Error),
     #[error(transparent)]
-    Rebuild(#[from] crate::restore::rebuild::RebuildError),
+    Rebuild(#[from] crate::replay::rebuild::RebuildError),
+}
+
+impl CompactError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CompactError::Archive(e) => e.exit_code(),
+            CompactError::ScratchCluster(e) => e.exit_code(),
+            CompactError::Rebuild(e) => e.exit_code(),
+            CompactError::ScratchSql(_) => ExitCode::Failure,
+        }
+    }
 }
 
 pub struct Compacted {
@@ -58,12 +70,12 @@ pub async fn compact(
     let started = std::time::Instant::now();
     tracing::info!(from = %plan.snapshot.lsn, to = %end.lsn, segments = plan.segments.len(), "compacting");
 
-    let scratch = tokio::task::spawn_blocking(|| Cluster::start(&[]))
+    let scratch = tokio::task::spawn_blocking(|| ScratchServer::start(&[]))
         .await
         .expect("starting the scratch cluster")?;
-    let clients = crate::restore::load::connect_all(
+    let clients = crate::replay::load::connect_all(
         &scratch.url("postgres"),
-        crate::restore::command::default_jobs(),
+        crate::replay::load::default_jobs(),
     )
     .await?;
     let client = clients[0].clone();
@@ -83,7 +95,7 @@ pub async fn compact(
     }
     let schema_body =
         bytes::Bytes::from(serde_json::to_vec_pretty(&new_schema).expect("schemas serialize"));
-    let schema_key = format!("{PREFIX}{:016X}/schema.json", end.lsn.0);
+    let schema_key = snapshot::schema_key(end.lsn);
     let schema_ref = ObjectRef {
         key: schema_key.clone(),
         size: schema_body.len() as u64,
@@ -98,10 +110,7 @@ pub async fn compact(
         .await?;
     let mut objects = Vec::new();
     for table in &new_schema.tables {
-        let key = format!(
-            "{PREFIX}{:016X}/{}.{}.copy.zst",
-            end.lsn.0, table.schema, table.name
-        );
+        let key = snapshot::table_key(end.lsn, &table.table_name());
         let object = snapshot::copy_table(&client, table, &key, &*store, work_dir)
             .await
             .map_err(|e| match e {
@@ -134,4 +143,38 @@ pub async fn compact(
         transactions: rebuilt.transactions,
         changes: rebuilt.changes,
     }))
+}
+
+/// Compacts every `interval` until `shutdown` (a new base snapshot from the
+/// archive alone), then prunes by `retention` if it is set.
+pub async fn compact_periodically(
+    uploader: Arc<crate::archive::uploader::Uploader>,
+    interval: std::time::Duration,
+    retention: Option<crate::archive::retention::RetentionPolicy>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let result = async {
+            let manifest = uploader.manifest().await?;
+            match compact(uploader.store().clone(), &manifest, uploader.log_dir()).await? {
+                Some(done) => Ok::<_, CompactError>(uploader.add_snapshot(done.snapshot).await?),
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            metrics::counter!(crate::telemetry::ERRORS, "kind" => "compaction").increment(1);
+            tracing::error!(%error, "compaction failed; the next interval retries");
+        }
+        if let Some(policy) = &retention {
+            if let Err(error) = uploader.prune(policy).await {
+                metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
+                tracing::error!(%error, "pruning failed; the next interval retries");
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ use crate::archive::manifest::{self, SegmentEntry, TableObject};
 use crate::archive::schema::SchemaSet;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
-use crate::source::setup::quote_ident;
+use crate::base::table::quote_ident;
 
 /// Fetches an object and checks it against the manifest's size and SHA-256.
 pub async fn fetch_verified(
@@ -66,6 +66,11 @@ pub async fn fetch_segments(
 }
 
 /// Opens `count` connections to the target: one loads while the others do too.
+/// One loading connection per CPU, at most 8: COPY is CPU-bound on both ends.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+}
+
 pub async fn connect_all(
     url: &str,
     count: usize,
@@ -205,7 +210,7 @@ async fn load_table(
         }
     });
     let columns: Vec<String> = object.columns.iter().map(|c| quote_ident(c)).collect();
-    let table = crate::source::setup::TableName::parse(&object.table);
+    let table = &object.table;
     let sql = format!(
         "COPY {} ({}) FROM STDIN (FORMAT binary)",
         table.quoted(),

@@ -1,0 +1,9 @@
+//! The neutral core: the types every layer speaks, with no I/O and no
+//! dependency on any other module of the crate. A table is a
+//! [`table::TableName`]; a WAL position is a [`position::Lsn`], typed as a
+//! commit or an end position where the difference matters.
+
+pub mod exit;
+pub mod position;
+pub mod retry;
+pub mod table;
