@@ -534,10 +534,8 @@ dir = "/tmp/tm"
             "postgres://tm:s3cret@localhost:5432/app",
             "postgres://tm:s3cret@host:notaport/app",
         );
-        let error = load(&bad, &[])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let error = load(&bad, &[]).unwrap_err().to_string();
+        assert!(error.contains("[source] url"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
     }
 }

@@ -27,6 +27,7 @@ impl TelemetryError {
 
 pub const SLOT_LAG_BYTES: &str = "tidemark_slot_lag_bytes";
 pub const CONFIRMED_LSN: &str = "tidemark_confirmed_lsn";
+pub const LOG_DURABLE_LSN: &str = "tidemark_log_durable_lsn";
 pub const CHANGES: &str = "tidemark_changes_total";
 pub const LOG_BYTES: &str = "tidemark_log_bytes";
 pub const LOG_SEGMENTS: &str = "tidemark_log_segments";
@@ -60,6 +61,10 @@ pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
     describe_gauge!(
         CONFIRMED_LSN,
         "The last LSN confirmed to PostgreSQL, as a number"
+    );
+    describe_gauge!(
+        LOG_DURABLE_LSN,
+        "The local log's resume position as of its last fsync, as a number: the most capture may confirm"
     );
     describe_counter!(CHANGES, "Changes captured, by table and op");
     describe_gauge!(LOG_BYTES, Unit::Bytes, "Size of the local segment log");

@@ -123,7 +123,14 @@ fn the_flush_position_never_passes_the_log() {
         &["public.users", "public.payments"],
         "segment_size = \"4MiB\"",
     );
-    let capture = fx.start_capture(&config);
+    // Each fsync is held for 50 ms, so the written end of the log runs ahead
+    // of the fsynced end, and a flush position taken from the written end
+    // would show.
+    let capture = harness::Capture::start_with_slow_fsync(&config, Duration::from_millis(50));
+    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
+        capture.logs().contains("streaming changes")
+    });
+    let metrics = harness::metrics_port(&config);
     let url = fx.url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_workload = stop.clone();
@@ -147,9 +154,10 @@ fn the_flush_position_never_passes_the_log() {
         })
     });
     let mut observations = 0;
+    let mut written_ahead = 0;
     let mut advanced = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while advanced.len() < 5 || observations < 30 {
+    while advanced.len() < 5 || observations < 30 || written_ahead == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the flush position did not move: {advanced:?}"
@@ -160,11 +168,16 @@ fn the_flush_position_never_passes_the_log() {
             fx.slot()
         ));
         if let Ok(reported) = reported.parse::<tidemark::base::position::Lsn>() {
-            let on_disk = on_disk_resume(&fx.log_dir());
+            // Read after the server's view: the fsynced end only grows, so
+            // a flush position past it was sent before the fsync returned.
+            let fsynced = harness::sample(&harness::scrape(metrics), "tidemark_log_durable_lsn")
+                .map_or(0, |v| v as u64);
             assert!(
-                reported <= on_disk,
-                "reported flush {reported} passes the log's {on_disk}"
+                reported.0 <= fsynced,
+                "reported flush {reported} passes the log's fsynced end {}",
+                tidemark::base::position::Lsn(fsynced)
             );
+            written_ahead += usize::from(on_disk_resume(&fx.log_dir()).0 > fsynced);
             advanced.insert(reported);
         }
         observations += 1;

@@ -303,6 +303,16 @@ enum Command {
     Seal,
 }
 
+/// Publishes a resume LSN that an fsync has made durable. The gauge is set
+/// first, so nothing read from the watch is ever ahead of what it shows.
+fn publish_durable(lsn: Lsn, durable: &watch::Sender<Lsn>, observed: Option<&watch::Sender<Lsn>>) {
+    metrics::gauge!(crate::telemetry::LOG_DURABLE_LSN).set(lsn.0 as f64);
+    durable.send_if_modified(|d| std::mem::replace(d, lsn) != lsn);
+    if let Some(observed) = observed {
+        observed.send_replace(lsn);
+    }
+}
+
 /// Batches in flight between capture and the writer thread; bounds capture's memory.
 const QUEUE_DEPTH: usize = 8;
 
@@ -311,6 +321,8 @@ impl Appender {
     pub fn start(writer: LogWriter, observed: Option<watch::Sender<Lsn>>) -> Appender {
         let (commands, mut rx) = mpsc::channel::<Command>(QUEUE_DEPTH);
         let (durable_tx, durable) = watch::channel(writer.durable_ack);
+        // What the log held when it was opened is durable already.
+        publish_durable(writer.durable_ack, &durable_tx, None);
         let (sealed_tx, sealed) = watch::channel(writer.sealed_seq);
         let thread = std::thread::Builder::new()
             .name("tidemark-log-writer".into())
@@ -329,26 +341,16 @@ impl Appender {
                     }
                     if writer.has_unsynced_ack() {
                         let lsn = writer.sync()?;
-                        durable_tx.send_replace(lsn);
-                        if let Some(observed) = &observed {
-                            observed.send_replace(lsn);
-                        }
+                        publish_durable(lsn, &durable_tx, observed.as_ref());
                     }
                     if writer.sealed_seq != *sealed_tx.borrow() {
                         // Sealing fsynced everything before the seal.
-                        durable_tx.send_if_modified(|d| {
-                            let changed = *d != writer.durable_ack;
-                            *d = writer.durable_ack;
-                            changed
-                        });
-                        if let Some(observed) = &observed {
-                            observed.send_replace(writer.durable_ack);
-                        }
+                        publish_durable(writer.durable_ack, &durable_tx, observed.as_ref());
                         sealed_tx.send_replace(writer.sealed_seq);
                     }
                 }
                 let lsn = writer.sync()?;
-                durable_tx.send_replace(lsn);
+                publish_durable(lsn, &durable_tx, observed.as_ref());
                 Ok(writer)
             })
             .expect("spawning the log writer thread");

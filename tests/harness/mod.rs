@@ -230,7 +230,10 @@ pub fn tidemark(args: &[&str], more: &[&str]) -> Output {
 
 /// A running `tidemark capture`.
 pub struct Capture {
+    /// The process started: tidemark, or strace running it.
     pub child: Child,
+    /// tidemark's own pid.
+    pid: u32,
     pub stderr: PathBuf,
 }
 
@@ -240,13 +243,45 @@ impl Capture {
     }
 
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Capture {
+        Capture::spawn(config, env, &[])
+    }
+
+    /// Starts capture with every fdatasync held for `delay` before it runs
+    /// (strace's fault injection), so the log's written end runs visibly
+    /// ahead of its fsynced end.
+    pub fn start_with_slow_fsync(config: &Path, delay: Duration) -> Capture {
+        let inject = format!("inject=fdatasync:delay_enter={}", delay.as_micros());
+        let wrapper = [
+            "strace",
+            "-f",
+            "--seccomp-bpf",
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            &inject,
+            "-o",
+            "/dev/null",
+        ];
+        Capture::spawn(config, &[], &wrapper)
+    }
+
+    fn spawn(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Capture {
         let stderr = config.with_extension(format!(
             "capture-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
         let stderr = unique(stderr);
         let file = std::fs::File::create(&stderr).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        let binary = env!("CARGO_BIN_EXE_tidemark");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["capture", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -254,23 +289,40 @@ impl Capture {
             .stderr(file)
             .spawn()
             .expect("starting tidemark capture");
-        Capture { child, stderr }
+        let pid = if wrapper.is_empty() {
+            child.id()
+        } else {
+            let children = format!("/proc/{0}/task/{0}/children", child.id());
+            let mut pid = None;
+            wait_for(
+                Duration::from_secs(10),
+                "the wrapped capture to start",
+                || {
+                    pid = std::fs::read_to_string(&children)
+                        .ok()
+                        .and_then(|text| text.split_whitespace().next()?.parse().ok());
+                    pid.is_some()
+                },
+            );
+            pid.unwrap()
+        };
+        Capture { child, pid, stderr }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Sends SIGTERM and waits for the exit code.
     pub fn stop(mut self) -> i32 {
-        signal(self.child.id(), libc::SIGTERM);
+        signal(self.pid, libc::SIGTERM);
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)
     }
 
     /// SIGKILL: a crash at whatever instant this is.
     pub fn kill(mut self) {
-        self.child.kill().unwrap();
+        signal(self.pid, libc::SIGKILL);
         self.child.wait().unwrap();
     }
 
@@ -280,7 +332,7 @@ impl Capture {
 
     /// Peak resident set size so far, from /proc.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
