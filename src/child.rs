@@ -26,6 +26,8 @@ pub fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
             .expect("spawning the cluster spawner thread");
         tx
     });
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed; prctl and errno are.
     unsafe {
         command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

@@ -71,6 +71,7 @@ impl ScratchServer {
     /// Starts a new cluster with extra `postgresql.conf` settings.
     pub fn start(settings: &[(&str, &str)]) -> Result<ScratchServer, ScratchError> {
         let bin = pg_bin_dir()?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
         let owner = if unsafe { libc::geteuid() } == 0 {
             Some(postgres_ids()?)
         } else {
@@ -315,6 +316,7 @@ fn remove_stale_clusters() {
         let alive = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+            // SAFETY: signal 0 only asks whether the pid exists; nothing is sent.
             .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
         let age = entry
             .metadata()

@@ -347,6 +347,7 @@ fn unique(path: PathBuf) -> PathBuf {
 }
 
 pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is a process this test started.
     unsafe {
         libc::kill(pid as i32, sig);
     }
