@@ -94,6 +94,13 @@ pub async fn run_observed(
 ) -> Result<Lsn, CaptureError> {
     let (retain_from, retained) = watch::channel(0);
     let (stop_feed, feed_stopped) = watch::channel(false);
+    #[cfg(not(feature = "kafka"))]
+    let feed: Option<tokio::task::JoinHandle<()>> = {
+        // Config refuses [kafka] in a build without the feed.
+        drop((retain_from, feed_stopped));
+        None
+    };
+    #[cfg(feature = "kafka")]
     let feed = checked.config.kafka.as_ref().map(|config| {
         let feed = crate::sink::kafka::Feed {
             config: config.clone(),

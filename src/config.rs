@@ -54,6 +54,17 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
 }
 
+/// `[kafka] time_format`: how timestamps, dates and times are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeFormat {
+    /// ISO 8601 strings, like Debezium's `ZonedTimestamp`.
+    #[default]
+    Iso,
+    /// Microseconds since the epoch (dates: days; times: microseconds since midnight).
+    Micros,
+}
+
 /// `[kafka]`: the audit feed. Keys with a dot in them (`"security.protocol"`,
 /// `"sasl.password"`, ...) go to librdkafka as they are; their values may be
 /// secrets and are never printed.
@@ -70,7 +81,7 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub transaction_topic: bool,
     #[serde(default)]
-    pub time_format: crate::sink::kafka::envelope::TimeFormat,
+    pub time_format: TimeFormat,
     /// Written for a TOASTed value an update left unchanged when tidemark has no earlier value.
     #[serde(default = "default_unavailable_value")]
     pub unavailable_value: String,
@@ -197,8 +208,8 @@ impl ArchiveConfig {
         crate::archive::store::open_with_key(&self.url, &self.s3_options(), self.key()?).await
     }
 
-    pub fn s3_options(&self) -> crate::archive::store::s3::S3Options {
-        crate::archive::store::s3::S3Options {
+    pub fn s3_options(&self) -> crate::archive::store::S3Options {
+        crate::archive::store::S3Options {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
@@ -330,6 +341,12 @@ impl Config {
                     "[archive] upload_interval must be above zero, e.g. \"1s\"".into(),
                 ));
             }
+        }
+        if config.kafka.is_some() && !cfg!(feature = "kafka") {
+            return Err(invalid(
+                String::new(),
+                "[kafka] is set, and this tidemark was built without Kafka support; build it with the kafka feature (on by default), or remove [kafka]".into(),
+            ));
         }
         if let Some(kafka) = &config.kafka {
             if let Some(key) = kafka.settings.keys().find(|k| !k.contains('.')) {

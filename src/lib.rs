@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod base;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod capture;
 pub mod child;

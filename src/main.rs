@@ -30,6 +30,7 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    #[cfg(feature = "bench")]
     /// Measure tidemark against the physical limit on this machine: drain rates next to
     /// pg_recvlogical and wal2json, latencies, restore rates, memory. Starts its own cluster.
     Bench {
@@ -261,6 +262,7 @@ fn one_line(error: &anyhow::Error) -> String {
 
 async fn run(command: Command) -> Result<(), OpError> {
     match command {
+        #[cfg(feature = "bench")]
         Command::Bench {
             scenarios,
             changes,

@@ -107,7 +107,7 @@ async fn a_missing_bucket_is_refused_and_an_unreachable_store_is_retryable() {
         .local_addr()
         .unwrap()
         .port();
-    let options = store::s3::S3Options {
+    let options = store::S3Options {
         endpoint: Some(format!("http://127.0.0.1:{port}")),
         ..s3.options()
     };

@@ -395,6 +395,7 @@ pub async fn big_transaction(server: &Server, options: &Options) -> Result<f64, 
 }
 
 /// Events per second from a pgbench backlog through capture into Kafka.
+#[cfg(feature = "kafka")]
 pub async fn kafka(server: &Server, options: &Options) -> Result<KafkaResult, BenchError> {
     let brokers = options.kafka_brokers.clone().expect("called with brokers");
     prepare(server, Scenario::Pgbench).await?;

@@ -326,6 +326,7 @@ pub async fn run(
             latency::run(&server, rate, options).await?,
         );
     }
+    #[cfg(feature = "kafka")]
     if options.kafka_brokers.is_some() {
         writeln!(out, "Kafka feed drain...")?;
         results.kafka = Some(drain::kafka(&server, options).await?);

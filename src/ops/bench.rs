@@ -15,6 +15,11 @@ pub struct Outputs {
 /// Runs the bench with `options` in a fresh directory under its `work_dir`,
 /// removed afterwards, and writes the reports.
 pub async fn run(mut options: Options, outputs: &Outputs) -> Result<Results, OpError> {
+    if options.kafka_brokers.is_some() && !cfg!(feature = "kafka") {
+        return Err(OpError::Usage(
+            "--kafka-brokers: this tidemark was built without the Kafka feed; build it with the kafka feature (on by default)".into(),
+        ));
+    }
     if options.rounds == 0 || options.changes == 0 || options.rate_seconds <= 0.0 {
         return Err(OpError::Usage(
             "--rounds, --changes and --rate-seconds must be above zero".into(),

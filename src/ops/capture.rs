@@ -8,6 +8,7 @@ use crate::base::position::Lsn;
 /// Runs capture until a stop signal; returns the position confirmed last.
 pub async fn run(config: &Path) -> Result<Lsn, OpError> {
     let checked = super::load(config)?;
+    #[cfg(feature = "kafka")]
     if let Some(kafka) = &checked.config.kafka {
         crate::sink::kafka::broker::producer(kafka)
             .map(drop)

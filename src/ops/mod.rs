@@ -4,6 +4,7 @@
 //! `exit_code()` says whether a person must fix the input (2) or something
 //! failed while running (1).
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod capture;
 pub mod compact;
@@ -53,6 +54,7 @@ pub enum OpError {
     Inspect(#[from] crate::inspect::InspectError),
     #[error(transparent)]
     Quickstart(#[from] crate::quickstart::QuickstartError),
+    #[cfg(feature = "bench")]
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
 }
@@ -74,6 +76,7 @@ impl OpError {
             History(e) => e.exit_code(),
             Inspect(e) => e.exit_code(),
             Quickstart(e) => e.exit_code(),
+            #[cfg(feature = "bench")]
             Bench(e) => e.exit_code(),
         }
     }

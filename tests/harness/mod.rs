@@ -436,6 +436,7 @@ impl S3Server {
     }
 
     /// Creates a fresh bucket and returns its name.
+    #[cfg(feature = "s3")]
     pub async fn bucket(&self) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -447,6 +448,8 @@ impl S3Server {
         name
     }
 
+    /// Through the AWS SDK, which only a build with the s3 feature links.
+    #[cfg(feature = "s3")]
     pub async fn create_bucket(&self, name: &str) {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
@@ -466,8 +469,8 @@ impl S3Server {
             .expect("creating a bucket");
     }
 
-    pub fn options(&self) -> tidemark::archive::store::s3::S3Options {
-        tidemark::archive::store::s3::S3Options {
+    pub fn options(&self) -> tidemark::archive::store::S3Options {
+        tidemark::archive::store::S3Options {
             endpoint: Some(self.endpoint.clone()),
             region: Some("us-east-1".into()),
             path_style: true,
@@ -477,12 +480,14 @@ impl S3Server {
 
 /// A Kafka-protocol broker (tansu) that persists to the test S3 server, so a
 /// restart keeps its topics.
+#[cfg(feature = "s3")]
 pub struct Broker {
     child: Option<Child>,
     port: u16,
     bucket: String,
 }
 
+#[cfg(feature = "s3")]
 impl Broker {
     pub async fn start() -> Broker {
         let mut broker = Broker::reserve().await;
@@ -561,6 +566,7 @@ impl Broker {
     }
 }
 
+#[cfg(feature = "s3")]
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();

@@ -6,6 +6,7 @@
 
 pub mod crypt;
 pub mod local;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ pub enum StoreError {
     },
     #[error("[archive] url {url} is not supported; use file:///path or s3://bucket/prefix")]
     BadUrl { url: String },
+    #[error("[archive] url {url} names S3, and this tidemark was built without S3 support; build it with the s3 feature (on by default), or use a file:/// url")]
+    NoS3 { url: String },
     #[error(transparent)]
     Crypt(#[from] crate::archive::crypt::CryptError),
 }
@@ -45,7 +48,7 @@ impl StoreError {
     pub fn exit_code(&self) -> ExitCode {
         use StoreError::*;
         match self {
-            Refused { .. } | BadUrl { .. } => ExitCode::BadInput,
+            Refused { .. } | BadUrl { .. } | NoS3 { .. } => ExitCode::BadInput,
             NotFound { .. } | Unavailable { .. } => ExitCode::Failure,
             Crypt(e) => e.exit_code(),
         }
@@ -98,8 +101,16 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
+/// Where and how to reach an S3-compatible store.
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+}
+
 /// Opens the store an `[archive] url` names, without an encryption key.
-pub async fn open(url: &str, s3: &s3::S3Options) -> Result<Arc<dyn ObjectStore>, StoreError> {
+pub async fn open(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, StoreError> {
     open_with_key(url, s3, None).await
 }
 
@@ -107,7 +118,7 @@ pub async fn open(url: &str, s3: &s3::S3Options) -> Result<Arc<dyn ObjectStore>,
 /// way, an encrypted object read without the right key is a clear error.
 pub async fn open_with_key(
     url: &str,
-    s3: &s3::S3Options,
+    s3: &S3Options,
     key: Option<Arc<crate::archive::crypt::Key>>,
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let bad_url = || StoreError::BadUrl {
@@ -120,9 +131,31 @@ pub async fn open_with_key(
         if bucket.is_empty() {
             return Err(bad_url());
         }
-        Arc::new(s3::S3Store::new(bucket, prefix, s3).await)
+        s3_store(url, bucket, prefix, s3).await?
     } else {
         return Err(bad_url());
     };
     Ok(Arc::new(crypt::CryptStore::new(inner, key)))
+}
+
+#[cfg(feature = "s3")]
+async fn s3_store(
+    _url: &str,
+    bucket: &str,
+    prefix: &str,
+    options: &S3Options,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    Ok(Arc::new(s3::S3Store::new(bucket, prefix, options).await))
+}
+
+#[cfg(not(feature = "s3"))]
+async fn s3_store(
+    url: &str,
+    _bucket: &str,
+    _prefix: &str,
+    _options: &S3Options,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    Err(StoreError::NoS3 {
+        url: url.to_string(),
+    })
 }

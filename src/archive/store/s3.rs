@@ -11,14 +11,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{ObjectInfo, ObjectStore, StoreError};
-
-#[derive(Clone, Debug, Default)]
-pub struct S3Options {
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub path_style: bool,
-}
+use super::{ObjectInfo, ObjectStore, S3Options, StoreError};
 
 /// Objects above this size go up in parts of this size (S3 allows 5 MiB to 5 GiB per part).
 const MULTIPART_PART: u64 = 64 << 20;

@@ -11,19 +11,9 @@ use serde_json::{json, Map, Value};
 
 use super::position::EventPosition;
 use crate::base::position::{Lsn, PgTimestamp};
+pub use crate::config::TimeFormat;
 use crate::log::committed::{Change, TxnInfo};
 use crate::source::pgoutput::{Column, Relation, Tuple, TupleValue};
-
-/// How timestamps, dates and times are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TimeFormat {
-    /// ISO 8601 strings, like Debezium's `ZonedTimestamp`.
-    #[default]
-    Iso,
-    /// Microseconds since the epoch (dates: days; times: microseconds since midnight).
-    Micros,
-}
 
 /// What the envelope needs to know besides the changes.
 #[derive(Clone, Debug)]
