@@ -30,9 +30,9 @@ use crate::base::position::{Lsn, PgTimestamp};
 use crate::base::retry::Retry;
 use crate::base::table::{quote_ident, quote_literal};
 use crate::config::Checked;
-use crate::log::record::finished_transaction;
 use crate::log::{Appender, LogError, LogWriter, Record, RecordKind};
 use crate::source::conn::{ReplicationConnection, StreamFrame};
+use crate::source::pgoutput::TxnState;
 use crate::source::setup::{self, SourceSpec};
 use crate::source::wire::{self, ServerFrame};
 use crate::source::SourceError;
@@ -463,11 +463,10 @@ impl Session {
         let mut next_status = Instant::now();
         let mut batch: Vec<Record> = Vec::new();
         let mut batch_bytes = 0usize;
-        // The highest resume position appended so far, and whether a
-        // transaction or streamed block is open at the end of what arrived.
+        // The highest resume position appended so far, and what is open at
+        // the end of what arrived.
         let mut appended_ack = self.start;
-        let mut txn_open = false;
-        let mut in_block = false;
+        let mut txn_state = TxnState::default();
         let mut reply_due = false;
         let mut received = 0u64;
         let mut last_report = Instant::now();
@@ -495,23 +494,20 @@ impl Session {
                         wal_end,
                         payload,
                     } => {
-                        match payload.first() {
-                            Some(b'B' | b'b') => txn_open = true,
-                            Some(b'C' | b'P') => txn_open = false,
-                            Some(b'S') => in_block = true,
-                            Some(b'E') => in_block = false,
-                            _ => {}
+                        // What cannot be peeked at is logged as it came; readers name it.
+                        if let Ok(peek) = txn_state.observe(&payload) {
+                            if let Some(done) = peek.finished {
+                                appended_ack = appended_ack.max(done.end_lsn);
+                                self.progress.captured(done.time);
+                            }
+                            counts.observe(&peek, &payload, txn_state.block().is_some());
                         }
-                        if let Some((end, time)) = finished_transaction(&payload) {
-                            appended_ack = appended_ack.max(end);
-                            self.progress.captured(time);
-                        }
-                        counts.observe(&payload, in_block);
-                        appended_since_measure += payload.len() as u64 + 17;
                         server_end = server_end.max(wal_end);
                         received += 1;
                         batch_bytes += payload.len();
-                        batch.push(Record::wal(wal_start, payload));
+                        let record = Record::wal(wal_start, payload);
+                        appended_since_measure += record.encoded_len() as u64;
+                        batch.push(record);
                         if batch_bytes >= BATCH_BYTES {
                             self.send_batch(&mut batch, &mut batch_bytes).await?;
                         }
@@ -521,7 +517,7 @@ impl Session {
                         reply_requested,
                     } => {
                         server_end = server_end.max(wal_end);
-                        if !txn_open && !in_block && wal_end > appended_ack {
+                        if txn_state.between_transactions() && wal_end > appended_ack {
                             batch.push(Record::marker(RecordKind::Progress, wal_end));
                             appended_ack = wal_end;
                         }

@@ -2,6 +2,7 @@
 //! `[metrics] listen` at `/metrics` through metrics-exporter-prometheus.
 //! Series carry no connection strings or credentials.
 
+use crate::source::pgoutput::{Peek, PeekKind};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -126,49 +127,47 @@ impl Progress {
 #[derive(Default)]
 pub struct ChangeCounts {
     names: std::collections::HashMap<u32, String>,
-    pending: std::collections::HashMap<(u32, u8), u64>,
+    pending: std::collections::HashMap<(u32, &'static str), u64>,
 }
 
 impl ChangeCounts {
-    /// Notes one pgoutput message; `in_block` says whether it carries a stream xid.
-    pub fn observe(&mut self, payload: &bytes::Bytes, in_block: bool) {
+    /// Notes one pgoutput message, peeked at already; `in_block` says whether
+    /// it carries a stream xid.
+    pub fn observe(&mut self, peek: &Peek, payload: &bytes::Bytes, in_block: bool) {
         use crate::source::pgoutput::{decode, Message};
-        let oid_at = if in_block { 5 } else { 1 };
-        match payload.first() {
-            Some(&tag @ (b'I' | b'U' | b'D')) => {
-                if let Some(oid) = payload.get(oid_at..oid_at + 4) {
-                    let oid = u32::from_be_bytes(oid.try_into().expect("4 bytes"));
-                    *self.pending.entry((oid, tag)).or_default() += 1;
-                }
-            }
-            Some(b'R' | b'T') => match decode(payload, in_block) {
-                Ok(Message::Relation(r)) => {
-                    self.names.insert(r.oid, r.table().to_string());
-                }
-                Ok(Message::Truncate { relation_oids, .. }) => {
-                    for oid in relation_oids {
-                        *self.pending.entry((oid, b'T')).or_default() += 1;
+        let op = match peek.kind {
+            PeekKind::Insert => "insert",
+            PeekKind::Update => "update",
+            PeekKind::Delete => "delete",
+            // Rare enough to decode whole.
+            PeekKind::Relation | PeekKind::Truncate => {
+                match decode(payload, in_block) {
+                    Ok(Message::Relation(r)) => {
+                        self.names.insert(r.oid, r.table().to_string());
                     }
+                    Ok(Message::Truncate { relation_oids, .. }) => {
+                        for oid in relation_oids {
+                            *self.pending.entry((oid, "truncate")).or_default() += 1;
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
-            _ => {}
+                return;
+            }
+            _ => return,
+        };
+        if let Some(oid) = peek.relation_oid {
+            *self.pending.entry((oid, op)).or_default() += 1;
         }
     }
 
     pub fn flush(&mut self) {
-        for ((oid, tag), count) in self.pending.drain() {
+        for ((oid, op), count) in self.pending.drain() {
             let table = self
                 .names
                 .get(&oid)
                 .cloned()
                 .unwrap_or_else(|| format!("oid:{oid}"));
-            let op = match tag {
-                b'I' => "insert",
-                b'U' => "update",
-                b'D' => "delete",
-                _ => "truncate",
-            };
             metrics::counter!(CHANGES, "table" => table, "op" => op).increment(count);
         }
     }

@@ -479,91 +479,7 @@ fn apply<S: TxnSink>(
 mod tests {
     use super::*;
     use crate::log::writer::LogWriter;
-    use bytes::{BufMut, BytesMut};
-
-    fn msg(build: impl FnOnce(&mut BytesMut)) -> Bytes {
-        let mut b = BytesMut::new();
-        build(&mut b);
-        b.freeze()
-    }
-
-    fn relation(stream_xid: Option<u32>) -> Bytes {
-        msg(|b| {
-            b.put_u8(b'R');
-            if let Some(x) = stream_xid {
-                b.put_u32(x);
-            }
-            b.put_u32(100);
-            b.put_slice(b"public\0t\0");
-            b.put_u8(b'd');
-            b.put_u16(1);
-            b.put_u8(1);
-            b.put_slice(b"id\0");
-            b.put_u32(23);
-            b.put_i32(-1);
-        })
-    }
-
-    fn insert(xid: Option<u32>, id: &str) -> Bytes {
-        msg(|b| {
-            b.put_u8(b'I');
-            if let Some(x) = xid {
-                b.put_u32(x);
-            }
-            b.put_u32(100);
-            b.put_u8(b'N');
-            b.put_u16(1);
-            b.put_u8(b't');
-            b.put_i32(id.len() as i32);
-            b.put_slice(id.as_bytes());
-        })
-    }
-
-    fn begin(xid: u32) -> Bytes {
-        msg(|b| {
-            b.put_u8(b'B');
-            b.put_u64(0);
-            b.put_i64(0);
-            b.put_u32(xid);
-        })
-    }
-
-    fn commit(end: u64) -> Bytes {
-        msg(|b| {
-            b.put_u8(b'C');
-            b.put_u8(0);
-            b.put_u64(end - 1);
-            b.put_u64(end);
-            b.put_i64(end as i64);
-        })
-    }
-
-    fn stream_start(xid: u32) -> Bytes {
-        msg(|b| {
-            b.put_u8(b'S');
-            b.put_u32(xid);
-            b.put_u8(1);
-        })
-    }
-
-    fn stream_commit(xid: u32, end: u64) -> Bytes {
-        msg(|b| {
-            b.put_u8(b'c');
-            b.put_u32(xid);
-            b.put_u8(0);
-            b.put_u64(end - 1);
-            b.put_u64(end);
-            b.put_i64(end as i64);
-        })
-    }
-
-    fn stream_abort(xid: u32, subxid: u32) -> Bytes {
-        msg(|b| {
-            b.put_u8(b'A');
-            b.put_u32(xid);
-            b.put_u32(subxid);
-        })
-    }
+    use crate::source::pgoutput::build::*;
 
     #[derive(Default)]
     struct Collect(Vec<(u32, String)>);
@@ -619,7 +535,7 @@ mod tests {
             wal(stream_start(7)),
             wal(relation(Some(7))),
             wal(insert(Some(7), "s1")),
-            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_stop()),
             // Non-streamed transaction 8, cut off before its commit.
             wal(begin(8)),
             wal(relation(None)),
@@ -630,7 +546,7 @@ mod tests {
             wal(relation(Some(7))),
             wal(insert(Some(7), "s1")),
             wal(insert(Some(7), "s2")),
-            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_stop()),
             wal(begin(8)),
             wal(relation(None)),
             wal(insert(None, "t1")),
@@ -659,7 +575,7 @@ mod tests {
             wal(commit(50)),
             wal(stream_start(7)),
             progress(0x30),
-            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_stop()),
             progress(0x40),
         ];
         assert_eq!(
@@ -679,11 +595,11 @@ mod tests {
             wal(relation(Some(7))),
             wal(insert(Some(7), "kept")),
             wal(insert(Some(9), "sub-aborted")),
-            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_stop()),
             wal(stream_start(8)),
             wal(relation(Some(8))),
             wal(insert(Some(8), "aborted")),
-            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_stop()),
             wal(stream_abort(7, 9)),
             wal(stream_abort(8, 8)),
             wal(stream_commit(7, 60)),
@@ -694,16 +610,16 @@ mod tests {
     #[test]
     fn transactions_whose_start_was_not_read_are_refused_not_applied_in_part() {
         // A streamed transaction seen from its second block on.
-        let later_block = msg(|b| {
-            b.put_u8(b'S');
-            b.put_u32(7);
-            b.put_u8(0);
-        });
+        let later_block =
+            crate::source::pgoutput::encode(&crate::source::pgoutput::Message::StreamStart {
+                xid: 7,
+                first_segment: false,
+            });
         let records = vec![
             wal(later_block),
             wal(relation(Some(7))),
             wal(insert(Some(7), "s2")),
-            wal(msg(|b| b.put_u8(b'E'))),
+            wal(stream_stop()),
             wal(stream_commit(7, 60)),
         ];
         let dir = tempfile::tempdir().unwrap();

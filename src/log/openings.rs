@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::record::{Record, RecordKind};
 use crate::base::position::Lsn;
+use crate::source::pgoutput::{PeekKind, TxnState};
 
 #[derive(Default)]
 pub struct Openings {
@@ -21,17 +22,13 @@ pub struct Openings {
     whole: Option<Lsn>,
     /// Open streamed transactions: xid → base of the segment of their first block.
     streamed: HashMap<u32, Lsn>,
-    in_block: Option<u32>,
+    /// What is open in the stream; its streamed block, if any.
+    state: TxnState,
     /// Main-context Relation messages by relation oid, as received.
     relations: BTreeMap<u32, Bytes>,
     /// Relations sent inside a streamed transaction, in main-context form; they
     /// join the main context when it commits (pgoutput stops resending them).
     stream_relations: HashMap<u32, BTreeMap<u32, Bytes>>,
-}
-
-fn u32_at(data: &[u8], at: usize) -> Option<u32> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
 }
 
 impl Openings {
@@ -55,35 +52,33 @@ impl Openings {
             _ => return,
         }
         let data = &record.data;
-        match data.first() {
-            Some(b'B' | b'b') => self.whole = Some(self.base),
-            Some(b'C' | b'P') => self.whole = None,
-            Some(b'S') => {
-                if let Some(xid) = u32_at(data, 1) {
-                    self.in_block = Some(xid);
-                    self.streamed.entry(xid).or_insert(self.base);
+        // What cannot be peeked at opens and closes nothing; readers name it.
+        let Ok(peek) = self.state.observe(data) else {
+            return;
+        };
+        match (peek.kind, peek.xid) {
+            (PeekKind::Begin | PeekKind::BeginPrepare, _) => self.whole = Some(self.base),
+            (PeekKind::Commit | PeekKind::Prepare, _) => self.whole = None,
+            (PeekKind::StreamStart, Some(xid)) => {
+                self.streamed.entry(xid).or_insert(self.base);
+            }
+            (PeekKind::StreamCommit, Some(xid)) => {
+                self.streamed.remove(&xid);
+                if let Some(relations) = self.stream_relations.remove(&xid) {
+                    self.relations.extend(relations);
                 }
             }
-            Some(b'E') => self.in_block = None,
-            Some(b'c') => {
-                if let Some(xid) = u32_at(data, 1) {
-                    self.streamed.remove(&xid);
-                    if let Some(relations) = self.stream_relations.remove(&xid) {
-                        self.relations.extend(relations);
-                    }
-                }
+            (PeekKind::StreamAbort, Some(xid)) if peek.subxid == Some(xid) => {
+                self.streamed.remove(&xid);
+                self.stream_relations.remove(&xid);
             }
-            Some(b'A') => {
-                if let (Some(xid), Some(subxid)) = (u32_at(data, 1), u32_at(data, 5)) {
-                    if xid == subxid {
-                        self.streamed.remove(&xid);
-                        self.stream_relations.remove(&xid);
-                    }
-                }
-            }
-            Some(b'R') => match self.in_block {
-                Some(xid) => {
-                    if let Some(oid) = u32_at(data, 5) {
+            (PeekKind::Relation, block) => {
+                let Some(oid) = peek.relation_oid else {
+                    return;
+                };
+                match block {
+                    // Inside a block: kept in main-context form, without the stream xid.
+                    Some(xid) => {
                         let mut main = BytesMut::with_capacity(data.len() - 4);
                         main.put_u8(b'R');
                         main.put_slice(&data[5..]);
@@ -92,13 +87,11 @@ impl Openings {
                             .or_default()
                             .insert(oid, main.freeze());
                     }
-                }
-                None => {
-                    if let Some(oid) = u32_at(data, 1) {
+                    None => {
                         self.relations.insert(oid, data.clone());
                     }
                 }
-            },
+            }
             _ => {}
         }
     }
@@ -127,49 +120,34 @@ impl Openings {
 mod tests {
     use super::*;
 
-    fn wal(bytes: &[u8]) -> Record {
-        Record::wal(Lsn(1), Bytes::copy_from_slice(bytes))
-    }
+    use crate::source::pgoutput::build;
 
-    fn relation(stream_xid: Option<u32>, oid: u32) -> Record {
-        let mut b = vec![b'R'];
-        if let Some(x) = stream_xid {
-            b.extend(x.to_be_bytes());
-        }
-        b.extend(oid.to_be_bytes());
-        b.extend(b"public\0t\0d\0\0");
-        wal(&b)
-    }
-
-    fn with_xid(tag: u8, xid: u32, rest: &[u8]) -> Record {
-        let mut b = vec![tag];
-        b.extend(xid.to_be_bytes());
-        b.extend(rest);
-        wal(&b)
+    fn wal(payload: Bytes) -> Record {
+        Record::wal(Lsn(1), payload)
     }
 
     #[test]
     fn restart_points_at_the_oldest_open_transaction() {
         let mut o = Openings::new(Lsn(100));
         assert_eq!(o.next_segment(Lsn(100)), Lsn(100));
-        o.observe(&with_xid(b'S', 7, &[1]));
-        o.observe(&wal(b"E"));
+        o.observe(&wal(build::stream_start(7)));
+        o.observe(&wal(build::stream_stop()));
         assert_eq!(
             o.next_segment(Lsn(200)),
             Lsn(100),
             "streamed 7 began at 100"
         );
-        o.observe(&wal(b"B...."));
+        o.observe(&wal(build::begin(1)));
         assert_eq!(o.next_segment(Lsn(300)), Lsn(100));
-        o.observe(&with_xid(b'c', 7, &[0]));
+        o.observe(&wal(build::stream_commit(7, 60)));
         assert_eq!(
             o.next_segment(Lsn(400)),
             Lsn(200),
             "the open Begin is in segment 200"
         );
-        o.observe(&wal(b"C"));
+        o.observe(&wal(build::commit(50)));
         assert_eq!(o.next_segment(Lsn(500)), Lsn(500));
-        o.observe(&with_xid(b'S', 8, &[1]));
+        o.observe(&wal(build::stream_start(8)));
         o.observe(&Record::marker(RecordKind::Resume, Lsn(1)));
         assert_eq!(
             o.next_segment(Lsn(600)),
@@ -181,16 +159,16 @@ mod tests {
     #[test]
     fn relations_are_repeated_including_committed_streams() {
         let mut o = Openings::new(Lsn(1));
-        o.observe(&relation(None, 10));
-        o.observe(&with_xid(b'S', 7, &[1]));
-        o.observe(&relation(Some(7), 11));
-        o.observe(&wal(b"E"));
+        o.observe(&wal(build::relation_with_oid(None, 10)));
+        o.observe(&wal(build::stream_start(7)));
+        o.observe(&wal(build::relation_with_oid(Some(7), 11)));
+        o.observe(&wal(build::stream_stop()));
         assert_eq!(
             o.schema_records().count(),
             1,
             "a streamed relation waits for its commit"
         );
-        o.observe(&with_xid(b'c', 7, &[0]));
+        o.observe(&wal(build::stream_commit(7, 60)));
         let records: Vec<Record> = o.schema_records().collect();
         assert_eq!(records.len(), 2);
         assert!(records.iter().all(|r| r.kind == RecordKind::Schema));

@@ -4,6 +4,7 @@
 //! `kind: u8 | lsn: u64 LE | data`. A torn or corrupt frame fails its CRC, so a
 //! reader can always tell where the last whole record ends.
 
+use crate::source::pgoutput;
 use bytes::Bytes;
 
 use crate::base::position::{Lsn, PgTimestamp};
@@ -165,10 +166,10 @@ impl SegmentIndex {
         self.last_lsn = Some(record.lsn);
         match record.kind {
             RecordKind::Wal => {
-                if let Some((end_lsn, time)) = finished_transaction(&record.data) {
-                    self.ack_lsn = self.ack_lsn.max(end_lsn);
-                    self.first_commit_time.get_or_insert(time);
-                    self.last_commit_time = Some(time);
+                if let Some(done) = pgoutput::finished(&record.data) {
+                    self.ack_lsn = self.ack_lsn.max(done.end_lsn);
+                    self.first_commit_time.get_or_insert(done.time);
+                    self.last_commit_time = Some(done.time);
                 }
             }
             RecordKind::Progress => self.ack_lsn = self.ack_lsn.max(record.lsn),
@@ -214,34 +215,10 @@ impl SegmentIndex {
     }
 }
 
-/// For a pgoutput message that finishes a transaction on the server (commit,
-/// stream commit, commit/rollback prepared), its end LSN and timestamp.
-pub fn finished_transaction(payload: &[u8]) -> Option<(Lsn, PgTimestamp)> {
-    let end_lsn = crate::source::pgoutput::finishing_end_lsn(payload)?;
-    // The timestamp directly follows the end LSN in all four layouts.
-    let time_at = match payload[0] {
-        b'C' | b'K' | b'r' => 18,
-        _ => 22,
-    };
-    let time = payload.get(time_at..time_at + 8)?;
-    Some((
-        end_lsn,
-        PgTimestamp(i64::from_be_bytes(time.try_into().ok()?)),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn commit_payload(end_lsn: u64, time: i64) -> Bytes {
-        let mut p = vec![b'C', 0];
-        p.extend(1u64.to_be_bytes());
-        p.extend(end_lsn.to_be_bytes());
-        p.extend(time.to_be_bytes());
-        Bytes::from(p)
-    }
 
     #[test]
     fn round_trip() {
@@ -273,13 +250,13 @@ mod tests {
     fn index_tracks_commits_and_seals() {
         let mut index = SegmentIndex::default();
         index.add(&Record::marker(RecordKind::Resume, Lsn(5)));
-        index.add(&Record::wal(Lsn(10), commit_payload(40, 1000)));
-        index.add(&Record::wal(Lsn(50), commit_payload(70, 2000)));
+        index.add(&Record::wal(Lsn(10), pgoutput::build::commit(40)));
+        index.add(&Record::wal(Lsn(50), pgoutput::build::commit(70)));
         index.add(&Record::marker(RecordKind::Progress, Lsn(90)));
         assert_eq!(index.first_lsn, Some(Lsn(5)));
         assert_eq!(index.last_lsn, Some(Lsn(90)));
-        assert_eq!(index.first_commit_time, Some(PgTimestamp(1000)));
-        assert_eq!(index.last_commit_time, Some(PgTimestamp(2000)));
+        assert_eq!(index.first_commit_time, Some(PgTimestamp(40)));
+        assert_eq!(index.last_commit_time, Some(PgTimestamp(70)));
         assert_eq!(index.ack_lsn, Lsn(90));
         let seal = index.seal_record();
         let mut buf = Vec::new();
@@ -296,7 +273,6 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = decode(&data);
-            let _ = finished_transaction(&data);
         }
     }
 }

@@ -409,11 +409,7 @@ mod tests {
     use bytes::Bytes;
 
     fn commit(end: u64) -> Record {
-        let mut p = vec![b'C', 0];
-        p.extend(1u64.to_be_bytes());
-        p.extend(end.to_be_bytes());
-        p.extend(7i64.to_be_bytes());
-        Record::wal(Lsn(end - 1), Bytes::from(p))
+        Record::wal(Lsn(end - 1), crate::source::pgoutput::build::commit(end))
     }
 
     fn lsns(dir: &Path) -> Vec<u64> {
@@ -507,7 +503,7 @@ mod tests {
         assert_eq!(index.first_lsn, Some(Lsn(100)));
         assert_eq!(
             index.first_commit_time,
-            Some(crate::base::position::PgTimestamp(7))
+            Some(crate::base::position::PgTimestamp(150))
         );
         assert!(index.ack_lsn >= Lsn(150));
         let sealed_bytes = std::fs::read(first).unwrap();

@@ -1,226 +1,9 @@
-//! pgoutput decoding: bytes in, typed messages out, no I/O.
-//!
-//! Covers every message of logical replication protocol versions 1 to 3
-//! (PostgreSQL's "Logical Replication Message Formats"). Inside a streamed
-//! block (between Stream Start and Stream Stop) most messages carry an extra
-//! leading xid, so the caller says whether it is inside one.
-//!
-//! Malformed input is an error, never a panic: every read is bounds-checked.
+//! Decoding: one pgoutput message from its bytes. Every read is bounds-checked
+//! and names the field it was reading.
 
 use bytes::{Buf, Bytes};
 
-use crate::base::position::{Lsn, PgTimestamp};
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
-    #[error(
-        "pgoutput message ends early: needed {needed} more bytes for {field} at offset {offset}"
-    )]
-    Truncated {
-        field: &'static str,
-        offset: usize,
-        needed: usize,
-    },
-    #[error("unknown pgoutput message tag {0:#04x}")]
-    UnknownTag(u8),
-    #[error("unknown tuple column kind {kind:#04x} at offset {offset}")]
-    UnknownColumnKind { kind: u8, offset: usize },
-    #[error("unexpected tuple marker {marker:#04x} in {message} at offset {offset}")]
-    UnexpectedMarker {
-        marker: u8,
-        message: &'static str,
-        offset: usize,
-    },
-    #[error("string without terminating NUL in {field} at offset {offset}")]
-    UnterminatedString { field: &'static str, offset: usize },
-    #[error("negative length {length} in {field} at offset {offset}")]
-    NegativeLength {
-        field: &'static str,
-        offset: usize,
-        length: i32,
-    },
-    #[error("{0} trailing bytes after a complete pgoutput message")]
-    TrailingBytes(usize),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Message {
-    Begin(Begin),
-    Commit(Commit),
-    Origin {
-        origin_lsn: Lsn,
-        name: String,
-    },
-    Relation(Relation),
-    Type {
-        xid: Option<u32>,
-        oid: u32,
-        namespace: String,
-        name: String,
-    },
-    Insert {
-        xid: Option<u32>,
-        relation_oid: u32,
-        new: Tuple,
-    },
-    Update {
-        xid: Option<u32>,
-        relation_oid: u32,
-        old: Option<OldTuple>,
-        new: Tuple,
-    },
-    Delete {
-        xid: Option<u32>,
-        relation_oid: u32,
-        old: OldTuple,
-    },
-    Truncate {
-        xid: Option<u32>,
-        options: u8,
-        relation_oids: Vec<u32>,
-    },
-    LogicalMessage {
-        xid: Option<u32>,
-        transactional: bool,
-        lsn: Lsn,
-        prefix: String,
-        content: Bytes,
-    },
-    StreamStart {
-        xid: u32,
-        first_segment: bool,
-    },
-    StreamStop,
-    StreamCommit {
-        xid: u32,
-        commit: Commit,
-    },
-    StreamAbort {
-        xid: u32,
-        subxid: u32,
-    },
-    BeginPrepare(PrepareInfo),
-    Prepare(PrepareInfo),
-    CommitPrepared {
-        flags: u8,
-        commit_lsn: Lsn,
-        end_lsn: Lsn,
-        commit_time: PgTimestamp,
-        xid: u32,
-        gid: String,
-    },
-    RollbackPrepared {
-        flags: u8,
-        prepare_end_lsn: Lsn,
-        rollback_end_lsn: Lsn,
-        prepare_time: PgTimestamp,
-        rollback_time: PgTimestamp,
-        xid: u32,
-        gid: String,
-    },
-    StreamPrepare(PrepareInfo),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Begin {
-    pub final_lsn: Lsn,
-    pub commit_time: PgTimestamp,
-    pub xid: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Commit {
-    pub flags: u8,
-    pub commit_lsn: Lsn,
-    pub end_lsn: Lsn,
-    pub commit_time: PgTimestamp,
-}
-
-/// Begin Prepare, Prepare and Stream Prepare share one layout (Begin Prepare has no flags).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrepareInfo {
-    pub flags: u8,
-    pub prepare_lsn: Lsn,
-    pub end_lsn: Lsn,
-    pub prepare_time: PgTimestamp,
-    pub xid: u32,
-    pub gid: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Relation {
-    pub xid: Option<u32>,
-    pub oid: u32,
-    pub namespace: String,
-    pub name: String,
-    /// pg_class.relreplident: 'd' default (primary key), 'n' nothing, 'f' full, 'i' index.
-    pub replica_identity: u8,
-    pub columns: Vec<Column>,
-}
-
-impl Relation {
-    /// The table this relation describes.
-    pub fn table(&self) -> crate::base::table::TableName {
-        crate::base::table::TableName::new(&self.namespace, &self.name)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Column {
-    /// Bit 1: the column is part of the replica identity key.
-    pub flags: u8,
-    pub name: String,
-    pub type_oid: u32,
-    pub type_modifier: i32,
-}
-
-impl Column {
-    pub fn is_key(&self) -> bool {
-        self.flags & 1 == 1
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum TupleValue {
-    Null,
-    /// A TOASTed value the update did not change; the server does not resend it.
-    UnchangedToast,
-    Text(Bytes),
-    Binary(Bytes),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tuple(pub Vec<TupleValue>);
-
-/// The old row of an update or delete: only the key columns, or the whole row
-/// under REPLICA IDENTITY FULL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OldTuple {
-    Key(Tuple),
-    Full(Tuple),
-}
-
-impl OldTuple {
-    pub fn tuple(&self) -> &Tuple {
-        match self {
-            OldTuple::Key(t) | OldTuple::Full(t) => t,
-        }
-    }
-}
-
-/// Message tags whose end LSN marks a transaction as finished on the server:
-/// confirming that LSN tells the server never to send the transaction again.
-pub fn finishing_end_lsn(payload: &[u8]) -> Option<Lsn> {
-    // Commit and Stream Commit: end_lsn follows flags and commit_lsn.
-    // Commit Prepared likewise; Rollback Prepared: rollback_end_lsn.
-    let offset = match *payload.first()? {
-        b'C' | b'K' | b'r' => 1 + 1 + 8,
-        b'c' => 1 + 4 + 1 + 8,
-        _ => return None,
-    };
-    let bytes = payload.get(offset..offset + 8)?;
-    Some(Lsn(u64::from_be_bytes(bytes.try_into().ok()?)))
-}
+use super::*;
 
 /// Decodes one pgoutput message. `in_stream` is true between Stream Start and Stream Stop.
 pub fn decode(payload: &Bytes, in_stream: bool) -> Result<Message, DecodeError> {
@@ -594,7 +377,7 @@ mod tests {
             b.put_u64(130);
             b.put_i64(42);
         });
-        assert_eq!(finishing_end_lsn(&commit), Some(Lsn(130)));
+        assert_eq!(finished(&commit).map(|f| f.end_lsn), Some(Lsn(130)));
         assert!(matches!(
             decode(&commit, false).unwrap(),
             Message::Commit(Commit {
@@ -695,7 +478,7 @@ mod tests {
             b.put_u64(20);
             b.put_i64(30);
         });
-        assert_eq!(finishing_end_lsn(&stream_commit), Some(Lsn(20)));
+        assert_eq!(finished(&stream_commit).map(|f| f.end_lsn), Some(Lsn(20)));
         let rollback = frame(|b| {
             b.put_u8(b'r');
             b.put_u8(0);
@@ -706,7 +489,7 @@ mod tests {
             b.put_u32(5);
             b.put_slice(b"gid-1\0");
         });
-        assert_eq!(finishing_end_lsn(&rollback), Some(Lsn(2)));
+        assert_eq!(finished(&rollback).map(|f| f.end_lsn), Some(Lsn(2)));
         assert!(matches!(
             decode(&rollback, false).unwrap(),
             Message::RollbackPrepared { xid: 5, ref gid, .. } if gid == "gid-1"
@@ -808,11 +591,12 @@ mod tests {
 
     #[test]
     fn decodes_a_real_protocol_v1_transaction() {
-        let messages: Vec<Message> =
-            real_messages(include_str!("../../tests/fixtures/pgoutput/v1-mixed.hex"))
-                .iter()
-                .map(|m| decode(m, false).unwrap())
-                .collect();
+        let messages: Vec<Message> = real_messages(include_str!(
+            "../../../tests/fixtures/pgoutput/v1-mixed.hex"
+        ))
+        .iter()
+        .map(|m| decode(m, false).unwrap())
+        .collect();
         assert!(matches!(messages.first(), Some(Message::Begin(_))));
         assert!(matches!(messages.last(), Some(Message::Commit(_))));
         let acct = messages
@@ -865,7 +649,7 @@ mod tests {
         let mut inserts_by_xid = std::collections::HashMap::<u32, usize>::new();
         let mut committed_xid = None;
         for bytes in real_messages(include_str!(
-            "../../tests/fixtures/pgoutput/v2-streamed.hex"
+            "../../../tests/fixtures/pgoutput/v2-streamed.hex"
         )) {
             let message = decode(&bytes, in_stream).unwrap();
             match message {
@@ -897,7 +681,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256), in_stream: bool) {
             let payload = Bytes::from(data);
             let _ = decode(&payload, in_stream);
-            let _ = finishing_end_lsn(&payload);
+            let _ = peek(&payload, in_stream);
         }
 
         #[test]
@@ -908,6 +692,7 @@ mod tests {
         ) {
             let mut data = vec![tag];
             data.extend(body);
+            let _ = peek(&data, in_stream);
             let _ = decode(&Bytes::from(data), in_stream);
         }
     }

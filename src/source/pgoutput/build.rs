@@ -1,0 +1,85 @@
+//! Messages as the tests need them, built through `encode`: the one place
+//! unit tests get pgoutput bytes from. A relation is table `public.t` (oid
+//! 100) with one key column `id` (int4); a commit ending at `end` has commit
+//! LSN `end - 1` and commit time `end`.
+
+use bytes::Bytes;
+
+use super::{encode, Begin, Column, Commit, Message, Relation, Tuple, TupleValue};
+use crate::base::position::{Lsn, PgTimestamp};
+
+pub const RELATION_OID: u32 = 100;
+
+pub fn relation(stream_xid: Option<u32>) -> Bytes {
+    relation_with_oid(stream_xid, RELATION_OID)
+}
+
+/// The same table's relation message under another oid.
+pub fn relation_with_oid(stream_xid: Option<u32>, oid: u32) -> Bytes {
+    encode(&Message::Relation(Relation {
+        xid: stream_xid,
+        oid,
+        namespace: "public".into(),
+        name: "t".into(),
+        replica_identity: b'd',
+        columns: vec![Column {
+            flags: 1,
+            name: "id".into(),
+            type_oid: 23,
+            type_modifier: -1,
+        }],
+    }))
+}
+
+pub fn insert(stream_xid: Option<u32>, id: &str) -> Bytes {
+    encode(&Message::Insert {
+        xid: stream_xid,
+        relation_oid: RELATION_OID,
+        new: Tuple(vec![TupleValue::Text(Bytes::copy_from_slice(
+            id.as_bytes(),
+        ))]),
+    })
+}
+
+pub fn begin(xid: u32) -> Bytes {
+    encode(&Message::Begin(Begin {
+        final_lsn: Lsn(0),
+        commit_time: PgTimestamp(0),
+        xid,
+    }))
+}
+
+fn ending_at(end: u64) -> Commit {
+    Commit {
+        flags: 0,
+        commit_lsn: Lsn(end - 1),
+        end_lsn: Lsn(end),
+        commit_time: PgTimestamp(end as i64),
+    }
+}
+
+pub fn commit(end: u64) -> Bytes {
+    encode(&Message::Commit(ending_at(end)))
+}
+
+pub fn stream_start(xid: u32) -> Bytes {
+    encode(&Message::StreamStart {
+        xid,
+        first_segment: true,
+    })
+}
+
+pub fn stream_stop() -> Bytes {
+    encode(&Message::StreamStop)
+}
+
+pub fn stream_commit(xid: u32, end: u64) -> Bytes {
+    encode(&Message::StreamCommit {
+        xid,
+        commit: ending_at(end),
+    })
+}
+
+pub fn stream_abort(xid: u32, subxid: u32) -> Bytes {
+    encode(&Message::StreamAbort { xid, subxid })
+}
