@@ -26,7 +26,7 @@ use crate::archive::manifest::SourceId;
 use crate::archive::uploader::{self, Uploader};
 use crate::archive::ArchiveError;
 use crate::base::exit::ExitCode;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, PgTimestamp};
 use crate::base::retry::Retry;
 use crate::base::table::{quote_ident, quote_literal};
 use crate::config::Checked;
@@ -82,7 +82,10 @@ const SLOT_BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs capture until `shutdown` turns true; then fsyncs, confirms and returns.
 /// Errors after streaming has started once are retried with backoff.
-pub async fn run(checked: &Checked, shutdown: watch::Receiver<bool>) -> Result<Lsn, CaptureError> {
+pub async fn run(
+    checked: &Checked,
+    shutdown: watch::Receiver<bool>,
+) -> Result<EndLsn, CaptureError> {
     run_observed(checked, shutdown, Arc::default()).await
 }
 
@@ -91,7 +94,7 @@ pub async fn run_observed(
     checked: &Checked,
     shutdown: watch::Receiver<bool>,
     progress: Arc<Progress>,
-) -> Result<Lsn, CaptureError> {
+) -> Result<EndLsn, CaptureError> {
     let (retain_from, retained) = watch::channel(0);
     let (stop_feed, feed_stopped) = watch::channel(false);
     #[cfg(not(feature = "kafka"))]
@@ -139,7 +142,7 @@ async fn capture(
     mut shutdown: watch::Receiver<bool>,
     retained: Option<watch::Receiver<u64>>,
     progress: Arc<Progress>,
-) -> Result<Lsn, CaptureError> {
+) -> Result<EndLsn, CaptureError> {
     let cfg = &checked.config;
     let (mut writer, recovery) = LogWriter::open(&cfg.log.dir, cfg.log.segment_size.as_u64())?;
     if recovery.truncated_bytes > 0 {
@@ -150,7 +153,11 @@ async fn capture(
     }
     tracing::info!(dir = %cfg.log.dir.display(), resume = %recovery.resume_lsn, "opened the segment log");
     let store = match &cfg.archive {
-        Some(archive) => Some(archive.open_store().await.map_err(ArchiveError::from)?),
+        Some(archive) => Some(
+            crate::archive::store::open_configured(archive)
+                .await
+                .map_err(ArchiveError::from)?,
+        ),
         None => None,
     };
     let mut archive: Option<Archive> = None;
@@ -245,7 +252,7 @@ impl Archive {
         uploader: Arc<Uploader>,
         interval: Duration,
         compact_interval: Duration,
-        retention: Option<crate::archive::retention::RetentionPolicy>,
+        retention: Option<crate::config::RetentionPolicy>,
     ) -> Archive {
         let sealed = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
@@ -292,7 +299,7 @@ struct Session {
     conn: ReplicationConnection,
     appender: Appender,
     status_interval: Duration,
-    start: Lsn,
+    start: EndLsn,
     source: SourceId,
     archive: Option<ArchiveHandle>,
     log_dir: std::path::PathBuf,
@@ -422,7 +429,7 @@ impl Session {
         }
     }
 
-    async fn stream(mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Lsn, Failed> {
+    async fn stream(mut self, shutdown: &mut watch::Receiver<bool>) -> Result<EndLsn, Failed> {
         match self.pump(shutdown).await {
             Ok(()) => {}
             Err(e) => return Err(self.fail(Some(e)).await),
@@ -458,7 +465,7 @@ impl Session {
     /// The streaming loop; returns when `shutdown` turns true.
     async fn pump(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), CaptureError> {
         let mut durable = self.appender.durable();
-        let mut reported = Lsn::ZERO;
+        let mut reported = EndLsn::default();
         let mut last_status = Instant::now() - self.status_interval;
         let mut next_status = Instant::now();
         let mut batch: Vec<Record> = Vec::new();
@@ -480,7 +487,7 @@ impl Session {
         let mut next_measure = Instant::now() + MEASURE_EVERY;
         let mut appended_since_measure = 0u64;
         let mut counts = telemetry::ChangeCounts::default();
-        let mut server_end = self.start;
+        let mut server_end = self.start.0;
         let mut last_full_warning: Option<Instant> = None;
         loop {
             while let Some(frame) = self.conn.try_next_frame()? {
@@ -517,9 +524,11 @@ impl Session {
                         reply_requested,
                     } => {
                         server_end = server_end.max(wal_end);
-                        if txn_state.between_transactions() && wal_end > appended_ack {
-                            batch.push(Record::marker(RecordKind::Progress, wal_end));
-                            appended_ack = wal_end;
+                        // With nothing open, the server's position is between transactions.
+                        let position = EndLsn(wal_end);
+                        if txn_state.between_transactions() && position > appended_ack {
+                            batch.push(Record::marker(RecordKind::Progress, position));
+                            appended_ack = position;
                         }
                         reply_due |= reply_requested;
                     }
@@ -539,9 +548,9 @@ impl Session {
                 reply_due = false;
                 last_status = now;
                 next_status = now + self.status_interval;
-                metrics::gauge!(telemetry::CONFIRMED_LSN).set(flushed.0 as f64);
+                metrics::gauge!(telemetry::CONFIRMED_LSN).set(flushed.as_u64() as f64);
                 metrics::gauge!(telemetry::SLOT_LAG_BYTES)
-                    .set(server_end.0.saturating_sub(flushed.0) as f64);
+                    .set(server_end.bytes_since(flushed.0) as f64);
             }
             if now >= next_measure {
                 next_measure = now + MEASURE_EVERY;

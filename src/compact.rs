@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::archive::manifest::{self, Manifest, ObjectRef, SnapshotEntry};
-use crate::archive::schema;
 use crate::archive::snapshot;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
@@ -23,6 +22,7 @@ use crate::base::exit::ExitCode;
 use crate::replay::apply::Target;
 use crate::replay::rebuild;
 use crate::replay::scratch::ScratchServer;
+use crate::source::schema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -124,7 +124,7 @@ pub async fn compact(
     drop(scratch);
     let snapshot = SnapshotEntry {
         lsn: end.lsn,
-        time: end.time,
+        time: end.commit_time,
         method: "compaction".into(),
         schema: schema_ref,
         tables: objects,
@@ -150,7 +150,7 @@ pub async fn compact(
 pub async fn compact_periodically(
     uploader: Arc<crate::archive::uploader::Uploader>,
     interval: std::time::Duration,
-    retention: Option<crate::archive::retention::RetentionPolicy>,
+    retention: Option<crate::config::RetentionPolicy>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {

@@ -49,7 +49,7 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsConfig,
     /// Without it, nothing archived is ever deleted.
-    pub retention: Option<crate::archive::retention::RetentionPolicy>,
+    pub retention: Option<RetentionPolicy>,
     /// With it, capture also publishes every committed change to Kafka.
     pub kafka: Option<KafkaConfig>,
 }
@@ -183,38 +183,22 @@ pub struct ArchiveConfig {
     pub encryption_key_env: Option<String>,
 }
 
-impl ArchiveConfig {
-    /// The encryption key, if one is configured. Its bytes are never logged.
-    pub fn key(
-        &self,
-    ) -> Result<Option<std::sync::Arc<crate::archive::crypt::Key>>, crate::archive::crypt::CryptError>
-    {
-        use crate::archive::crypt::Key;
-        let key = match (&self.encryption_key_file, &self.encryption_key_env) {
-            (Some(path), _) => Some(Key::from_file(path)?),
-            (None, Some(name)) => Some(Key::from_env(name)?),
-            (None, None) => None,
-        };
-        Ok(key.map(std::sync::Arc::new))
-    }
-
-    /// Opens the archive's store, with the configured key.
-    pub async fn open_store(
-        &self,
-    ) -> Result<
-        std::sync::Arc<dyn crate::archive::store::ObjectStore>,
-        crate::archive::store::StoreError,
-    > {
-        crate::archive::store::open_with_key(&self.url, &self.s3_options(), self.key()?).await
-    }
-
-    pub fn s3_options(&self) -> crate::archive::store::S3Options {
-        crate::archive::store::S3Options {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            path_style: self.path_style,
-        }
-    }
+/// `[retention]`: which restore points the archive keeps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Every restore point this recent stays restorable.
+    #[serde(with = "humantime_serde")]
+    pub window: std::time::Duration,
+    /// Beyond the window, keep the newest snapshot of each of this many days...
+    #[serde(default)]
+    pub daily: usize,
+    /// ...ISO weeks...
+    #[serde(default)]
+    pub weekly: usize,
+    /// ...and months.
+    #[serde(default)]
+    pub monthly: usize,
 }
 
 fn default_upload_interval() -> std::time::Duration {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::base::exit::ExitCode;
-use crate::base::position::Lsn;
+use crate::base::position::{CommitLsn, Lsn};
 use crate::base::table::TableName;
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
 use crate::log::LogError;
@@ -30,7 +30,7 @@ impl InspectError {
 }
 
 pub struct Filter {
-    pub from: Option<Lsn>,
+    pub from: Option<CommitLsn>,
     pub table: Option<TableName>,
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tidemark::base::position::{Lsn, PgTimestamp};
+use tidemark::base::position::{CommitLsn, PgTimestamp};
 use tidemark::base::table::TableName;
 use tidemark::ops::{self, OpError};
 
@@ -84,7 +84,7 @@ enum Command {
         config: PathBuf,
         /// Only transactions that committed at or after this LSN (X/Y).
         #[arg(long)]
-        from: Option<Lsn>,
+        from: Option<CommitLsn>,
         /// Only changes to this table (schema.name).
         #[arg(long)]
         table: Option<TableName>,

@@ -10,7 +10,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::base::exit::ExitCode;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, PgTimestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -98,11 +98,11 @@ pub struct Progress {
     captured_us: AtomicI64,
     archived_us: AtomicI64,
     /// Every transaction ending here or before is fsynced in the log.
-    pub durable: tokio::sync::watch::Sender<Lsn>,
+    pub durable: tokio::sync::watch::Sender<EndLsn>,
     /// ... is in the object store, listed by a stored manifest.
-    pub archived: tokio::sync::watch::Sender<Lsn>,
+    pub archived: tokio::sync::watch::Sender<EndLsn>,
     /// ... is acknowledged by the Kafka broker.
-    pub published: tokio::sync::watch::Sender<Lsn>,
+    pub published: tokio::sync::watch::Sender<EndLsn>,
 }
 
 impl Progress {

@@ -125,9 +125,7 @@ async fn archives_everything(
         &format!("\n[archive]\n{archive_toml}\nupload_interval = \"200ms\"\n"),
     );
     let capture = harness::Capture::start_with_env(&config, env);
-    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
-        capture.logs().contains("streaming changes")
-    });
+    fx.wait_streaming(&capture);
     workload(fx, 1, 1000);
     // While capture runs, committed changes reach the archive on their own:
     // the open segment is sealed on the interval, long before it fills.
@@ -186,9 +184,7 @@ async fn an_unreachable_store_loses_nothing_and_catches_up() {
         &format!("\n[archive]\n{toml}\nupload_interval = \"200ms\"\n"),
     );
     let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
-    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
-        capture.logs().contains("streaming changes")
-    });
+    fx.wait_streaming(&capture);
     workload(&fx, 1, 500);
     fx.wait_caught_up(Duration::from_secs(30));
     harness::wait_for(
@@ -266,8 +262,7 @@ async fn the_base_snapshot_matches_the_source_and_keeps_the_schema() {
     assert_eq!(snapshot.method, "copy");
     let schema_body = store.get(&snapshot.schema.key).await.unwrap();
     assert_eq!(manifest::sha256_hex(&schema_body), snapshot.schema.sha256);
-    let schema: tidemark::archive::schema::SchemaSet =
-        serde_json::from_slice(&schema_body).unwrap();
+    let schema: tidemark::source::schema::SchemaSet = serde_json::from_slice(&schema_body).unwrap();
     let table = &schema.tables[0];
     assert_eq!(table.primary_key, vec!["id"]);
     assert!(table
@@ -334,9 +329,7 @@ async fn list_and_verify_see_the_archive_and_name_each_corruption() {
         &format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n"),
     );
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     fx.psql("UPDATE accounts SET balance = balance + 1 WHERE id <= 100");
     fx.psql("DELETE FROM accounts WHERE id > 4900");
     fx.wait_caught_up(Duration::from_secs(30));
@@ -456,9 +449,7 @@ async fn an_encrypted_archive_is_unreadable_without_its_key() {
         ),
     );
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     fx.psql("UPDATE accounts SET owner = 'secret-marker-4343' WHERE id = 2");
     fx.wait_caught_up(Duration::from_secs(30));
     let logs = capture.logs();
@@ -548,9 +539,7 @@ async fn a_full_local_log_holds_the_slot_back_and_loses_nothing() {
     );
     let config = fx.config(&["public.payments"], &archive);
     let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
-    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
-        capture.logs().contains("streaming changes")
-    });
+    fx.wait_streaming(&capture);
     // About 6 MB of changes: twice what the local log may hold.
     for start in (1..=24_000).step_by(2000) {
         fx.psql(&format!(
@@ -612,7 +601,7 @@ async fn the_archived_schema_rebuilds_constraints_indexes_and_policies() {
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
         .unwrap();
-    let schema = tidemark::archive::schema::read(&client, &tables)
+    let schema = tidemark::source::schema::read(&client, &tables)
         .await
         .unwrap();
     client.batch_execute("COMMIT").await.unwrap();

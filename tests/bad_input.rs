@@ -188,11 +188,7 @@ fn a_second_capture_on_the_same_log_dir() {
     let fx = fixture_with_log();
     let config = fx.config(&["public.payments"], "");
     let first = Capture::start(&config);
-    harness::wait_for(
-        Duration::from_secs(30),
-        "the first capture to stream",
-        || first.logs().contains("streaming changes"),
-    );
+    fx.wait_streaming(&first);
     // Same log dir, its own metrics port: only the log lock stands in the way.
     let config = fx.config(&["public.payments"], "");
     let error = expect_refusal(&config, &[]);

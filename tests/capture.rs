@@ -77,7 +77,7 @@ fn committed_changes_land_in_the_log_and_shutdown_confirms_them() {
     // Shutdown confirmed exactly the log's durable end.
     let confirmed = fx.confirmed_flush().unwrap();
     let (_writer, recovery) = tidemark::log::LogWriter::open(&fx.log_dir(), 64 << 20).unwrap();
-    assert_eq!(confirmed, recovery.resume_lsn);
+    assert_eq!(confirmed, recovery.resume_lsn.0);
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn a_restart_resumes_without_loss_or_duplicates() {
 
 /// The resume LSN of what is on disk right now (a superset of what is fsynced),
 /// from the newest segment whose header is complete: it carries the base.
-fn on_disk_resume(dir: &std::path::Path) -> tidemark::base::position::Lsn {
+fn on_disk_resume(dir: &std::path::Path) -> tidemark::base::position::EndLsn {
     use tidemark::log::segment;
     segment::list(dir)
         .unwrap()
@@ -127,9 +127,7 @@ fn the_flush_position_never_passes_the_log() {
     // of the fsynced end, and a flush position taken from the written end
     // would show.
     let capture = harness::Capture::start_with_slow_fsync(&config, Duration::from_millis(50));
-    harness::wait_for(Duration::from_secs(30), "capture to stream", || {
-        capture.logs().contains("streaming changes")
-    });
+    fx.wait_streaming(&capture);
     let metrics = harness::metrics_port(&config);
     let url = fx.url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -177,7 +175,7 @@ fn the_flush_position_never_passes_the_log() {
                 "reported flush {reported} passes the log's fsynced end {}",
                 tidemark::base::position::Lsn(fsynced)
             );
-            written_ahead += usize::from(on_disk_resume(&fx.log_dir()).0 > fsynced);
+            written_ahead += usize::from(on_disk_resume(&fx.log_dir()).as_u64() > fsynced);
             advanced.insert(reported);
         }
         observations += 1;
@@ -205,7 +203,10 @@ fn the_flush_position_never_passes_the_log() {
         segments.len()
     );
     assert_eq!(capture.stop(), 0);
-    assert_eq!(fx.confirmed_flush().unwrap(), on_disk_resume(&fx.log_dir()));
+    assert_eq!(
+        fx.confirmed_flush().unwrap(),
+        on_disk_resume(&fx.log_dir()).0
+    );
 }
 
 #[test]

@@ -40,12 +40,6 @@ const WORKLOAD: &[&str] = &[
     "UPDATE accounts SET balance = 7 WHERE id = 100",
 ];
 
-fn table_md5(fx: &Fixture, table: &str) -> String {
-    fx.psql(&format!(
-        "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
-    ))
-}
-
 #[tokio::test]
 async fn compaction_equals_a_fresh_read_of_the_source() {
     let fx = Fixture::new(SCHEMA);
@@ -56,9 +50,7 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
         &format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n"),
     );
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     for sql in WORKLOAD {
         fx.psql(sql);
     }
@@ -85,8 +77,7 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
     let target = Fixture::new("");
     let client = std::sync::Arc::new(harness::connect(&target.url()).await);
     let schema_body = store.get(&compacted.schema.key).await.unwrap();
-    let schema: tidemark::archive::schema::SchemaSet =
-        serde_json::from_slice(&schema_body).unwrap();
+    let schema: tidemark::source::schema::SchemaSet = serde_json::from_slice(&schema_body).unwrap();
     let accounts = schema.tables.iter().find(|t| t.name == "accounts").unwrap();
     let columns: Vec<&str> = accounts.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
@@ -107,11 +98,7 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
     .await
     .unwrap();
     for table in ["accounts", "ledger", "events"] {
-        assert_eq!(
-            table_md5(&target, table),
-            table_md5(&fx, table),
-            "table {table}"
-        );
+        assert_eq!(target.md5(table), fx.md5(table), "table {table}");
     }
     assert_eq!(
         target.psql("SELECT count(*) FROM ledger WHERE v = 'dup'"),
@@ -135,7 +122,7 @@ fn now_rfc3339(fx: &Fixture) -> String {
 
 fn all_md5(fx: &Fixture) -> String {
     ["accounts", "ledger", "events"]
-        .map(|t| table_md5(fx, t))
+        .map(|t| fx.md5(t))
         .join(",")
 }
 
@@ -164,9 +151,7 @@ async fn pruning_keeps_every_point_in_the_window_restorable() {
     let archive = format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n");
     let config = fx.config(&tables, &archive);
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     let before_window = now_rfc3339(&fx);
     for sql in &WORKLOAD[..5] {
         fx.psql(sql);
@@ -332,10 +317,9 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
     loop {
         fx.psql("INSERT INTO small (v) VALUES ('during')");
         if let Ok(Some((_, m))) = manifest::load_latest(&*store).await {
-            if m.snapshots
-                .iter()
-                .any(|s| s.method == "compaction" && s.lsn > open_from)
-            {
+            if m.snapshots.iter().any(|s| {
+                s.method == "compaction" && s.lsn > tidemark::base::position::EndLsn(open_from)
+            }) {
                 break;
             }
         }
@@ -358,11 +342,13 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
 
     // Restore from the snapshot taken mid-transaction (hide any taken after the commit).
     let (_, mut manifest) = manifest::load_latest(&*store).await.unwrap().unwrap();
-    manifest.snapshots.retain(|s| s.lsn < commit_lsn);
+    manifest
+        .snapshots
+        .retain(|s| s.lsn < tidemark::base::position::EndLsn(commit_lsn));
     let plan = tidemark::replay::rebuild::plan(&manifest, tidemark::replay::apply::Target::Latest)
         .unwrap();
     assert!(
-        plan.snapshot.lsn > open_from,
+        plan.snapshot.lsn > tidemark::base::position::EndLsn(open_from),
         "the snapshot lies inside the open transaction"
     );
     assert!(plan.segments[0].start_lsn < plan.snapshot.lsn);
@@ -372,11 +358,7 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
         .await
         .unwrap();
     for table in ["small", "big"] {
-        assert_eq!(
-            table_md5(&target, table),
-            table_md5(&fx, table),
-            "table {table}"
-        );
+        assert_eq!(target.md5(table), fx.md5(table), "table {table}");
     }
     assert_eq!(target.psql("SELECT count(*) FROM big"), "6000");
 }

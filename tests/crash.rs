@@ -97,9 +97,7 @@ fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
         let capture = Capture::start(&config);
         // Three in four kills strike a streaming session; the rest may hit startup too.
         if kill % 4 != 0 {
-            harness::wait_for(Duration::from_secs(60), "capture to stream", || {
-                capture.logs().contains("streaming changes")
-            });
+            fx.wait_streaming(&capture);
         }
         std::thread::sleep(Duration::from_millis(rng.next(1000)));
         capture.kill();

@@ -3,7 +3,6 @@
 
 mod harness;
 
-use std::time::Duration;
 
 use harness::Fixture;
 
@@ -22,9 +21,7 @@ fn a_drill_passes_and_measures_rto_and_rpo() {
         ),
     );
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     fx.psql("INSERT INTO accounts SELECT g, g, 'n' FROM generate_series(1, 500) g");
     fx.psql("INSERT INTO events SELECT 'e', now() FROM generate_series(1, 20)");
     fx.psql("UPDATE accounts SET balance = balance * 2 WHERE id % 7 = 0");

@@ -374,9 +374,7 @@ async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches
         &format!("{archive}{}", kafka_section(&broker, "")),
     );
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     for batch in 0..5 {
         fx.psql(&format!(
             "INSERT INTO events SELECT g, 'x' FROM generate_series({}, {}) g",

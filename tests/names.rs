@@ -34,14 +34,7 @@ const TABLES: [&str; 4] = [
 ];
 
 fn md5_in(fx: &Fixture, db: &str, table: &str) -> String {
-    fx.cluster
-        .psql(
-            db,
-            &format!(
-                "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
-            ),
-        )
-        .unwrap()
+    fx.cluster.psql(db, &harness::table_md5_sql(table)).unwrap()
 }
 
 /// Every stored object's path, relative to the archive root.

@@ -15,12 +15,6 @@ const SCHEMA: &str = "
     ALTER TABLE notes REPLICA IDENTITY FULL;
 ";
 
-fn md5(fx: &Fixture, table: &str) -> String {
-    fx.psql(&format!(
-        "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
-    ))
-}
-
 fn restore(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = harness::tidemark(&["restore", "--config", config.to_str().unwrap()], args);
     (
@@ -42,26 +36,22 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         ),
     );
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
 
     fx.psql("INSERT INTO payments (amount, kind, note) SELECT g, 'card', 'n' || g FROM generate_series(1, 300) g");
     fx.psql("INSERT INTO notes VALUES ('a'), ('a'), ('b')");
     // Point 1, by time, in the form PostgreSQL prints.
     let time1 = fx.psql("SELECT clock_timestamp()::text");
-    let want1 = (md5(&fx, "payments"), md5(&fx, "notes"));
+    let want1 = (fx.md5("payments"), fx.md5("notes"));
     fx.psql("UPDATE payments SET kind = 'wire', amount = amount * 2 WHERE id % 3 = 0");
     fx.psql("DELETE FROM notes WHERE ctid = (SELECT ctid FROM notes WHERE body = 'a' LIMIT 1)");
     // Point 2, by LSN.
     fx.psql("SELECT txid_current()");
     let lsn2 = fx.current_wal_lsn().to_string();
-    let want2 = (md5(&fx, "payments"), md5(&fx, "notes"));
-    let want2_wire = fx.psql(
-        "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t WHERE kind = 'wire'",
-    );
+    let want2 = (fx.md5("payments"), fx.md5("notes"));
+    let want2_wire = fx.psql(&harness::rows_md5_sql("payments", "kind = 'wire'"));
     fx.psql("DELETE FROM payments WHERE id > 250");
-    let latest_payments = md5(&fx, "payments");
+    let latest_payments = fx.md5("payments");
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);
 
@@ -70,9 +60,7 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         fx.cluster.url(&format!("{}_{name}", fx.db))
     };
     let in_db = |name: &str, sql: &str| fx.cluster.psql(&format!("{}_{name}", fx.db), sql).unwrap();
-    let md5_in = |name: &str, table: &str| {
-        in_db(name, &format!("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"))
-    };
+    let md5_in = |name: &str, table: &str| in_db(name, &harness::table_md5_sql(table));
 
     let url1 = target("t1");
     let (code, stdout, stderr) = restore(&config, &["--to", &time1, "--target", &url1]);
@@ -126,7 +114,10 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         )
         .unwrap();
     let others = |name: &str| {
-        in_db(name, "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t WHERE kind IS DISTINCT FROM 'wire'")
+        in_db(
+            name,
+            &harness::rows_md5_sql("payments", "kind IS DISTINCT FROM 'wire'"),
+        )
     };
     let others_before = others("t3");
     let tenant = [
@@ -143,12 +134,7 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     let (code, _, stderr) = restore(&config, &tenant);
     assert_eq!(code, Some(2), "a table with rows needs --force: {stderr}");
     // A predicate the target cannot evaluate leaves its rows as they were.
-    let everything = || {
-        in_db(
-            "t3",
-            "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t",
-        )
-    };
+    let everything = || in_db("t3", &harness::table_md5_sql("payments"));
     let before_bad = everything();
     let mut bad = tenant.to_vec();
     *bad.last_mut().unwrap() = "no_such_column = 1";
@@ -163,7 +149,7 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     let (code, stdout, stderr) = restore(&config, &[&tenant[..], &["--force"]].concat());
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(
-        in_db("t3", "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM payments t WHERE kind = 'wire'"),
+        in_db("t3", &harness::rows_md5_sql("payments", "kind = 'wire'")),
         want2_wire
     );
     assert_eq!(
@@ -333,9 +319,7 @@ async fn a_prepared_transaction_counts_from_its_commit_prepared() {
         ),
     );
     let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture.logs().contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     fx.psql("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'p1'");
     fx.psql("INSERT INTO t VALUES (2)");
     // Prepared before this point, committed after it.

@@ -81,12 +81,8 @@ struct Point {
     org2_md5: String,
 }
 
-const ORG2: &str = "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM accounts t WHERE org = 'org2'";
-
 fn table_md5(fx: &Fixture, db_suffix: Option<&str>, table: &str) -> String {
-    let sql = format!(
-        "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
-    );
+    let sql = harness::table_md5_sql(table);
     match db_suffix {
         None => fx.psql(&sql),
         Some(suffix) => fx
@@ -102,7 +98,7 @@ fn point(fx: &Fixture) -> Point {
         time: fx.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"),
         lsn: fx.current_wal_lsn().to_string(),
         md5s: TABLES.iter().map(|t| table_md5(fx, None, t)).collect(),
-        org2_md5: fx.psql(ORG2),
+        org2_md5: fx.psql(&harness::rows_md5_sql("accounts", "org = 'org2'")),
     }
 }
 
@@ -117,13 +113,7 @@ fn every_quiesce_point_restores_exactly() {
     );
     let config = fx.config(&tables, &archive);
     let mut capture = Some(fx.start_capture(&config));
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        capture
-            .as_ref()
-            .unwrap()
-            .logs()
-            .contains("base snapshot stored")
-    });
+    fx.wait_base_snapshot(&config);
     let mut points = Vec::new();
     for (i, step) in steps().iter().enumerate() {
         if i == 6 {
@@ -195,7 +185,8 @@ fn every_quiesce_point_restores_exactly() {
         &["--table", "public.accounts", "--where", "org = 'org2'"],
     );
     let tenant = &format!("{}_tenant", fx.db);
-    assert_eq!(fx.cluster.psql(tenant, ORG2).unwrap(), points[5].org2_md5);
+    let org2 = harness::rows_md5_sql("accounts", "org = 'org2'");
+    assert_eq!(fx.cluster.psql(tenant, &org2).unwrap(), points[5].org2_md5);
     assert_eq!(
         fx.cluster
             .psql(tenant, "SELECT count(*) FROM accounts WHERE org <> 'org2'")

@@ -62,6 +62,18 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    /// The key an `[archive]` section names, if any. Its bytes are never logged.
+    pub fn configured(
+        config: &crate::config::ArchiveConfig,
+    ) -> Result<Option<std::sync::Arc<Key>>, CryptError> {
+        let key = match (&config.encryption_key_file, &config.encryption_key_env) {
+            (Some(path), _) => Some(Key::from_file(path)?),
+            (None, Some(name)) => Some(Key::from_env(name)?),
+            (None, None) => None,
+        };
+        Ok(key.map(std::sync::Arc::new))
+    }
+
     /// Parses 64 hex characters (surrounding whitespace allowed).
     pub fn from_hex(text: &str) -> Result<Key, CryptError> {
         let bytes = hex::decode(text.trim()).map_err(|_| CryptError::KeyMalformed)?;

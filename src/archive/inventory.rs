@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::manifest::Manifest;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, PgTimestamp, Position};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Inventory {
@@ -18,19 +18,13 @@ pub struct Inventory {
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Window {
-    pub earliest: Point,
-    pub latest: Point,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
-pub struct Point {
-    pub time: PgTimestamp,
-    pub lsn: Lsn,
+    pub earliest: Position,
+    pub latest: Position,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct SnapshotSummary {
-    pub lsn: Lsn,
+    pub lsn: EndLsn,
     pub time: PgTimestamp,
     pub method: String,
     pub tables: usize,
@@ -43,15 +37,15 @@ pub struct SegmentSummary {
     pub count: usize,
     pub bytes: u64,
     pub raw_bytes: u64,
-    pub first_lsn: Option<Lsn>,
-    pub last_lsn: Option<Lsn>,
+    pub first_lsn: Option<EndLsn>,
+    pub last_lsn: Option<EndLsn>,
 }
 
 /// Resume positions in (from, to] that no archived segment covers.
 #[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
 pub struct Gap {
-    pub from: Lsn,
-    pub to: Lsn,
+    pub from: EndLsn,
+    pub to: EndLsn,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -75,8 +69,9 @@ pub fn gaps(manifest: &Manifest) -> Vec<Gap> {
 
 /// The newest point restorable from a snapshot at `lsn`: the end of the
 /// contiguous run of segments that continues it.
-pub fn chain_end(manifest: &Manifest, lsn: Lsn, time: PgTimestamp) -> Point {
-    let mut end = Point { time, lsn };
+pub fn chain_end(manifest: &Manifest, snapshot: Position) -> Position {
+    let lsn = snapshot.lsn;
+    let mut end = snapshot;
     let mut covered = false;
     for segment in &manifest.segments {
         if !covered {
@@ -92,7 +87,7 @@ pub fn chain_end(manifest: &Manifest, lsn: Lsn, time: PgTimestamp) -> Point {
         if segment.end_lsn > end.lsn {
             end.lsn = segment.end_lsn;
             if let Some(t) = segment.last_commit_time {
-                end.time = end.time.max(t);
+                end.commit_time = end.commit_time.max(t);
             }
         }
     }
@@ -113,14 +108,11 @@ pub fn inventory(manifest: Option<(&str, &Manifest)>) -> Inventory {
         .snapshots
         .iter()
         .min_by_key(|s| s.lsn)
-        .map(|s| Point {
-            time: s.time,
-            lsn: s.lsn,
-        });
+        .map(|s| s.position());
     let latest = manifest
         .snapshots
         .iter()
-        .map(|s| chain_end(manifest, s.lsn, s.time))
+        .map(|s| chain_end(manifest, s.position()))
         .max_by_key(|p| p.lsn);
     Inventory {
         window: earliest
@@ -165,7 +157,7 @@ impl std::fmt::Display for Inventory {
             Some(w) => writeln!(
                 f,
                 "Restore window: {} ({}) to {} ({})",
-                w.earliest.time, w.earliest.lsn, w.latest.time, w.latest.lsn
+                w.earliest.commit_time, w.earliest.lsn, w.latest.commit_time, w.latest.lsn
             )?,
             None => writeln!(f, "Restore window: none yet (no base snapshot)")?,
         }
@@ -217,6 +209,7 @@ impl std::fmt::Display for Inventory {
 mod tests {
     use super::*;
     use crate::archive::manifest::test_entries::{manifest, segment, snapshot};
+    use crate::base::position::{EndLsn, Lsn};
 
     #[test]
     fn the_window_runs_from_the_oldest_snapshot_to_the_chain_end() {
@@ -230,8 +223,11 @@ mod tests {
         );
         let inv = inventory(Some(("k", &m)));
         let w = inv.window.unwrap();
-        assert_eq!((w.earliest.lsn, w.latest.lsn), (Lsn(150), Lsn(300)));
-        assert_eq!(w.latest.time, PgTimestamp(30));
+        assert_eq!(
+            (w.earliest.lsn, w.latest.lsn),
+            (EndLsn(Lsn(150)), EndLsn(Lsn(300)))
+        );
+        assert_eq!(w.latest.commit_time, PgTimestamp(30));
         assert!(inv.gaps.is_empty());
         assert_eq!(inv.segments.bytes, 30);
     }
@@ -247,12 +243,12 @@ mod tests {
             ],
         );
         let inv = inventory(Some(("k", &m)));
-        assert_eq!(inv.window.unwrap().latest.lsn, Lsn(200));
+        assert_eq!(inv.window.unwrap().latest.lsn, EndLsn(Lsn(200)));
         assert_eq!(
             inv.gaps,
             vec![Gap {
-                from: Lsn(200),
-                to: Lsn(250)
+                from: EndLsn(Lsn(200)),
+                to: EndLsn(Lsn(250))
             }]
         );
     }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::store::ObjectStore;
 use super::ArchiveError;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, PgTimestamp, Position};
 
 pub const PREFIX: &str = "manifests/";
 pub const FORMAT: &str = "tidemark-manifest";
@@ -38,12 +38,22 @@ pub struct Manifest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotEntry {
-    pub lsn: Lsn,
+    pub lsn: EndLsn,
     pub time: PgTimestamp,
     /// `copy` (read from the source) or `compaction` (built from the archive).
     pub method: String,
     pub schema: ObjectRef,
     pub tables: Vec<TableObject>,
+}
+
+impl SnapshotEntry {
+    /// The restore point the snapshot is.
+    pub fn position(&self) -> Position {
+        Position {
+            commit_time: self.time,
+            lsn: self.lsn,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,11 +91,11 @@ pub struct SourceId {
 #[serde(deny_unknown_fields)]
 pub struct SegmentEntry {
     pub key: String,
-    pub start_lsn: Lsn,
-    pub end_lsn: Lsn,
+    pub start_lsn: EndLsn,
+    pub end_lsn: EndLsn,
     /// A reader that starts at this segment must read from the segment whose
     /// start_lsn this is, to see whole every transaction open at its start.
-    pub restart_lsn: Lsn,
+    pub restart_lsn: EndLsn,
     pub first_commit_time: Option<PgTimestamp>,
     pub last_commit_time: Option<PgTimestamp>,
     pub records: u64,
@@ -236,14 +246,15 @@ pub async fn load_latest(
 #[cfg(test)]
 pub(crate) mod test_entries {
     use super::*;
+    use crate::base::position::Lsn;
 
     /// A segment covering (start, end], its commits between `time - 1` and `time`.
     pub fn segment(start: u64, end: u64, time: i64) -> SegmentEntry {
         SegmentEntry {
             key: format!("segments/{start}-{end}"),
-            start_lsn: Lsn(start),
-            end_lsn: Lsn(end),
-            restart_lsn: Lsn(start),
+            start_lsn: EndLsn(Lsn(start)),
+            end_lsn: EndLsn(Lsn(end)),
+            restart_lsn: EndLsn(Lsn(start)),
             first_commit_time: Some(PgTimestamp(time - 1)),
             last_commit_time: Some(PgTimestamp(time)),
             records: 1,
@@ -257,7 +268,7 @@ pub(crate) mod test_entries {
 
     pub fn snapshot(lsn: u64, time: i64) -> SnapshotEntry {
         SnapshotEntry {
-            lsn: Lsn(lsn),
+            lsn: EndLsn(Lsn(lsn)),
             time: PgTimestamp(time),
             method: "copy".into(),
             schema: ObjectRef {
@@ -284,6 +295,7 @@ pub(crate) mod test_entries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::{EndLsn, Lsn};
 
     fn sample() -> Manifest {
         let mut m = Manifest::new(SourceId {
@@ -294,9 +306,9 @@ mod tests {
         m.sequence = 3;
         m.segments.push(SegmentEntry {
             key: "segments/0000000000000000-0000000001000000-abc.seg.zst".into(),
-            start_lsn: Lsn(0),
-            end_lsn: Lsn(0x100_0000),
-            restart_lsn: Lsn(0),
+            start_lsn: EndLsn(Lsn(0)),
+            end_lsn: EndLsn(Lsn(0x100_0000)),
+            restart_lsn: EndLsn(Lsn(0)),
             first_commit_time: Some(PgTimestamp(5)),
             last_commit_time: Some(PgTimestamp(9)),
             records: 12,

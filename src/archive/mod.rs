@@ -16,7 +16,6 @@ pub mod crypt;
 pub mod inventory;
 pub mod manifest;
 pub mod retention;
-pub mod schema;
 pub mod snapshot;
 pub mod store;
 pub mod uploader;

@@ -10,41 +10,24 @@
 //! so a crash in between leaves only unlisted objects behind.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::Datelike;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::manifest::{Manifest, SegmentEntry, SnapshotEntry};
-use crate::base::position::{Lsn, PgTimestamp};
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionPolicy {
-    /// Every restore point this recent stays restorable.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Beyond the window, keep the newest snapshot of each of this many days...
-    #[serde(default)]
-    pub daily: usize,
-    /// ...ISO weeks...
-    #[serde(default)]
-    pub weekly: usize,
-    /// ...and months.
-    #[serde(default)]
-    pub monthly: usize,
-}
+use crate::base::position::{EndLsn, PgTimestamp};
+pub use crate::config::RetentionPolicy;
 
 #[derive(Debug, Default, Serialize)]
 pub struct PrunePlan {
     /// The snapshot that restores the window's oldest point.
-    pub anchor: Option<Lsn>,
-    pub kept_snapshots: Vec<Lsn>,
+    pub anchor: Option<EndLsn>,
+    pub kept_snapshots: Vec<EndLsn>,
     #[serde(skip)]
     pub delete_snapshots: Vec<SnapshotEntry>,
     #[serde(skip)]
     pub delete_segments: Vec<SegmentEntry>,
-    pub deleted_snapshots: Vec<Lsn>,
+    pub deleted_snapshots: Vec<EndLsn>,
     pub deleted_segments: usize,
     pub deleted_bytes: u64,
 }
@@ -67,13 +50,13 @@ pub fn plan(manifest: &Manifest, policy: &RetentionPolicy, now: PgTimestamp) -> 
         .copied()
         .filter(|s| s.lsn < anchor.lsn)
         .collect();
-    let mut keep: Vec<Lsn> = snapshots
+    let mut keep: Vec<EndLsn> = snapshots
         .iter()
         .filter(|s| s.lsn >= anchor.lsn)
         .map(|s| s.lsn)
         .collect();
-    let newest_per = |bucket: &dyn Fn(&SnapshotEntry) -> (i32, u32), count: usize| -> Vec<Lsn> {
-        let mut newest: BTreeMap<(i32, u32), Lsn> = BTreeMap::new();
+    let newest_per = |bucket: &dyn Fn(&SnapshotEntry) -> (i32, u32), count: usize| -> Vec<EndLsn> {
+        let mut newest: BTreeMap<(i32, u32), EndLsn> = BTreeMap::new();
         for s in &older {
             let entry = newest.entry(bucket(s)).or_insert(s.lsn);
             *entry = (*entry).max(s.lsn);
@@ -201,6 +184,7 @@ pub async fn trim_manifests(
 mod tests {
     use super::*;
     use crate::archive::manifest::test_entries::{segment, snapshot};
+    use crate::base::position::{EndLsn, Lsn};
 
     const DAY: i64 = 86_400_000_000;
 
@@ -218,7 +202,7 @@ mod tests {
 
     fn policy(window_days: u64, daily: usize, weekly: usize, monthly: usize) -> RetentionPolicy {
         RetentionPolicy {
-            window: Duration::from_secs(window_days * 86_400),
+            window: std::time::Duration::from_secs(window_days * 86_400),
             daily,
             weekly,
             monthly,
@@ -231,14 +215,17 @@ mod tests {
         let now = PgTimestamp(40 * DAY + DAY / 2);
         let p = plan(&m, &policy(7, 0, 0, 0), now);
         // Window start is day 33.5: anchored by the day-33 snapshot.
-        assert_eq!(p.anchor, Some(Lsn(3300)));
-        assert_eq!(p.kept_snapshots.first(), Some(&Lsn(3300)));
+        assert_eq!(p.anchor, Some(EndLsn(Lsn(3300))));
+        assert_eq!(p.kept_snapshots.first(), Some(&EndLsn(Lsn(3300))));
         assert_eq!(p.kept_snapshots.len(), 8);
-        assert!(p.delete_segments.iter().all(|s| s.end_lsn <= Lsn(3300)));
+        assert!(p
+            .delete_segments
+            .iter()
+            .all(|s| s.end_lsn <= EndLsn(Lsn(3300))));
         assert_eq!(p.delete_segments.len(), 33);
         let mut after = m.clone();
         p.apply_to(&mut after);
-        assert_eq!(after.segments.first().unwrap().start_lsn, Lsn(3300));
+        assert_eq!(after.segments.first().unwrap().start_lsn, EndLsn(Lsn(3300)));
         assert_eq!(after.snapshots.len(), 8);
     }
 
@@ -248,7 +235,10 @@ mod tests {
         let now = PgTimestamp(40 * DAY + DAY / 2);
         let p = plan(&m, &policy(7, 3, 2, 1), now);
         for kept in [3200, 3100, 3000] {
-            assert!(p.kept_snapshots.contains(&Lsn(kept)), "daily {kept}");
+            assert!(
+                p.kept_snapshots.contains(&EndLsn(Lsn(kept))),
+                "daily {kept}"
+            );
         }
         assert!(p.kept_snapshots.len() >= 8 + 3);
         assert!(p.kept_snapshots.len() <= 8 + 3 + 2 + 1);
@@ -260,18 +250,21 @@ mod tests {
     fn segments_where_open_transactions_began_are_kept() {
         let mut m = manifest();
         // The segment after the day-33 anchor continues a transaction begun at 3000.
-        m.segments[33].restart_lsn = Lsn(3000);
+        m.segments[33].restart_lsn = EndLsn(Lsn(3000));
         let p = plan(&m, &policy(7, 0, 0, 0), PgTimestamp(40 * DAY + DAY / 2));
-        assert_eq!(p.anchor, Some(Lsn(3300)));
+        assert_eq!(p.anchor, Some(EndLsn(Lsn(3300))));
         assert_eq!(p.delete_segments.len(), 30);
-        assert!(p.delete_segments.iter().all(|s| s.start_lsn < Lsn(3000)));
+        assert!(p
+            .delete_segments
+            .iter()
+            .all(|s| s.start_lsn < EndLsn(Lsn(3000))));
     }
 
     #[test]
     fn a_window_longer_than_the_archive_keeps_every_restore_point() {
         let m = manifest();
         let p = plan(&m, &policy(365, 0, 0, 0), PgTimestamp(40 * DAY));
-        assert_eq!(p.anchor, Some(Lsn(100)));
+        assert_eq!(p.anchor, Some(EndLsn(Lsn(100))));
         assert!(p.delete_snapshots.is_empty());
         // Only what precedes the oldest snapshot, which nothing can restore.
         assert_eq!(
@@ -279,7 +272,7 @@ mod tests {
                 .iter()
                 .map(|s| s.end_lsn)
                 .collect::<Vec<_>>(),
-            vec![Lsn(100)]
+            vec![EndLsn(Lsn(100))]
         );
     }
 }

@@ -18,25 +18,29 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::manifest::{sha256_hex, ObjectRef, SnapshotEntry, TableObject};
-use super::schema::{self, SchemaSet};
 use super::store::ObjectStore;
 use super::ArchiveError;
 use crate::base::position::PgTimestamp;
 use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::source::conn::{describe_target, ReplicationConnection};
+use crate::source::schema::{self, SchemaSet};
 use crate::source::setup;
 use crate::source::SourceError;
 
 pub const PREFIX: &str = "snapshots/";
 
 /// The key of the schema object of the snapshot at `lsn`.
-pub fn schema_key(lsn: crate::base::position::Lsn) -> String {
-    format!("{PREFIX}{:016X}/schema.json", lsn.0)
+pub fn schema_key(lsn: crate::base::position::EndLsn) -> String {
+    format!("{PREFIX}{:016X}/schema.json", lsn.as_u64())
 }
 
 /// The key of `table`'s rows in the snapshot at `lsn` (`proto/manifest.md`).
-pub fn table_key(lsn: crate::base::position::Lsn, table: &TableName) -> String {
-    format!("{PREFIX}{:016X}/{}.copy.zst", lsn.0, table.key_part())
+pub fn table_key(lsn: crate::base::position::EndLsn, table: &TableName) -> String {
+    format!(
+        "{PREFIX}{:016X}/{}.copy.zst",
+        lsn.as_u64(),
+        table.key_part()
+    )
 }
 
 /// Copies every table of `tables` and uploads the snapshot; returns its manifest entry.

@@ -1,5 +1,18 @@
 //! Seals → uploads: archives every sealed local segment, then writes a new
 //! manifest listing them, then deletes the local copies.
+//!
+//! Why nothing is lost between the log and the store: a local segment is
+//! deleted only once a stored manifest lists it, and a crash before that
+//! leaves it to the next pass, which recognises what is already archived by
+//! its hash. Object keys name their content, so a retried upload rewrites
+//! nothing.
+//!
+//! What a gap means: each segment starts at the resume position where the
+//! previous one was sealed, and entries are listed in log order, so an entry
+//! whose start is not its predecessor's end marks history the archive does
+//! not hold (local segments lost before upload, e.g. a replaced log dir).
+//! The uploader still lists what it has, logs the gap, and `list`, `verify`
+//! and every restore plan report it; a restore never bridges it.
 
 use crate::base::retry::Retry;
 use std::io::Read;
@@ -14,7 +27,7 @@ use tokio::sync::{watch, Mutex, Notify};
 use super::manifest::{self, Manifest, SegmentEntry, SnapshotEntry, SourceId};
 use super::store::ObjectStore;
 use super::ArchiveError;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, PgTimestamp};
 use crate::log::segment;
 use crate::log::{LogError, SegmentIndex};
 
@@ -41,8 +54,8 @@ pub struct Uploader {
 
 /// A sealed segment read, verified, compressed and hashed.
 struct Prepared {
-    base_ack: Lsn,
-    restart: Lsn,
+    base_ack: EndLsn,
+    restart: EndLsn,
     index: SegmentIndex,
     raw_size: u64,
     raw_sha256: String,
@@ -168,8 +181,8 @@ impl Uploader {
             }
             let key = format!(
                 "{SEGMENT_PREFIX}{:016X}-{:016X}-{}.seg.zst",
-                prepared.base_ack.0,
-                prepared.index.ack_lsn.0,
+                prepared.base_ack.as_u64(),
+                prepared.index.ack_lsn.as_u64(),
                 &prepared.sha256[..16]
             );
             let entry = SegmentEntry {
@@ -284,7 +297,7 @@ impl Uploader {
     /// Prunes what `policy` no longer needs: the manifest first, the objects after.
     pub async fn prune(
         &self,
-        policy: &super::retention::RetentionPolicy,
+        policy: &crate::config::RetentionPolicy,
     ) -> Result<super::retention::PrunePlan, ArchiveError> {
         let started = std::time::Instant::now();
         let plan = super::retention::plan(&self.manifest().await?, policy, PgTimestamp::now());
@@ -304,7 +317,7 @@ impl Uploader {
     }
 
     /// The newest archived resume LSN and commit time.
-    pub async fn head(&self) -> Option<(Lsn, Option<PgTimestamp>)> {
+    pub async fn head(&self) -> Option<(EndLsn, Option<PgTimestamp>)> {
         let manifest = self.manifest.lock().await;
         manifest
             .as_ref()?

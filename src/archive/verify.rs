@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::manifest::{self, Manifest};
 use super::store::{ObjectStore, StoreError};
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 use crate::log::record::RecordKind;
 use crate::log::segment::{self, SegmentReader};
 use crate::source::pgoutput;
@@ -34,8 +34,8 @@ pub struct Problem {
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Range {
-    pub from: Lsn,
-    pub to: Lsn,
+    pub from: EndLsn,
+    pub to: EndLsn,
     /// `found` or `missing`.
     pub status: &'static str,
 }

@@ -1,4 +1,13 @@
-//! PostgreSQL log sequence numbers and commit timestamps, in the forms people and the server use.
+//! Positions in the source's history: log sequence numbers, typed by what
+//! they mark, and commit timestamps, in the forms people and the server use.
+//!
+//! A transaction has two LSNs that are easy to confuse. Its commit LSN is
+//! where its commit record starts; its end LSN is where that record ends, the
+//! point replication resumes from once it is confirmed. A base snapshot taken
+//! at a consistent point P holds exactly the transactions whose commit LSN
+//! precedes P (`CommitLsn::precedes`), while restore to an LSN T applies
+//! those whose end LSN is at or before T. Keeping them apart in the types
+//! keeps each bound comparing the LSN it means.
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +20,11 @@ pub struct Lsn(pub u64);
 
 impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
+
+    /// WAL bytes from `earlier` to here; zero if `earlier` is not earlier.
+    pub fn bytes_since(self, earlier: Lsn) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
 }
 
 impl fmt::Display for Lsn {
@@ -18,6 +32,73 @@ impl fmt::Display for Lsn {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
     }
 }
+
+/// Where a transaction's commit record starts (pgoutput's commit LSN,
+/// Begin's final LSN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitLsn(pub Lsn);
+
+impl CommitLsn {
+    /// Whether the commit record precedes `point`: a snapshot taken at that
+    /// consistent point holds this transaction.
+    pub fn precedes(self, point: EndLsn) -> bool {
+        self.0 < point.0
+    }
+}
+
+/// A position between transactions: where a transaction's commit record ends,
+/// or a consistent point, a keepalive position, a segment's bound, a restore
+/// target. Replication resumes from such a position without splitting a
+/// transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndLsn(pub Lsn);
+
+/// A restore point: a position between transactions, and the commit time of
+/// the last transaction that ends at or before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Position {
+    #[serde(rename = "time")]
+    pub commit_time: PgTimestamp,
+    pub lsn: EndLsn,
+}
+
+macro_rules! lsn_newtype_forms {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// The position as a number, for byte formats and metrics.
+            pub fn as_u64(self) -> u64 {
+                self.0 .0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseLsnError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(serializer)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Lsn::deserialize(deserializer).map($name)
+            }
+        }
+    )*};
+}
+
+lsn_newtype_forms!(CommitLsn, EndLsn);
 
 #[derive(Debug, thiserror::Error)]
 #[error("'{0}' is not an LSN; write it as PostgreSQL prints one, e.g. 0/3A2F1C8")]
@@ -150,6 +231,27 @@ mod tests {
         assert_eq!(
             PgTimestamp(1_000_001).to_rfc3339(),
             "2000-01-01T00:00:01.000001Z"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_holds_what_committed_before_its_point() {
+        let point = EndLsn(Lsn(100));
+        assert!(CommitLsn(Lsn(99)).precedes(point));
+        assert!(!CommitLsn(Lsn(100)).precedes(point));
+        assert_eq!("0/64".parse::<EndLsn>().unwrap(), point);
+        assert_eq!(serde_json::to_string(&point).unwrap(), "\"0/64\"");
+    }
+
+    #[test]
+    fn a_position_prints_as_time_and_lsn() {
+        let position = Position {
+            commit_time: PgTimestamp(0),
+            lsn: EndLsn(Lsn(1)),
+        };
+        assert_eq!(
+            serde_json::to_string(&position).unwrap(),
+            r#"{"time":"2000-01-01T00:00:00.000000Z","lsn":"0/1"}"#
         );
     }
 }

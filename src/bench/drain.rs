@@ -13,7 +13,7 @@ use super::{
     capture_config, capture_toml, current_lsn, median, peak_rss_mib, reset_peak_rss, BenchError,
     Options, Scenario, Server,
 };
-use crate::base::position::Lsn;
+use crate::base::position::{EndLsn, Lsn};
 use crate::telemetry::Progress;
 
 const DB: &str = "tidemark_bench_drain";
@@ -74,7 +74,7 @@ async fn backlog(
     scenario: Scenario,
     changes: u64,
     round: u64,
-) -> Result<Lsn, BenchError> {
+) -> Result<EndLsn, BenchError> {
     let client = server.connect(DB).await?;
     match scenario {
         Scenario::Pgbench => {
@@ -137,14 +137,14 @@ pub struct CaptureRun<'a> {
     pub slot: &'a str,
     /// More config sections, as TOML.
     pub extra: String,
-    pub until: fn(&Progress) -> &watch::Sender<Lsn>,
+    pub until: fn(&Progress) -> &watch::Sender<EndLsn>,
 }
 
 /// Runs capture in this process until `run.until` reaches `end`.
 pub async fn tidemark(
     server: &Server,
     run: &CaptureRun<'_>,
-    end: Lsn,
+    end: EndLsn,
     log_dir: &Path,
 ) -> Result<Drained, BenchError> {
     if log_dir.exists() {
@@ -196,7 +196,7 @@ pub async fn tidemark(
 fn recvlogical(
     server: &Server,
     slot: &str,
-    end: Lsn,
+    end: EndLsn,
     file: &Path,
     options: &[&str],
 ) -> Result<f64, BenchError> {
@@ -298,7 +298,7 @@ pub async fn run(
         }
         let round = DrainRound {
             changes,
-            wal_bytes: end.0 - start.0,
+            wal_bytes: end.0.bytes_since(start.0),
             tidemark_seconds: drained.seconds,
             pg_recvlogical_seconds: recvlogical_s,
             wal2json_seconds: wal2json_s,
@@ -373,7 +373,7 @@ pub async fn big_transaction(server: &Server, options: &Options) -> Result<f64, 
             .get(0);
         if confirmed
             .and_then(|l| l.parse::<Lsn>().ok())
-            .is_some_and(|l| l >= end)
+            .is_some_and(|l| l >= end.0)
         {
             break;
         }

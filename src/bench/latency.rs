@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::report::LatencyResult;
 use super::{capture_config, current_lsn, percentile, BenchError, Options, Server};
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
 use crate::telemetry::Progress;
 
@@ -17,10 +17,10 @@ const DB: &str = "tidemark_bench_latency";
 const PER_CONNECTION: u32 = 1000;
 const SETTLE_WAIT: Duration = Duration::from_secs(60);
 
-type Timeline = Arc<Mutex<Vec<(PgTimestamp, Lsn)>>>;
+type Timeline = Arc<Mutex<Vec<(PgTimestamp, EndLsn)>>>;
 
 /// Records when each new position was reported.
-fn record(sender: &watch::Sender<Lsn>) -> Timeline {
+fn record(sender: &watch::Sender<EndLsn>) -> Timeline {
     let timeline: Timeline = Arc::default();
     let mut positions = sender.subscribe();
     let into = timeline.clone();
@@ -35,7 +35,7 @@ fn record(sender: &watch::Sender<Lsn>) -> Timeline {
     timeline
 }
 
-async fn wait_for(sender: &watch::Sender<Lsn>, end: Lsn) -> bool {
+async fn wait_for(sender: &watch::Sender<EndLsn>, end: EndLsn) -> bool {
     let mut positions = sender.subscribe();
     tokio::time::timeout(SETTLE_WAIT, positions.wait_for(|lsn| *lsn >= end))
         .await
@@ -207,7 +207,9 @@ pub async fn run(
     .map_err(std::io::Error::other)?;
     let mut commits = Commits::default();
     Assembler::run(segments.path(), &mut commits).map_err(std::io::Error::other)?;
-    commits.0.retain(|txn| txn.commit_lsn >= measured_from);
+    commits
+        .0
+        .retain(|txn| txn.commit_lsn >= CommitLsn(measured_from.0));
 
     let mut durable = latencies(&commits.0, &timelines[0]);
     let mut archived = latencies(&commits.0, &timelines[1]);

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::base::exit::ExitCode;
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 use crate::replay::scratch::{ScratchError, ScratchServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -223,12 +223,18 @@ impl Server {
     }
 }
 
-pub async fn current_lsn(client: &tokio_postgres::Client) -> Result<Lsn, BenchError> {
+/// The server's WAL insert position. The bench reads it between its own
+/// transactions, so it is a position between transactions.
+pub async fn current_lsn(client: &tokio_postgres::Client) -> Result<EndLsn, BenchError> {
     let text: String = client
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await?
         .get(0);
-    Ok(text.parse().expect("the server prints LSNs"))
+    text.parse()
+        .map_err(|e: crate::base::position::ParseLsnError| BenchError::Tool {
+            tool: "pg_current_wal_insert_lsn".into(),
+            detail: e.to_string(),
+        })
 }
 
 /// A capture config for the bench, as TOML.

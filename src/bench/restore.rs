@@ -53,12 +53,8 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
     let progress = Arc::new(Progress::default());
     let (stop, stopped) = watch::channel(false);
     let observed = progress.clone();
-    let store = checked
-        .config
-        .archive
-        .as_ref()
-        .expect("an archive")
-        .open_store()
+    let archive = checked.config.archive.as_ref().expect("an archive");
+    let store = crate::archive::store::open_configured(archive)
         .await
         .map_err(std::io::Error::other)?;
     let capture =

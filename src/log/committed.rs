@@ -25,14 +25,14 @@ use bytes::Bytes;
 use super::reader::{LogReader, Position};
 use super::record::{Record, RecordKind};
 use super::LogError;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 use crate::source::pgoutput::{self, Message, OldTuple, Relation, Tuple};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnInfo {
     pub xid: u32,
-    pub commit_lsn: Lsn,
-    pub end_lsn: Lsn,
+    pub commit_lsn: CommitLsn,
+    pub end_lsn: EndLsn,
     pub commit_time: PgTimestamp,
 }
 
@@ -82,7 +82,7 @@ pub trait TxnSink {
     /// Every transaction ending at or before `lsn` has been emitted (a
     /// Progress record read while no transaction was open). Most sinks need
     /// not care.
-    fn passed(&mut self, _lsn: Lsn) -> Result<(), Self::Error> {
+    fn passed(&mut self, _lsn: EndLsn) -> Result<(), Self::Error> {
         Ok(())
     }
 }
@@ -175,7 +175,7 @@ impl Assembler {
             }
             RecordKind::Progress => {
                 if self.open.is_none() && self.in_block.is_none() {
-                    sink.passed(record.lsn)?;
+                    sink.passed(EndLsn(record.lsn))?;
                 }
                 return Ok(());
             }
@@ -478,6 +478,7 @@ fn apply<S: TxnSink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::{EndLsn, Lsn};
     use crate::log::writer::LogWriter;
     use crate::source::pgoutput::build::*;
 
@@ -502,7 +503,7 @@ mod tests {
         fn commit(&mut self, _: &TxnInfo) -> Result<(), LogError> {
             Ok(())
         }
-        fn passed(&mut self, lsn: Lsn) -> Result<(), LogError> {
+        fn passed(&mut self, lsn: EndLsn) -> Result<(), LogError> {
             self.0.push((0, format!("passed {lsn}")));
             Ok(())
         }
@@ -525,7 +526,7 @@ mod tests {
     }
 
     fn resume() -> Record {
-        Record::marker(RecordKind::Resume, Lsn(1))
+        Record::marker(RecordKind::Resume, EndLsn(Lsn(1)))
     }
 
     #[test]
@@ -565,7 +566,7 @@ mod tests {
 
     #[test]
     fn progress_is_passed_on_only_while_no_transaction_is_open() {
-        let progress = |lsn| Record::marker(RecordKind::Progress, Lsn(lsn));
+        let progress = |lsn| Record::marker(RecordKind::Progress, EndLsn(Lsn(lsn)));
         let records = vec![
             progress(0x10),
             wal(begin(8)),
@@ -646,7 +647,7 @@ mod tests {
             matches!(
                 error,
                 LogError::Incomplete {
-                    commit_lsn: Lsn(9),
+                    commit_lsn: CommitLsn(Lsn(9)),
                     ..
                 }
             ),

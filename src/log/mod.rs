@@ -65,7 +65,7 @@ pub enum LogError {
     #[error("transaction {xid} (commit {commit_lsn}) started before the segments read begin, so its changes cannot be applied whole; tidemark refuses rather than apply part of it")]
     Incomplete {
         xid: u32,
-        commit_lsn: crate::base::position::Lsn,
+        commit_lsn: crate::base::position::CommitLsn,
     },
     #[error("transaction {xid} changes relation {oid}, but no Relation message for it came first; the log is incomplete, rebuild it from the archive")]
     UnknownRelation { xid: u32, oid: u32 },

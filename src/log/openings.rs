@@ -11,17 +11,17 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::record::{Record, RecordKind};
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 use crate::source::pgoutput::{PeekKind, TxnState};
 
 #[derive(Default)]
 pub struct Openings {
     /// Base of the segment being written.
-    base: Lsn,
+    base: EndLsn,
     /// The open non-streamed transaction: the base of the segment its Begin is in.
-    whole: Option<Lsn>,
+    whole: Option<EndLsn>,
     /// Open streamed transactions: xid → base of the segment of their first block.
-    streamed: HashMap<u32, Lsn>,
+    streamed: HashMap<u32, EndLsn>,
     /// What is open in the stream; its streamed block, if any.
     state: TxnState,
     /// Main-context Relation messages by relation oid, as received.
@@ -32,7 +32,7 @@ pub struct Openings {
 }
 
 impl Openings {
-    pub fn new(base: Lsn) -> Openings {
+    pub fn new(base: EndLsn) -> Openings {
         Openings {
             base,
             ..Openings::default()
@@ -97,7 +97,7 @@ impl Openings {
     }
 
     /// Starts a new segment with base `base`; returns its restart point.
-    pub fn next_segment(&mut self, base: Lsn) -> Lsn {
+    pub fn next_segment(&mut self, base: EndLsn) -> EndLsn {
         self.base = base;
         self.whole
             .into_iter()
@@ -110,7 +110,7 @@ impl Openings {
     pub fn schema_records(&self) -> impl Iterator<Item = Record> + '_ {
         self.relations.values().map(|payload| Record {
             kind: RecordKind::Schema,
-            lsn: self.base,
+            lsn: self.base.0,
             data: payload.clone(),
         })
     }
@@ -119,6 +119,7 @@ impl Openings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::{EndLsn, Lsn};
 
     use crate::source::pgoutput::build;
 
@@ -128,37 +129,37 @@ mod tests {
 
     #[test]
     fn restart_points_at_the_oldest_open_transaction() {
-        let mut o = Openings::new(Lsn(100));
-        assert_eq!(o.next_segment(Lsn(100)), Lsn(100));
+        let mut o = Openings::new(EndLsn(Lsn(100)));
+        assert_eq!(o.next_segment(EndLsn(Lsn(100))), EndLsn(Lsn(100)));
         o.observe(&wal(build::stream_start(7)));
         o.observe(&wal(build::stream_stop()));
         assert_eq!(
-            o.next_segment(Lsn(200)),
-            Lsn(100),
+            o.next_segment(EndLsn(Lsn(200))),
+            EndLsn(Lsn(100)),
             "streamed 7 began at 100"
         );
         o.observe(&wal(build::begin(1)));
-        assert_eq!(o.next_segment(Lsn(300)), Lsn(100));
+        assert_eq!(o.next_segment(EndLsn(Lsn(300))), EndLsn(Lsn(100)));
         o.observe(&wal(build::stream_commit(7, 60)));
         assert_eq!(
-            o.next_segment(Lsn(400)),
-            Lsn(200),
+            o.next_segment(EndLsn(Lsn(400))),
+            EndLsn(Lsn(200)),
             "the open Begin is in segment 200"
         );
         o.observe(&wal(build::commit(50)));
-        assert_eq!(o.next_segment(Lsn(500)), Lsn(500));
+        assert_eq!(o.next_segment(EndLsn(Lsn(500))), EndLsn(Lsn(500)));
         o.observe(&wal(build::stream_start(8)));
-        o.observe(&Record::marker(RecordKind::Resume, Lsn(1)));
+        o.observe(&Record::marker(RecordKind::Resume, EndLsn(Lsn(1))));
         assert_eq!(
-            o.next_segment(Lsn(600)),
-            Lsn(600),
+            o.next_segment(EndLsn(Lsn(600))),
+            EndLsn(Lsn(600)),
             "a Resume voids what was open"
         );
     }
 
     #[test]
     fn relations_are_repeated_including_committed_streams() {
-        let mut o = Openings::new(Lsn(1));
+        let mut o = Openings::new(EndLsn(Lsn(1)));
         o.observe(&wal(build::relation_with_oid(None, 10)));
         o.observe(&wal(build::stream_start(7)));
         o.observe(&wal(build::relation_with_oid(Some(7), 11)));

@@ -7,7 +7,7 @@
 use crate::source::pgoutput;
 use bytes::Bytes;
 
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, Lsn, PgTimestamp};
 
 pub const FRAME_HEADER: usize = 8;
 const BODY_HEADER: usize = 1 + 8;
@@ -60,10 +60,11 @@ impl Record {
         }
     }
 
-    pub fn marker(kind: RecordKind, lsn: Lsn) -> Record {
+    /// A marker at a position between transactions (Resume, Progress, Seal).
+    pub fn marker(kind: RecordKind, lsn: EndLsn) -> Record {
         Record {
             kind,
-            lsn,
+            lsn: lsn.0,
             data: Bytes::new(),
         }
     }
@@ -147,7 +148,7 @@ pub struct SegmentIndex {
     pub last_commit_time: Option<PgTimestamp>,
     /// The log's resume position at the end of this segment: the highest LSN
     /// up to which the server need never resend anything (cumulative over the log).
-    pub ack_lsn: Lsn,
+    pub ack_lsn: EndLsn,
     pub records: u64,
 }
 
@@ -172,7 +173,7 @@ impl SegmentIndex {
                     self.last_commit_time = Some(done.time);
                 }
             }
-            RecordKind::Progress => self.ack_lsn = self.ack_lsn.max(record.lsn),
+            RecordKind::Progress => self.ack_lsn = self.ack_lsn.max(EndLsn(record.lsn)),
             RecordKind::Resume | RecordKind::Seal | RecordKind::Schema => {}
         }
     }
@@ -184,14 +185,14 @@ impl SegmentIndex {
             self.last_lsn.map_or(u64::MAX, |l| l.0),
             self.first_commit_time.map_or(NONE_TIME, |t| t.0) as u64,
             self.last_commit_time.map_or(NONE_TIME, |t| t.0) as u64,
-            self.ack_lsn.0,
+            self.ack_lsn.as_u64(),
             self.records,
         ] {
             data.extend_from_slice(&value.to_le_bytes());
         }
         Record {
             kind: RecordKind::Seal,
-            lsn: self.ack_lsn,
+            lsn: self.ack_lsn.0,
             data: Bytes::from(data),
         }
     }
@@ -209,7 +210,7 @@ impl SegmentIndex {
             last_lsn: lsn(field(1)),
             first_commit_time: time(field(2)),
             last_commit_time: time(field(3)),
-            ack_lsn: Lsn(field(4)),
+            ack_lsn: EndLsn(Lsn(field(4))),
             records: field(5),
         })
     }
@@ -218,6 +219,7 @@ impl SegmentIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::{EndLsn, Lsn};
     use proptest::prelude::*;
 
     #[test]
@@ -249,22 +251,22 @@ mod tests {
     #[test]
     fn index_tracks_commits_and_seals() {
         let mut index = SegmentIndex::default();
-        index.add(&Record::marker(RecordKind::Resume, Lsn(5)));
+        index.add(&Record::marker(RecordKind::Resume, EndLsn(Lsn(5))));
         index.add(&Record::wal(Lsn(10), pgoutput::build::commit(40)));
         index.add(&Record::wal(Lsn(50), pgoutput::build::commit(70)));
-        index.add(&Record::marker(RecordKind::Progress, Lsn(90)));
+        index.add(&Record::marker(RecordKind::Progress, EndLsn(Lsn(90))));
         assert_eq!(index.first_lsn, Some(Lsn(5)));
         assert_eq!(index.last_lsn, Some(Lsn(90)));
         assert_eq!(index.first_commit_time, Some(PgTimestamp(40)));
         assert_eq!(index.last_commit_time, Some(PgTimestamp(70)));
-        assert_eq!(index.ack_lsn, Lsn(90));
+        assert_eq!(index.ack_lsn, EndLsn(Lsn(90)));
         let seal = index.seal_record();
         let mut buf = Vec::new();
         seal.encode_into(&mut buf);
         assert_eq!(buf.len(), SEAL_FRAME_LEN);
         assert_eq!(SegmentIndex::from_seal(&seal), Some(index));
         assert_eq!(
-            SegmentIndex::from_seal(&Record::marker(RecordKind::Seal, Lsn(1))),
+            SegmentIndex::from_seal(&Record::marker(RecordKind::Seal, EndLsn(Lsn(1)))),
             None
         );
     }

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use super::record::{self, FrameError, Record, RecordKind, SegmentIndex, FRAME_HEADER};
 use super::LogError;
-use crate::base::position::Lsn;
+use crate::base::position::{EndLsn, Lsn};
 
 pub const MAGIC: &[u8; 8] = b"TIDEMARK";
 pub const FORMAT_VERSION: u32 = 1;
@@ -19,12 +19,12 @@ const EXTENSION: &str = "seg";
 /// created, so each segment covers resume positions (base_ack, its own ack].
 /// `restart` is the base of the segment where the oldest transaction still
 /// open at this segment's start began: reading from there sees it whole.
-pub fn header(base_ack: Lsn, restart: Lsn) -> [u8; HEADER_LEN as usize] {
+pub fn header(base_ack: EndLsn, restart: EndLsn) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
-    h[24..32].copy_from_slice(&restart.0.to_le_bytes());
+    h[24..32].copy_from_slice(&restart.as_u64().to_le_bytes());
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[16..24].copy_from_slice(&base_ack.0.to_le_bytes());
+    h[16..24].copy_from_slice(&base_ack.as_u64().to_le_bytes());
     h
 }
 
@@ -73,8 +73,8 @@ pub enum Tail {
 /// Reads records one by one, verifying each CRC.
 pub struct SegmentReader {
     path: PathBuf,
-    base_ack: Lsn,
-    restart: Lsn,
+    base_ack: EndLsn,
+    restart: EndLsn,
     reader: BufReader<File>,
     offset: u64,
     tail: Option<Tail>,
@@ -111,12 +111,12 @@ impl SegmentReader {
         }
         Ok(Some(SegmentReader {
             path: path.to_path_buf(),
-            restart: Lsn(u64::from_le_bytes(
+            restart: EndLsn(Lsn(u64::from_le_bytes(
                 head[24..32].try_into().expect("8 bytes"),
-            )),
-            base_ack: Lsn(u64::from_le_bytes(
+            ))),
+            base_ack: EndLsn(Lsn(u64::from_le_bytes(
                 head[16..24].try_into().expect("8 bytes"),
-            )),
+            ))),
             reader: BufReader::with_capacity(1 << 20, file),
             offset: HEADER_LEN,
             tail: None,
@@ -140,12 +140,12 @@ impl SegmentReader {
     }
 
     /// The log's resume LSN when this segment was created.
-    pub fn base_ack(&self) -> Lsn {
+    pub fn base_ack(&self) -> EndLsn {
         self.base_ack
     }
 
     /// Where to start reading so every transaction open at this segment's start is seen whole.
-    pub fn restart(&self) -> Lsn {
+    pub fn restart(&self) -> EndLsn {
         self.restart
     }
 
@@ -292,8 +292,8 @@ pub fn scan(reader: &mut SegmentReader) -> Result<Scan, LogError> {
 
 /// A sealed segment's header fields and index.
 pub struct Sealed {
-    pub base_ack: Lsn,
-    pub restart: Lsn,
+    pub base_ack: EndLsn,
+    pub restart: EndLsn,
     pub index: SegmentIndex,
 }
 

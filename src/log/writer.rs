@@ -1,4 +1,24 @@
 //! The single writer of the segment log, and its group-commit thread.
+//!
+//! Why the resume LSN it publishes is safe to confirm: it is the segment
+//! index's ack LSN as of the last fsync that returned, and that LSN moves only
+//! at the end of a finished transaction or at a Progress record, both
+//! appended after everything they cover. Capture confirms nothing else.
+//!
+//! What a crash leaves, at any instant:
+//! - Mid-append: a torn last record. Opening scans the last segment, cuts it
+//!   back to the last whole record (each carries a CRC) and fsyncs the cut.
+//!   Only fsynced positions were confirmed, so the server resends the rest.
+//! - Mid-roll, before the Seal record is fsynced: the segment is not sealed,
+//!   so opening carries on appending to it; a torn Seal is cut like any torn
+//!   record.
+//! - After the seal, before the next segment's header and directory entry
+//!   are durable: the new file is missing or shorter than its header. Opening
+//!   creates it again at the sealed segment's resume LSN, so a sealed segment
+//!   is never written again and the chain has no gap.
+//! - After the new segment is durable: an ordinary open segment. Each
+//!   capture session starts with a Resume record, so readers drop any
+//!   transaction left unfinished before it; the server sends those whole.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -10,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use super::record::{Record, SegmentIndex};
 use super::segment::{self, SegmentReader, Tail, HEADER_LEN};
 use super::LogError;
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 
 /// Userspace buffer size: writes reach the kernel in chunks of about this much.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -21,7 +41,7 @@ pub struct Recovery {
     /// Bytes of a torn or corrupt tail cut from the last segment.
     pub truncated_bytes: u64,
     /// The LSN from which the server must resend: everything before it is durable here.
-    pub resume_lsn: Lsn,
+    pub resume_lsn: EndLsn,
     /// Whether the log has never finished a transaction or recorded progress.
     pub empty: bool,
 }
@@ -36,7 +56,7 @@ pub struct LogWriter {
     buf: Vec<u8>,
     index: SegmentIndex,
     segment_size: u64,
-    durable_ack: Lsn,
+    durable_ack: EndLsn,
     /// The newest sealed segment (0 if none was sealed by this writer).
     sealed_seq: u64,
     /// Open transactions and relation definitions, for the next segment's start.
@@ -56,14 +76,14 @@ impl LogWriter {
         let segments = segment::list(dir)?;
         let mut truncated_bytes = 0;
         let (seq, file, len, index) = match segments.last() {
-            None => create_segment(dir, 1, Lsn::ZERO, Lsn::ZERO)?,
+            None => create_segment(dir, 1, EndLsn::default(), EndLsn::default())?,
             Some((seq, path)) => match SegmentReader::open(path)? {
                 // Created by a roll that a crash cut short: the sealed segment before it
                 // is still here (it is uploaded only after the roll completes).
                 None => {
                     let base = match segments.len().checked_sub(2).map(|i| &segments[i].1) {
                         Some(prev) => sealed_ack(prev)?,
-                        None => Lsn::ZERO,
+                        None => EndLsn::default(),
                     };
                     create_segment(dir, *seq, base, base)?
                 }
@@ -96,7 +116,7 @@ impl LogWriter {
             },
         };
         let resume_lsn = index.ack_lsn;
-        let empty = resume_lsn == Lsn::ZERO;
+        let empty = resume_lsn == EndLsn::default();
         let mut writer = LogWriter {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -166,7 +186,7 @@ impl LogWriter {
     }
 
     /// Makes everything appended durable and returns the new durable resume LSN.
-    pub fn sync(&mut self) -> Result<Lsn, LogError> {
+    pub fn sync(&mut self) -> Result<EndLsn, LogError> {
         self.write_buffer()?;
         self.file
             .sync_data()
@@ -181,7 +201,7 @@ impl LogWriter {
     }
 
     /// The resume LSN over everything appended, durable or not.
-    pub fn appended_ack(&self) -> Lsn {
+    pub fn appended_ack(&self) -> EndLsn {
         self.index.ack_lsn
     }
 
@@ -248,8 +268,8 @@ pub fn lock_dir(dir: &Path) -> Result<File, LogError> {
 fn create_segment(
     dir: &Path,
     seq: u64,
-    base_ack: Lsn,
-    restart: Lsn,
+    base_ack: EndLsn,
+    restart: EndLsn,
 ) -> Result<(u64, File, u64, SegmentIndex), LogError> {
     let path = dir.join(segment::file_name(seq));
     let io_err = |source| LogError::Io {
@@ -279,7 +299,7 @@ fn create_segment(
     Ok((seq, file, HEADER_LEN, index))
 }
 
-fn sealed_ack(path: &Path) -> Result<Lsn, LogError> {
+fn sealed_ack(path: &Path) -> Result<EndLsn, LogError> {
     segment::sealed_index(path)?
         .map(|index| index.ack_lsn)
         .ok_or_else(|| LogError::Corrupt {
@@ -293,7 +313,7 @@ fn sealed_ack(path: &Path) -> Result<Lsn, LogError> {
 /// in flight, arriving batches queue up, and the next fsync covers them all.
 pub struct Appender {
     commands: mpsc::Sender<Command>,
-    durable: watch::Receiver<Lsn>,
+    durable: watch::Receiver<EndLsn>,
     sealed: watch::Receiver<u64>,
     thread: JoinHandle<Result<LogWriter, LogError>>,
 }
@@ -305,8 +325,12 @@ enum Command {
 
 /// Publishes a resume LSN that an fsync has made durable. The gauge is set
 /// first, so nothing read from the watch is ever ahead of what it shows.
-fn publish_durable(lsn: Lsn, durable: &watch::Sender<Lsn>, observed: Option<&watch::Sender<Lsn>>) {
-    metrics::gauge!(crate::telemetry::LOG_DURABLE_LSN).set(lsn.0 as f64);
+fn publish_durable(
+    lsn: EndLsn,
+    durable: &watch::Sender<EndLsn>,
+    observed: Option<&watch::Sender<EndLsn>>,
+) {
+    metrics::gauge!(crate::telemetry::LOG_DURABLE_LSN).set(lsn.as_u64() as f64);
     durable.send_if_modified(|d| std::mem::replace(d, lsn) != lsn);
     if let Some(observed) = observed {
         observed.send_replace(lsn);
@@ -318,7 +342,7 @@ const QUEUE_DEPTH: usize = 8;
 
 impl Appender {
     /// Starts the writer thread; `observed` also receives each new durable LSN.
-    pub fn start(writer: LogWriter, observed: Option<watch::Sender<Lsn>>) -> Appender {
+    pub fn start(writer: LogWriter, observed: Option<watch::Sender<EndLsn>>) -> Appender {
         let (commands, mut rx) = mpsc::channel::<Command>(QUEUE_DEPTH);
         let (durable_tx, durable) = watch::channel(writer.durable_ack);
         // What the log held when it was opened is durable already.
@@ -376,7 +400,7 @@ impl Appender {
     }
 
     /// The durable resume LSN, updated after each group fsync.
-    pub fn durable(&self) -> watch::Receiver<Lsn> {
+    pub fn durable(&self) -> watch::Receiver<EndLsn> {
         self.durable.clone()
     }
 
@@ -396,7 +420,7 @@ impl Appender {
 }
 
 impl LogWriter {
-    pub fn durable_ack(&self) -> Lsn {
+    pub fn durable_ack(&self) -> EndLsn {
         self.durable_ack
     }
 }
@@ -404,6 +428,7 @@ impl LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::{EndLsn, Lsn};
     use crate::log::reader::LogReader;
     use crate::log::record::RecordKind;
     use bytes::Bytes;
@@ -435,7 +460,7 @@ mod tests {
         for end in [10, 20, 30] {
             writer.append(&commit(end)).unwrap();
         }
-        assert_eq!(writer.sync().unwrap(), Lsn(30));
+        assert_eq!(writer.sync().unwrap(), EndLsn(Lsn(30)));
         drop(writer);
 
         // A partial frame at the end, as a crash mid-write leaves it.
@@ -453,7 +478,7 @@ mod tests {
 
         let (mut writer, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(recovery.truncated_bytes, partial.len() as u64);
-        assert_eq!(recovery.resume_lsn, Lsn(30));
+        assert_eq!(recovery.resume_lsn, EndLsn(Lsn(30)));
         assert!(!recovery.empty);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
         writer.append(&commit(50)).unwrap();
@@ -477,7 +502,7 @@ mod tests {
         bytes[second] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         let (_, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(recovery.resume_lsn, Lsn(10));
+        assert_eq!(recovery.resume_lsn, EndLsn(Lsn(10)));
         assert_eq!(lsns(dir.path()), vec![9]);
     }
 
@@ -505,11 +530,11 @@ mod tests {
             index.first_commit_time,
             Some(crate::base::position::PgTimestamp(150))
         );
-        assert!(index.ack_lsn >= Lsn(150));
+        assert!(index.ack_lsn >= EndLsn(Lsn(150)));
         let sealed_bytes = std::fs::read(first).unwrap();
 
         let (mut writer, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(recovery.resume_lsn, Lsn(850));
+        assert_eq!(recovery.resume_lsn, EndLsn(Lsn(850)));
         writer.append(&commit(900)).unwrap();
         writer.sync().unwrap();
         drop(writer);
@@ -566,7 +591,7 @@ mod tests {
             }
         }
         let (writer, recovery) = LogWriter::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(recovery.resume_lsn, Lsn(200));
+        assert_eq!(recovery.resume_lsn, EndLsn(Lsn(200)));
         assert!(!recovery.empty);
         assert_eq!(writer.sealed_seq(), 2);
     }

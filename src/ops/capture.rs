@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use super::OpError;
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 
 /// Runs capture until a stop signal; returns the position confirmed last.
-pub async fn run(config: &Path) -> Result<Lsn, OpError> {
+pub async fn run(config: &Path) -> Result<EndLsn, OpError> {
     let checked = super::load(config)?;
     #[cfg(feature = "kafka")]
     if let Some(kafka) = &checked.config.kafka {

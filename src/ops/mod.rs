@@ -94,8 +94,7 @@ pub async fn open_archive(config: &Config) -> Result<Arc<dyn ObjectStore>, OpErr
             "the config has no [archive] section; add one with url = \"file:///path\" or \"s3://bucket/prefix\"".into(),
         )
     })?;
-    Ok(archive
-        .open_store()
+    Ok(crate::archive::store::open_configured(archive)
         .await
         .map_err(crate::archive::ArchiveError::from)?)
 }

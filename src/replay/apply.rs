@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::merge::TableBatch;
 use crate::base::exit::ExitCode;
-use crate::base::position::Lsn;
+use crate::base::position::{CommitLsn, EndLsn, Lsn};
 use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::log::committed::{Change, TxnInfo, TxnSink};
 use crate::log::LogError;
@@ -25,7 +25,7 @@ pub enum ApplyError {
     #[error("applying transaction {xid} (commit {commit_lsn}) to the target failed: {message}")]
     Target {
         xid: u32,
-        commit_lsn: Lsn,
+        commit_lsn: CommitLsn,
         message: String,
     },
     #[error("table {table} gained column {column} of a type the archive cannot name (oid {oid})")]
@@ -45,17 +45,27 @@ impl ApplyError {
     }
 }
 
-/// Which transactions to apply: those that commit after the base and finish at or before the target.
+/// Which transactions to apply: those that commit after the base and finish
+/// at or before the target.
+///
+/// Why these bounds are exact: the snapshot at `after` holds exactly the
+/// transactions whose commit record precedes it (`CommitLsn::precedes`), so
+/// those are skipped and every later one applied. A target LSN is a position
+/// between transactions, so `end_lsn <= target` takes each transaction whole
+/// or not at all; a target time takes those whose commit time is at or before
+/// it. Commit LSNs and commit times rise together in commit order, so the
+/// applier stops at the first transaction past the target.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
-    /// The snapshot's LSN: transactions whose commit record is before it are already in it.
-    pub after: Lsn,
+    /// The snapshot's point: transactions whose commit record precedes it are already in it.
+    pub after: EndLsn,
     pub until: Target,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    Lsn(Lsn),
+    /// Every transaction that ends at or before this position.
+    Lsn(EndLsn),
     Time(crate::base::position::PgTimestamp),
     Latest,
 }
@@ -357,7 +367,7 @@ impl<E: Executor> TxnSink for Applier<E> {
 
     fn begin(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
         // Already in the snapshot: its commit record precedes the snapshot's point.
-        if txn.commit_lsn < self.bounds.after {
+        if txn.commit_lsn.precedes(self.bounds.after) {
             self.in_bounds = false;
             return Ok(());
         }
@@ -368,7 +378,7 @@ impl<E: Executor> TxnSink for Applier<E> {
         }
         self.in_bounds = true;
         self.progress
-            .set_position(txn.end_lsn.0.saturating_sub(self.bounds.after.0));
+            .set_position(txn.end_lsn.0.bytes_since(self.bounds.after.0));
         Ok(())
     }
 
@@ -423,7 +433,10 @@ impl<E: Executor> TxnSink for Applier<E> {
 
     fn incomplete(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
         // Harmless if the snapshot holds it, or if it is past the target.
-        if txn.commit_lsn < self.bounds.after || self.reached_target || self.past_target(txn) {
+        if txn.commit_lsn.precedes(self.bounds.after)
+            || self.reached_target
+            || self.past_target(txn)
+        {
             return Ok(());
         }
         Err(LogError::Incomplete {
@@ -446,6 +459,7 @@ impl<E: Executor> TxnSink for Applier<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::{CommitLsn, EndLsn, Lsn};
     use bytes::Bytes;
 
     #[derive(Default)]
@@ -491,8 +505,8 @@ mod tests {
     fn txn(commit: u64, end: u64) -> TxnInfo {
         TxnInfo {
             xid: 7,
-            commit_lsn: Lsn(commit),
-            end_lsn: Lsn(end),
+            commit_lsn: CommitLsn(Lsn(commit)),
+            end_lsn: EndLsn(Lsn(end)),
             commit_time: crate::base::position::PgTimestamp(end as i64),
         }
     }
@@ -507,7 +521,7 @@ mod tests {
             let mut applier = Applier::new(
                 &mut recorder,
                 Bounds {
-                    after: Lsn(100),
+                    after: EndLsn(Lsn(100)),
                     until,
                 },
                 tables,
@@ -576,7 +590,7 @@ mod tests {
                 (txn(120, 130), insert("in")),
                 (txn(140, 150), insert("after")),
             ],
-            Target::Lsn(Lsn(130)),
+            Target::Lsn(EndLsn(Lsn(130))),
         )
         .join("");
         assert!(

@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::apply::Executor;
 use crate::archive::manifest::{self, SegmentEntry, TableObject};
-use crate::archive::schema::SchemaSet;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
 use crate::base::table::quote_ident;
+use crate::source::schema::SchemaSet;
 
 /// Fetches an object and checks it against the manifest's size and SHA-256.
 pub async fn fetch_verified(

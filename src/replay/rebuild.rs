@@ -10,13 +10,13 @@ use super::load::{self, ClientExecutor};
 use super::progress::{Phases, Unit};
 use crate::archive::inventory;
 use crate::archive::manifest::{Manifest, SegmentEntry, SnapshotEntry};
-use crate::archive::schema::SchemaSet;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
 use crate::base::exit::ExitCode;
-use crate::base::position::Lsn;
+use crate::base::position::{EndLsn, Position};
 use crate::base::table::TableName;
 use crate::log::committed::Assembler;
+use crate::source::schema::SchemaSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -29,7 +29,7 @@ pub enum RebuildError {
         latest: String,
     },
     #[error("the archive no longer holds segments ({from}, {to}], where a transaction still open at the snapshot began; restore from a later snapshot, or keep more with [retention]")]
-    MissingHistory { from: Lsn, to: Lsn },
+    MissingHistory { from: EndLsn, to: EndLsn },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
@@ -57,7 +57,7 @@ pub struct Plan {
     pub segments: Vec<SegmentEntry>,
     pub bounds: Bounds,
     /// The newest point the chain reaches.
-    pub chain_end: inventory::Point,
+    pub chain_end: Position,
 }
 
 fn describe(target: Target) -> String {
@@ -73,8 +73,8 @@ fn describe(target: Target) -> String {
 /// chain's start began (its first segment's restart point).
 pub fn chain_segments(
     manifest: &Manifest,
-    from: Lsn,
-    to: Lsn,
+    from: EndLsn,
+    to: EndLsn,
 ) -> Result<Vec<SegmentEntry>, RebuildError> {
     let all = &manifest.segments;
     let Some(first) = all
@@ -92,7 +92,7 @@ pub fn chain_segments(
         .iter()
         .position(|s| s.start_lsn >= restart)
         .unwrap_or(first);
-    let missing = |from: Lsn, to: Lsn| RebuildError::MissingHistory { from, to };
+    let missing = |from: EndLsn, to: EndLsn| RebuildError::MissingHistory { from, to };
     if restart < all[start].start_lsn {
         return Err(missing(restart, all[start].start_lsn));
     }
@@ -105,19 +105,15 @@ pub fn chain_segments(
 }
 
 /// The error for a target outside the window; `latest` narrows the window's end.
-fn outside_window(
-    manifest: &Manifest,
-    target: Target,
-    latest: Option<inventory::Point>,
-) -> RebuildError {
+fn outside_window(manifest: &Manifest, target: Target, latest: Option<Position>) -> RebuildError {
     let Some(window) = inventory::inventory(Some(("", manifest))).window else {
         return RebuildError::NoSnapshot;
     };
     let latest = latest.unwrap_or(window.latest);
     RebuildError::OutsideWindow {
         target: describe(target),
-        earliest: format!("{} ({})", window.earliest.time, window.earliest.lsn),
-        latest: format!("{} ({})", latest.time, latest.lsn),
+        earliest: format!("{} ({})", window.earliest.commit_time, window.earliest.lsn),
+        latest: format!("{} ({})", latest.commit_time, latest.lsn),
     }
 }
 
@@ -136,10 +132,10 @@ pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
     else {
         return Err(outside_window(manifest, target, None));
     };
-    let chain_end = inventory::chain_end(manifest, snapshot.lsn, snapshot.time);
+    let chain_end = inventory::chain_end(manifest, snapshot.position());
     let beyond = match target {
         Target::Lsn(lsn) => lsn > chain_end.lsn,
-        Target::Time(time) => time > chain_end.time,
+        Target::Time(time) => time > chain_end.commit_time,
         Target::Latest => false,
     };
     if beyond {
@@ -347,7 +343,7 @@ async fn replay<E: Executor + Send + 'static>(
     let end = plan.target_lsn().unwrap_or(plan.chain_end.lsn);
     let bar = phases.bar(
         "change replay",
-        end.0.saturating_sub(bounds.after.0),
+        end.0.bytes_since(bounds.after.0),
         Unit::Bytes,
     );
     let dir = segment_dir.path().to_path_buf();
@@ -366,7 +362,7 @@ async fn replay<E: Executor + Send + 'static>(
 
 impl Plan {
     /// The LSN the rebuilt state corresponds to, when the target is an LSN.
-    pub fn target_lsn(&self) -> Option<Lsn> {
+    pub fn target_lsn(&self) -> Option<EndLsn> {
         match self.bounds.until {
             Target::Lsn(lsn) => Some(lsn),
             _ => None,
@@ -379,6 +375,7 @@ mod tests {
     use super::*;
     use crate::archive::manifest::test_entries::{segment, snapshot};
     use crate::base::position::PgTimestamp;
+    use crate::base::position::{EndLsn, Lsn};
 
     fn manifest() -> Manifest {
         crate::archive::manifest::test_entries::manifest(
@@ -395,37 +392,46 @@ mod tests {
     fn picks_the_newest_snapshot_at_or_before_the_target() {
         let m = manifest();
         let p = plan(&m, Target::Time(PgTimestamp(25))).unwrap();
-        assert_eq!(p.snapshot.lsn, Lsn(100));
+        assert_eq!(p.snapshot.lsn, EndLsn(Lsn(100)));
         assert_eq!(p.segments.len(), 3);
-        let p = plan(&m, Target::Lsn(Lsn(450))).unwrap();
-        assert_eq!(p.snapshot.lsn, Lsn(300));
+        let p = plan(&m, Target::Lsn(EndLsn(Lsn(450)))).unwrap();
+        assert_eq!(p.snapshot.lsn, EndLsn(Lsn(300)));
         assert_eq!(
-            p.segments.iter().map(|s| s.start_lsn.0).collect::<Vec<_>>(),
+            p.segments
+                .iter()
+                .map(|s| s.start_lsn.as_u64())
+                .collect::<Vec<_>>(),
             vec![200, 400]
         );
         let p = plan(&m, Target::Latest).unwrap();
-        assert_eq!(p.bounds.until, Target::Lsn(Lsn(500)));
+        assert_eq!(p.bounds.until, Target::Lsn(EndLsn(Lsn(500))));
     }
 
     #[test]
     fn a_chain_reads_back_to_where_its_open_transactions_began() {
         let mut m = manifest();
-        m.segments[2].restart_lsn = Lsn(200);
-        let p = plan(&m, Target::Lsn(Lsn(450))).unwrap();
-        assert_eq!(p.snapshot.lsn, Lsn(300));
+        m.segments[2].restart_lsn = EndLsn(Lsn(200));
+        let p = plan(&m, Target::Lsn(EndLsn(Lsn(450)))).unwrap();
+        assert_eq!(p.snapshot.lsn, EndLsn(Lsn(300)));
         assert_eq!(
-            p.segments.iter().map(|s| s.start_lsn.0).collect::<Vec<_>>(),
+            p.segments
+                .iter()
+                .map(|s| s.start_lsn.as_u64())
+                .collect::<Vec<_>>(),
             vec![200, 400]
         );
-        m.segments[1].restart_lsn = Lsn(50);
-        let p = plan(&m, Target::Lsn(Lsn(450))).unwrap();
+        m.segments[1].restart_lsn = EndLsn(Lsn(50));
+        let p = plan(&m, Target::Lsn(EndLsn(Lsn(450)))).unwrap();
         assert_eq!(
-            p.segments.iter().map(|s| s.start_lsn.0).collect::<Vec<_>>(),
+            p.segments
+                .iter()
+                .map(|s| s.start_lsn.as_u64())
+                .collect::<Vec<_>>(),
             vec![50, 200, 400]
         );
         m.segments.remove(0);
         assert!(matches!(
-            plan(&m, Target::Lsn(Lsn(450))),
+            plan(&m, Target::Lsn(EndLsn(Lsn(450)))),
             Err(RebuildError::MissingHistory { .. })
         ));
     }
@@ -437,7 +443,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(before.contains("outside the restore window"), "{before}");
-        assert!(plan(&m, Target::Lsn(Lsn(501))).is_err());
+        assert!(plan(&m, Target::Lsn(EndLsn(Lsn(501)))).is_err());
         let mut empty = m.clone();
         empty.snapshots.clear();
         assert!(matches!(

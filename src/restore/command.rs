@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::archive::manifest::{self, Manifest};
 use crate::archive::store::ObjectStore;
 use crate::base::exit::ExitCode;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, PgTimestamp};
 use crate::base::table::TableName;
 use crate::replay::apply::Target;
 use crate::replay::load;
@@ -91,7 +91,7 @@ pub fn parse_target(text: &str) -> Result<Target, RestoreError> {
     if text.eq_ignore_ascii_case("latest") {
         return Ok(Target::Latest);
     }
-    if let Ok(lsn) = text.parse::<Lsn>() {
+    if let Ok(lsn) = text.parse::<EndLsn>() {
         return Ok(Target::Lsn(lsn));
     }
     if let Ok(time) = text.parse::<PgTimestamp>() {
@@ -144,7 +144,7 @@ impl Request {
 /// What a restore will do (`--dry-run`) or did.
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    pub snapshot_lsn: Lsn,
+    pub snapshot_lsn: EndLsn,
     pub snapshot_time: PgTimestamp,
     pub tables: Vec<TableName>,
     pub objects: usize,
@@ -334,7 +334,7 @@ pub async fn run(
 async fn replace_matching_rows(
     store: &dyn ObjectStore,
     plan: &Plan,
-    schema: &crate::archive::schema::SchemaSet,
+    schema: &crate::source::schema::SchemaSet,
     tables: &[TableName],
     predicate: &str,
     request: &Request,
@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(parse_target("latest").unwrap(), Target::Latest);
         assert_eq!(
             parse_target("0/3A2F1C8").unwrap(),
-            Target::Lsn(Lsn(0x3A2F1C8))
+            Target::Lsn(EndLsn(crate::base::position::Lsn(0x3A2F1C8)))
         );
         let rfc = parse_target("2026-11-21T10:15:00Z").unwrap();
         assert_eq!(parse_target("2026-11-21 10:15:00+00").unwrap(), rfc);

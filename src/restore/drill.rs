@@ -16,7 +16,7 @@ use crate::archive::inventory;
 use crate::archive::manifest;
 use crate::archive::store::ObjectStore;
 use crate::base::exit::ExitCode;
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 use crate::base::table::{quote_literal, TableName};
 use crate::replay::apply::Target;
 use crate::replay::progress::Phases;
@@ -32,7 +32,7 @@ pub enum DrillError {
     #[error("the source database: {0}")]
     Sql(#[from] tokio_postgres::Error),
     #[error("the archive did not reach the drill's point {0} within {1:?}; is capture running?")]
-    NotAdvancing(Lsn, Duration),
+    NotAdvancing(EndLsn, Duration),
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
     #[error("{0}")]
@@ -64,7 +64,7 @@ pub struct TableCheck {
 pub struct Report {
     pub pass: bool,
     /// The point restored to and compared at.
-    pub lsn: Lsn,
+    pub lsn: EndLsn,
     pub tables: Vec<TableCheck>,
     /// Restore wall time: the measured recovery time objective.
     pub rto_seconds: f64,
@@ -121,13 +121,13 @@ pub async fn run(
         Some((_, m)) => m
             .segments
             .last()
-            .map_or(point.0, |s| point.0.saturating_sub(s.end_lsn.0)),
-        None => point.0,
+            .map_or(point.as_u64(), |s| point.0.bytes_since(s.end_lsn.0)),
+        None => point.as_u64(),
     };
     loop {
         if let Some((_, m)) = manifest::load_latest(store).await? {
             if let Some(first) = m.snapshots.iter().min_by_key(|s| s.lsn) {
-                if inventory::chain_end(&m, first.lsn, first.time).lsn >= point {
+                if inventory::chain_end(&m, first.position()).lsn >= point {
                     break;
                 }
             }

@@ -1,5 +1,5 @@
 use crate::base::exit::ExitCode;
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 
 /// Errors from the source database. Retryable ones are worth a reconnect; the
 /// rest need a person to fix something, and say what.
@@ -57,8 +57,8 @@ pub enum SourceError {
     #[error("replication slot {slot} has confirmed up to {confirmed}, but the log only holds changes up to {log}: the changes in between are not in the log; restore the log dir, or drop the slot to start a new log")]
     SlotAhead {
         slot: String,
-        confirmed: Lsn,
-        log: Lsn,
+        confirmed: EndLsn,
+        log: EndLsn,
     },
     #[error("slot {slot} is in use by another process (pid {pid}); stop the other consumer, or set [source] slot to another name")]
     SlotBusy { slot: String, pid: i32 },

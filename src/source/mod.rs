@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod error;
 pub mod pgoutput;
+pub mod schema;
 pub mod setup;
 pub mod wire;
 

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::conn::{describe_target, ReplicationConnection};
 use super::error::SourceError;
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 use crate::base::table::{quote_ident, TableName};
 
 /// What the source looks like once checked and provisioned.
@@ -17,7 +17,7 @@ pub struct Prepared {
 
 #[derive(Clone, Copy, Debug)]
 pub struct SlotState {
-    pub confirmed_flush: Lsn,
+    pub confirmed_flush: EndLsn,
 }
 
 pub struct SourceSpec<'a> {
@@ -106,7 +106,7 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
                 });
             }
             let confirmed: Option<String> = row.get(3);
-            let confirmed_flush = confirmed.and_then(|t| t.parse().ok()).unwrap_or(Lsn::ZERO);
+            let confirmed_flush = confirmed.and_then(|t| t.parse().ok()).unwrap_or_default();
             Some(SlotState { confirmed_flush })
         }
     };
@@ -257,7 +257,7 @@ async fn ensure_publication(
 /// A slot just created, and the snapshot it exported (valid until the
 /// replication connection runs its next command).
 pub struct CreatedSlot {
-    pub consistent_point: Lsn,
+    pub consistent_point: EndLsn,
     pub snapshot_name: Option<String>,
 }
 

@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, Lsn, PgTimestamp};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ServerFrame {
@@ -72,12 +72,12 @@ pub fn parse_server_frame(mut data: Bytes) -> Result<ServerFrame, FrameError> {
 ///
 /// Logical slots advance `confirmed_flush_lsn` from the flush field; reporting
 /// one position for all three keeps the server's view exactly at what is durable.
-pub fn standby_status_update(flushed: Lsn, now: PgTimestamp) -> Bytes {
+pub fn standby_status_update(flushed: EndLsn, now: PgTimestamp) -> Bytes {
     let mut buf = BytesMut::with_capacity(34);
     buf.put_u8(b'r');
-    buf.put_u64(flushed.0);
-    buf.put_u64(flushed.0);
-    buf.put_u64(flushed.0);
+    buf.put_u64(flushed.as_u64());
+    buf.put_u64(flushed.as_u64());
+    buf.put_u64(flushed.as_u64());
     buf.put_i64(now.0);
     buf.put_u8(0);
     buf.freeze()
@@ -86,6 +86,7 @@ pub fn standby_status_update(flushed: Lsn, now: PgTimestamp) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::{EndLsn, Lsn};
 
     #[test]
     fn parses_xlogdata_and_keepalive() {
@@ -133,7 +134,7 @@ mod tests {
 
     #[test]
     fn status_update_reports_one_position() {
-        let update = standby_status_update(Lsn(0x10), PgTimestamp(3));
+        let update = standby_status_update(EndLsn(Lsn(0x10)), PgTimestamp(3));
         assert_eq!(update.len(), 34);
         assert_eq!(update[0], b'r');
         for field in 0..3 {

@@ -143,10 +143,40 @@ impl Fixture {
     /// Starts `tidemark capture` and waits until it streams (the slot and publication exist).
     pub fn start_capture(&self, config: &Path) -> Capture {
         let capture = Capture::start(config);
-        wait_for(Duration::from_secs(30), "capture to stream", || {
-            capture.logs().contains("streaming changes")
-        });
+        self.wait_streaming(&capture);
         capture
+    }
+
+    /// Waits until `capture` holds this test's slot and streams from it: a
+    /// walsender that started after it did (not a killed predecessor's) is
+    /// streaming the slot.
+    pub fn wait_streaming(&self, capture: &Capture) {
+        let pid = capture.pid();
+        let since = capture
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        wait_for(Duration::from_secs(60), "capture to stream", || {
+            self.psql(&format!(
+                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = '{}' AND r.state = 'streaming' AND r.backend_start >= to_timestamp({since})",
+                self.slot()
+            )) == "1"
+                || capture_exited(pid)
+        });
+    }
+
+    /// Waits until the archive at `config` lists a base snapshot (its restore window opens).
+    pub fn wait_base_snapshot(&self, config: &Path) {
+        wait_for(Duration::from_secs(60), "the base snapshot", || {
+            archive_window_open(config)
+        });
+    }
+
+    /// The md5 of every row of `table` in this test's database, in a fixed order.
+    pub fn md5(&self, table: &str) -> String {
+        self.psql(&table_md5_sql(table))
     }
 
     /// The `id` key of every change `tidemark log` shows, in order.
@@ -174,6 +204,33 @@ impl Fixture {
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
     }
+}
+
+/// SQL for the md5 of every row of `table`, in a fixed order: the one digest
+/// the tests compare tables by.
+pub fn table_md5_sql(table: &str) -> String {
+    rows_md5_sql(table, "true")
+}
+
+/// The same digest over the rows of `table` (aliased `t`) that `filter` keeps.
+pub fn rows_md5_sql(table: &str, filter: &str) -> String {
+    format!("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t WHERE {filter}")
+}
+
+/// Whether `tidemark list` shows a restore window for the archive at `config`.
+pub fn archive_window_open(config: &Path) -> bool {
+    let out = tidemark(
+        &["list", "--config", config.to_str().unwrap(), "--json"],
+        &[],
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .is_ok_and(|list| !list["window"].is_null())
+}
+
+/// Whether the process `pid` has exited (so a wait for it to stream can stop).
+fn capture_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.split_whitespace().nth(2) == Some("Z"))
 }
 
 pub fn free_port() -> u16 {
@@ -224,6 +281,7 @@ pub fn tidemark(args: &[&str], more: &[&str]) -> Output {
         .args(args)
         .args(more)
         .env("RUST_LOG", "warn")
+        .envs(s3_env())
         .output()
         .expect("running tidemark")
 }
@@ -234,6 +292,8 @@ pub struct Capture {
     pub child: Child,
     /// tidemark's own pid.
     pid: u32,
+    /// When it was started, by the wall clock the server shares.
+    pub started: std::time::SystemTime,
     pub stderr: PathBuf,
 }
 
@@ -272,6 +332,7 @@ impl Capture {
         ));
         let stderr = unique(stderr);
         let file = std::fs::File::create(&stderr).unwrap();
+        let started = std::time::SystemTime::now();
         let binary = env!("CARGO_BIN_EXE_tidemark");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -306,7 +367,12 @@ impl Capture {
             );
             pid.unwrap()
         };
-        Capture { child, pid, stderr }
+        Capture {
+            child,
+            pid,
+            started,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {

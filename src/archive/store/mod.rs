@@ -109,6 +109,19 @@ pub struct S3Options {
     pub path_style: bool,
 }
 
+/// Opens the store an `[archive]` section names, with its encryption key.
+pub async fn open_configured(
+    config: &crate::config::ArchiveConfig,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let s3 = S3Options {
+        endpoint: config.endpoint.clone(),
+        region: config.region.clone(),
+        path_style: config.path_style,
+    };
+    let key = crate::archive::crypt::Key::configured(config)?;
+    open_with_key(&config.url, &s3, key).await
+}
+
 /// Opens the store an `[archive] url` names, without an encryption key.
 pub async fn open(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, StoreError> {
     open_with_key(url, s3, None).await

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::position::EventPosition;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 pub use crate::config::TimeFormat;
 use crate::log::committed::{Change, TxnInfo};
 use crate::source::pgoutput::{Column, Relation, Tuple, TupleValue};
@@ -233,7 +233,7 @@ impl Encoder {
         &mut self,
         relation: &Relation,
         row: &[Option<String>],
-        point: Lsn,
+        point: EndLsn,
         index: u32,
     ) -> Event {
         let table = relation.table().to_string();
@@ -262,7 +262,8 @@ impl Encoder {
             key,
             value: value.to_string(),
             position: EventPosition {
-                commit_lsn: point,
+                // Snapshot rows sort before every change that commits after the point.
+                commit_lsn: CommitLsn(point.0),
                 index,
             },
         }
@@ -516,8 +517,8 @@ mod tests {
     fn txn() -> TxnInfo {
         TxnInfo {
             xid: 5,
-            commit_lsn: Lsn(100),
-            end_lsn: Lsn(110),
+            commit_lsn: CommitLsn(Lsn(100)),
+            end_lsn: EndLsn(Lsn(110)),
             commit_time: PgTimestamp(0),
         }
     }

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use self::envelope::{Encoder, Event, Format};
 use self::position::{EventPosition, Watermark, HEADER};
-use crate::base::position::Lsn;
+use crate::base::position::{EndLsn, Lsn};
 use crate::base::retry::Retry;
 use crate::base::table::TableName;
 use crate::config::KafkaConfig;
@@ -218,7 +218,7 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
 /// The segment to start reading at so that every transaction ending after
 /// `delivered` is seen whole: the one holding `delivered`, or further back
 /// where transactions open at its start began.
-pub fn start_segment(dir: &Path, delivered: Option<Lsn>) -> Result<u64, LogError> {
+pub fn start_segment(dir: &Path, delivered: Option<EndLsn>) -> Result<u64, LogError> {
     let mut headers = Vec::new();
     for (seq, path) in segment::list(dir)? {
         if let Some(reader) = SegmentReader::open(&path)? {
@@ -248,7 +248,7 @@ pub fn start_segment(dir: &Path, delivered: Option<Lsn>) -> Result<u64, LogError
 enum Pending {
     Delivery(DeliveryFuture),
     /// Every event before this is acknowledged once it reaches the front.
-    TxnEnd(Lsn),
+    TxnEnd(EndLsn),
 }
 
 struct KafkaSink {
@@ -259,13 +259,13 @@ struct KafkaSink {
     last: HashMap<(String, i32), EventPosition>,
     pending: VecDeque<Pending>,
     /// Transactions ending at or before this are in the broker already.
-    skip_through: Option<Lsn>,
+    skip_through: Option<EndLsn>,
     skipping: bool,
     /// The next change's index within its transaction.
     index: u32,
     order: HashMap<String, u64>,
-    delivered: Option<Lsn>,
-    stored: Option<Lsn>,
+    delivered: Option<EndLsn>,
+    stored: Option<EndLsn>,
     stored_at: Instant,
     watermark: Watermark,
     log_dir: PathBuf,
@@ -361,7 +361,7 @@ impl KafkaSink {
             }
         }
         if let Some(lsn) = self.delivered {
-            metrics::gauge!(crate::telemetry::KAFKA_DELIVERED_LSN).set(lsn.0 as f64);
+            metrics::gauge!(crate::telemetry::KAFKA_DELIVERED_LSN).set(lsn.as_u64() as f64);
             self.progress.published.send_replace(lsn);
         }
         if wait || self.stored_at.elapsed() >= WATERMARK_EVERY {
@@ -392,7 +392,7 @@ impl KafkaSink {
     }
 
     /// Waits for the initial snapshot to be acknowledged, then goes on from its point.
-    fn settle_snapshot(&mut self, point: Lsn) -> Result<(), FeedError> {
+    fn settle_snapshot(&mut self, point: EndLsn) -> Result<(), FeedError> {
         self.pending.push_back(Pending::TxnEnd(point));
         self.settle(true)?;
         self.skip_through = Some(point);
@@ -468,7 +468,7 @@ impl TxnSink for KafkaSink {
     }
 
     /// The watermark follows quiet stretches of WAL this way.
-    fn passed(&mut self, lsn: Lsn) -> Result<(), FeedError> {
+    fn passed(&mut self, lsn: EndLsn) -> Result<(), FeedError> {
         let queued = self.pending.iter().rev().find_map(|p| match p {
             Pending::TxnEnd(lsn) => Some(*lsn),
             Pending::Delivery(_) => None,

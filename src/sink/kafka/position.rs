@@ -9,14 +9,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::base::position::Lsn;
+use crate::base::position::{CommitLsn, EndLsn};
 
 /// The header that carries an event's position.
 pub const HEADER: &str = "tidemark.position";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventPosition {
-    pub commit_lsn: Lsn,
+    pub commit_lsn: CommitLsn,
     /// 0 for a transaction's BEGIN event, 1.. for its changes, then END.
     pub index: u32,
 }
@@ -61,7 +61,7 @@ impl Watermark {
     }
 
     /// `None` when the feed has never delivered anything.
-    pub fn load(&self) -> std::io::Result<Option<Lsn>> {
+    pub fn load(&self) -> std::io::Result<Option<EndLsn>> {
         match std::fs::read_to_string(&self.path) {
             Ok(text) => text.trim().parse().map(Some).map_err(|_| {
                 std::io::Error::new(
@@ -74,7 +74,7 @@ impl Watermark {
         }
     }
 
-    pub fn store(&self, lsn: Lsn) -> std::io::Result<()> {
+    pub fn store(&self, lsn: EndLsn) -> std::io::Result<()> {
         let temp = self.path.with_extension("tmp");
         {
             use std::io::Write;
@@ -93,6 +93,7 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::Lsn;
 
     #[test]
     fn positions_round_trip_and_order_by_commit_then_index() {
@@ -100,7 +101,7 @@ mod tests {
         assert_eq!(
             a,
             EventPosition {
-                commit_lsn: Lsn(0x16B3748),
+                commit_lsn: CommitLsn(Lsn(0x16B3748)),
                 index: 3
             }
         );
@@ -115,7 +116,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mark = Watermark::in_dir(dir.path());
         assert_eq!(mark.load().unwrap(), None);
-        mark.store(Lsn(42)).unwrap();
-        assert_eq!(Watermark::in_dir(dir.path()).load().unwrap(), Some(Lsn(42)));
+        mark.store(EndLsn(Lsn(42))).unwrap();
+        assert_eq!(
+            Watermark::in_dir(dir.path()).load().unwrap(),
+            Some(EndLsn(Lsn(42)))
+        );
     }
 }

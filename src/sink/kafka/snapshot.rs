@@ -14,11 +14,11 @@
 use std::time::{Duration, Instant};
 
 use super::{FeedError, KafkaSink};
-use crate::archive::schema;
-use crate::base::position::Lsn;
+use crate::base::position::EndLsn;
 use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::source::conn::{describe_target, ReplicationConnection};
 use crate::source::pgoutput::{Column, Relation};
+use crate::source::schema;
 use crate::source::setup;
 use crate::source::SourceError;
 
@@ -32,7 +32,7 @@ pub(super) fn publish(
     capture_slot: &str,
     tables: &[TableName],
     sink: &mut KafkaSink,
-) -> Result<Lsn, FeedError> {
+) -> Result<EndLsn, FeedError> {
     let runtime = sink.runtime.clone();
     let sql = |e: tokio_postgres::Error| {
         FeedError::Source(SourceError::from_sql(

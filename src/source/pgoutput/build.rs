@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::{encode, Begin, Column, Commit, Message, Relation, Tuple, TupleValue};
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 
 pub const RELATION_OID: u32 = 100;
 
@@ -43,7 +43,7 @@ pub fn insert(stream_xid: Option<u32>, id: &str) -> Bytes {
 
 pub fn begin(xid: u32) -> Bytes {
     encode(&Message::Begin(Begin {
-        final_lsn: Lsn(0),
+        final_lsn: CommitLsn(Lsn(0)),
         commit_time: PgTimestamp(0),
         xid,
     }))
@@ -52,8 +52,8 @@ pub fn begin(xid: u32) -> Bytes {
 fn ending_at(end: u64) -> Commit {
     Commit {
         flags: 0,
-        commit_lsn: Lsn(end - 1),
-        end_lsn: Lsn(end),
+        commit_lsn: CommitLsn(Lsn(end - 1)),
+        end_lsn: EndLsn(Lsn(end)),
         commit_time: PgTimestamp(end as i64),
     }
 }

@@ -21,7 +21,7 @@ pub fn decode(payload: &Bytes, in_stream: bool) -> Result<Message, DecodeError> 
     };
     let message = match tag {
         b'B' => Message::Begin(Begin {
-            final_lsn: r.lsn("final_lsn")?,
+            final_lsn: CommitLsn(r.lsn("final_lsn")?),
             commit_time: r.timestamp("commit timestamp")?,
             xid: r.u32("xid")?,
         }),
@@ -178,16 +178,16 @@ pub fn decode(payload: &Bytes, in_stream: bool) -> Result<Message, DecodeError> 
         b'p' => Message::StreamPrepare(r.prepare()?),
         b'K' => Message::CommitPrepared {
             flags: r.u8("flags")?,
-            commit_lsn: r.lsn("commit lsn")?,
-            end_lsn: r.lsn("end lsn")?,
+            commit_lsn: CommitLsn(r.lsn("commit lsn")?),
+            end_lsn: EndLsn(r.lsn("end lsn")?),
             commit_time: r.timestamp("commit timestamp")?,
             xid: r.u32("xid")?,
             gid: r.cstring("gid")?,
         },
         b'r' => Message::RollbackPrepared {
             flags: r.u8("flags")?,
-            prepare_end_lsn: r.lsn("prepare end lsn")?,
-            rollback_end_lsn: r.lsn("rollback end lsn")?,
+            prepare_end_lsn: EndLsn(r.lsn("prepare end lsn")?),
+            rollback_end_lsn: EndLsn(r.lsn("rollback end lsn")?),
             prepare_time: r.timestamp("prepare timestamp")?,
             rollback_time: r.timestamp("rollback timestamp")?,
             xid: r.u32("xid")?,
@@ -293,8 +293,8 @@ impl Reader {
     fn commit(&mut self) -> Result<Commit, DecodeError> {
         Ok(Commit {
             flags: self.u8("commit flags")?,
-            commit_lsn: self.lsn("commit lsn")?,
-            end_lsn: self.lsn("end lsn")?,
+            commit_lsn: CommitLsn(self.lsn("commit lsn")?),
+            end_lsn: EndLsn(self.lsn("end lsn")?),
             commit_time: self.timestamp("commit timestamp")?,
         })
     }
@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(
             decode(&begin, false).unwrap(),
             Message::Begin(Begin {
-                final_lsn: Lsn(0x1_0000_0010),
+                final_lsn: CommitLsn(Lsn(0x1_0000_0010)),
                 commit_time: PgTimestamp(42),
                 xid: 777
             })
@@ -377,11 +377,11 @@ mod tests {
             b.put_u64(130);
             b.put_i64(42);
         });
-        assert_eq!(finished(&commit).map(|f| f.end_lsn), Some(Lsn(130)));
+        assert_eq!(finished(&commit).map(|f| f.end_lsn), Some(EndLsn(Lsn(130))));
         assert!(matches!(
             decode(&commit, false).unwrap(),
             Message::Commit(Commit {
-                end_lsn: Lsn(130),
+                end_lsn: EndLsn(Lsn(130)),
                 ..
             })
         ));
@@ -478,7 +478,10 @@ mod tests {
             b.put_u64(20);
             b.put_i64(30);
         });
-        assert_eq!(finished(&stream_commit).map(|f| f.end_lsn), Some(Lsn(20)));
+        assert_eq!(
+            finished(&stream_commit).map(|f| f.end_lsn),
+            Some(EndLsn(Lsn(20)))
+        );
         let rollback = frame(|b| {
             b.put_u8(b'r');
             b.put_u8(0);
@@ -489,7 +492,7 @@ mod tests {
             b.put_u32(5);
             b.put_slice(b"gid-1\0");
         });
-        assert_eq!(finished(&rollback).map(|f| f.end_lsn), Some(Lsn(2)));
+        assert_eq!(finished(&rollback).map(|f| f.end_lsn), Some(EndLsn(Lsn(2))));
         assert!(matches!(
             decode(&rollback, false).unwrap(),
             Message::RollbackPrepared { xid: 5, ref gid, .. } if gid == "gid-1"

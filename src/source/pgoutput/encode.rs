@@ -18,7 +18,7 @@ pub fn encode(message: &Message) -> Bytes {
     match message {
         Message::Begin(begin) => {
             b.put_u8(b'B');
-            b.put_u64(begin.final_lsn.0);
+            b.put_u64(begin.final_lsn.as_u64());
             b.put_i64(begin.commit_time.0);
             b.put_u32(begin.xid);
         }
@@ -158,8 +158,8 @@ pub fn encode(message: &Message) -> Bytes {
         } => {
             b.put_u8(b'K');
             b.put_u8(*flags);
-            b.put_u64(commit_lsn.0);
-            b.put_u64(end_lsn.0);
+            b.put_u64(commit_lsn.as_u64());
+            b.put_u64(end_lsn.as_u64());
             b.put_i64(commit_time.0);
             b.put_u32(*xid);
             put_cstring(&mut b, gid);
@@ -175,8 +175,8 @@ pub fn encode(message: &Message) -> Bytes {
         } => {
             b.put_u8(b'r');
             b.put_u8(*flags);
-            b.put_u64(prepare_end_lsn.0);
-            b.put_u64(rollback_end_lsn.0);
+            b.put_u64(prepare_end_lsn.as_u64());
+            b.put_u64(rollback_end_lsn.as_u64());
             b.put_i64(prepare_time.0);
             b.put_i64(rollback_time.0);
             b.put_u32(*xid);
@@ -188,8 +188,8 @@ pub fn encode(message: &Message) -> Bytes {
 
 fn put_commit(b: &mut BytesMut, commit: &Commit) {
     b.put_u8(commit.flags);
-    b.put_u64(commit.commit_lsn.0);
-    b.put_u64(commit.end_lsn.0);
+    b.put_u64(commit.commit_lsn.as_u64());
+    b.put_u64(commit.end_lsn.as_u64());
     b.put_i64(commit.commit_time.0);
 }
 
@@ -243,7 +243,7 @@ fn put_cstring(b: &mut BytesMut, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::position::{Lsn, PgTimestamp};
+    use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
     use crate::source::pgoutput::{decode, Begin, Column, Relation};
     use proptest::prelude::*;
 
@@ -271,15 +271,15 @@ mod tests {
             (any::<u8>(), any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(flags, c, e, t)| {
                 Commit {
                     flags,
-                    commit_lsn: Lsn(c),
-                    end_lsn: Lsn(e),
+                    commit_lsn: CommitLsn(Lsn(c)),
+                    end_lsn: EndLsn(Lsn(e)),
                     commit_time: PgTimestamp(t),
                 }
             });
         prop_oneof![
             (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, t, xid)| (
                 Message::Begin(Begin {
-                    final_lsn: Lsn(l),
+                    final_lsn: CommitLsn(Lsn(l)),
                     commit_time: PgTimestamp(t),
                     xid
                 }),

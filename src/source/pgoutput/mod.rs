@@ -26,7 +26,7 @@ pub use peek::{finished, peek, Finished, Peek, PeekKind, TxnState};
 
 use bytes::Bytes;
 
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -120,16 +120,16 @@ pub enum Message {
     Prepare(PrepareInfo),
     CommitPrepared {
         flags: u8,
-        commit_lsn: Lsn,
-        end_lsn: Lsn,
+        commit_lsn: CommitLsn,
+        end_lsn: EndLsn,
         commit_time: PgTimestamp,
         xid: u32,
         gid: String,
     },
     RollbackPrepared {
         flags: u8,
-        prepare_end_lsn: Lsn,
-        rollback_end_lsn: Lsn,
+        prepare_end_lsn: EndLsn,
+        rollback_end_lsn: EndLsn,
         prepare_time: PgTimestamp,
         rollback_time: PgTimestamp,
         xid: u32,
@@ -140,7 +140,7 @@ pub enum Message {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Begin {
-    pub final_lsn: Lsn,
+    pub final_lsn: CommitLsn,
     pub commit_time: PgTimestamp,
     pub xid: u32,
 }
@@ -148,8 +148,8 @@ pub struct Begin {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Commit {
     pub flags: u8,
-    pub commit_lsn: Lsn,
-    pub end_lsn: Lsn,
+    pub commit_lsn: CommitLsn,
+    pub end_lsn: EndLsn,
     pub commit_time: PgTimestamp,
 }
 

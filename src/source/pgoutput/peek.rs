@@ -9,7 +9,7 @@
 //! after a restart, but only if the resume point is not past its start.
 
 use super::DecodeError;
-use crate::base::position::{Lsn, PgTimestamp};
+use crate::base::position::{EndLsn, Lsn, PgTimestamp};
 
 /// A message's kind, from its tag byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub enum PeekKind {
 /// back): confirming `end_lsn` tells the server never to send it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Finished {
-    pub end_lsn: Lsn,
+    pub end_lsn: EndLsn,
     /// When it finished on the server.
     pub time: PgTimestamp,
 }
@@ -92,7 +92,7 @@ pub fn peek(payload: &[u8], in_block: bool) -> Result<Peek, DecodeError> {
     let u64_at = |at: usize, field| read(payload, at, field).map(u64::from_be_bytes);
     let finished = |end_at: usize, time_at: usize| -> Result<Option<Finished>, DecodeError> {
         Ok(Some(Finished {
-            end_lsn: Lsn(u64_at(end_at, "end lsn")?),
+            end_lsn: EndLsn(Lsn(u64_at(end_at, "end lsn")?)),
             time: PgTimestamp(u64_at(time_at, "timestamp")? as i64),
         }))
     };
@@ -200,13 +200,14 @@ impl TxnState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::position::CommitLsn;
     use crate::source::pgoutput::{encode, Begin, Commit, Message, PrepareInfo, Tuple};
 
     fn commit(end: u64) -> Commit {
         Commit {
             flags: 0,
-            commit_lsn: Lsn(end - 1),
-            end_lsn: Lsn(end),
+            commit_lsn: CommitLsn(Lsn(end - 1)),
+            end_lsn: EndLsn(Lsn(end)),
             commit_time: PgTimestamp(end as i64 * 10),
         }
     }
@@ -215,7 +216,7 @@ mod tests {
     fn peeks_agree_with_the_decoder() {
         let finished = |end: u64, time: i64| {
             Some(Finished {
-                end_lsn: Lsn(end),
+                end_lsn: EndLsn(Lsn(end)),
                 time: PgTimestamp(time),
             })
         };
@@ -230,7 +231,7 @@ mod tests {
         let cases = [
             (
                 Message::Begin(Begin {
-                    final_lsn: Lsn(9),
+                    final_lsn: CommitLsn(Lsn(9)),
                     commit_time: PgTimestamp(1),
                     xid: 42,
                 }),
@@ -262,8 +263,8 @@ mod tests {
             (
                 Message::CommitPrepared {
                     flags: 0,
-                    commit_lsn: Lsn(60),
-                    end_lsn: Lsn(61),
+                    commit_lsn: CommitLsn(Lsn(60)),
+                    end_lsn: EndLsn(Lsn(61)),
                     commit_time: PgTimestamp(62),
                     xid: 44,
                     gid: "g".into(),
@@ -277,8 +278,8 @@ mod tests {
             (
                 Message::RollbackPrepared {
                     flags: 0,
-                    prepare_end_lsn: Lsn(70),
-                    rollback_end_lsn: Lsn(71),
+                    prepare_end_lsn: EndLsn(Lsn(70)),
+                    rollback_end_lsn: EndLsn(Lsn(71)),
                     prepare_time: PgTimestamp(72),
                     rollback_time: PgTimestamp(73),
                     xid: 44,
@@ -351,7 +352,7 @@ mod tests {
     fn tracks_what_is_open() {
         let mut state = TxnState::default();
         let begin = encode(&Message::Begin(Begin {
-            final_lsn: Lsn(9),
+            final_lsn: CommitLsn(Lsn(9)),
             commit_time: PgTimestamp(1),
             xid: 1,
         }));
