@@ -7,3 +7,4 @@ pub mod exit;
 pub mod position;
 pub mod retry;
 pub mod table;
+mod text;

@@ -84,17 +84,6 @@ macro_rules! lsn_newtype_forms {
             }
         }
 
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                self.0.serialize(serializer)
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                Lsn::deserialize(deserializer).map($name)
-            }
-        }
     )*};
 }
 
@@ -165,34 +154,7 @@ impl fmt::Display for PgTimestamp {
     }
 }
 
-impl serde::Serialize for Lsn {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Lsn {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl serde::Serialize for PgTimestamp {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PgTimestamp {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let time = DateTime::parse_from_rfc3339(&text).map_err(serde::de::Error::custom)?;
-        Ok(PgTimestamp(
-            time.timestamp_micros() - PG_EPOCH_OFFSET_MICROS,
-        ))
-    }
-}
+super::text::serde_as_text!(Lsn, PgTimestamp, CommitLsn, EndLsn);
 
 #[cfg(test)]
 mod tests {

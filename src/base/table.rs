@@ -155,18 +155,7 @@ fn display_ident(ident: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-impl serde::Serialize for TableName {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for TableName {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+super::text::serde_as_text!(TableName);
 
 /// An identifier quoted for SQL.
 pub fn quote_ident(ident: &str) -> String {

@@ -388,6 +388,11 @@ mod tests {
         )
     }
 
+    /// Where each segment of a plan starts.
+    fn starts(plan: &Plan) -> Vec<u64> {
+        plan.segments.iter().map(|s| s.start_lsn.as_u64()).collect()
+    }
+
     #[test]
     fn picks_the_newest_snapshot_at_or_before_the_target() {
         let m = manifest();
@@ -396,13 +401,7 @@ mod tests {
         assert_eq!(p.segments.len(), 3);
         let p = plan(&m, Target::Lsn(EndLsn(Lsn(450)))).unwrap();
         assert_eq!(p.snapshot.lsn, EndLsn(Lsn(300)));
-        assert_eq!(
-            p.segments
-                .iter()
-                .map(|s| s.start_lsn.as_u64())
-                .collect::<Vec<_>>(),
-            vec![200, 400]
-        );
+        assert_eq!(starts(&p), vec![200, 400]);
         let p = plan(&m, Target::Latest).unwrap();
         assert_eq!(p.bounds.until, Target::Lsn(EndLsn(Lsn(500))));
     }
@@ -413,22 +412,10 @@ mod tests {
         m.segments[2].restart_lsn = EndLsn(Lsn(200));
         let p = plan(&m, Target::Lsn(EndLsn(Lsn(450)))).unwrap();
         assert_eq!(p.snapshot.lsn, EndLsn(Lsn(300)));
-        assert_eq!(
-            p.segments
-                .iter()
-                .map(|s| s.start_lsn.as_u64())
-                .collect::<Vec<_>>(),
-            vec![200, 400]
-        );
+        assert_eq!(starts(&p), vec![200, 400]);
         m.segments[1].restart_lsn = EndLsn(Lsn(50));
         let p = plan(&m, Target::Lsn(EndLsn(Lsn(450)))).unwrap();
-        assert_eq!(
-            p.segments
-                .iter()
-                .map(|s| s.start_lsn.as_u64())
-                .collect::<Vec<_>>(),
-            vec![50, 200, 400]
-        );
+        assert_eq!(starts(&p), vec![50, 200, 400]);
         m.segments.remove(0);
         assert!(matches!(
             plan(&m, Target::Lsn(EndLsn(Lsn(450)))),
