@@ -3,7 +3,6 @@
 
 mod harness;
 
-
 use harness::Fixture;
 
 #[test]

@@ -1,0 +1,264 @@
+//! The streaming loop: frames in, records to the writer thread, the durable
+//! position back to the server. One screen of loop; the state it keeps
+//! between reads lives in `Pump`, one concern per method.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::session::Session;
+use super::CaptureError;
+use crate::base::position::{EndLsn, Lsn, PgTimestamp};
+use crate::log::{Record, RecordKind};
+use crate::source::conn::StreamFrame;
+use crate::source::pgoutput::TxnState;
+use crate::source::wire::{self, ServerFrame};
+use crate::source::SourceError;
+use crate::telemetry::{self, ChangeCounts};
+
+/// Send a status update at least this often while durable progress is made,
+/// so the slot's lag stays small without a message per fsync.
+const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
+/// How often capture measures the local log and flushes change counts to metrics.
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
+/// Records go to the writer in batches of about this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+/// How often a full log is said again while it stays full.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// How often capture logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the loop keeps between reads.
+pub(super) struct Pump {
+    durable: watch::Receiver<EndLsn>,
+    reported: EndLsn,
+    last_status: Instant,
+    next_status: Instant,
+    reply_due: bool,
+    batch: Vec<Record>,
+    batch_bytes: usize,
+    /// The highest resume position appended so far.
+    appended_ack: EndLsn,
+    /// What is open at the end of what arrived.
+    txn_state: TxnState,
+    /// The end of the server's WAL, as its frames say.
+    server_end: Lsn,
+    sealed: watch::Receiver<u64>,
+    next_seal: Option<Instant>,
+    unsealed: bool,
+    /// The local log's size: measured once a second (it lists the log dir),
+    /// plus what was appended since.
+    measured_log_bytes: u64,
+    appended_since_measure: u64,
+    next_measure: Instant,
+    counts: ChangeCounts,
+    received: u64,
+    last_progress_log: Instant,
+    last_full_warning: Option<Instant>,
+}
+
+impl Session {
+    /// The streaming loop; returns when `shutdown` turns true.
+    pub(super) async fn pump(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        let mut pump = Pump::new(self);
+        loop {
+            pump.absorb_frames(self).await?;
+            if !pump.batch.is_empty() {
+                pump.send_batch(self).await?;
+                pump.unsealed = true;
+            }
+            let now = Instant::now();
+            if pump.reply_due || now >= pump.next_status {
+                pump.report(self, now).await?;
+            }
+            if now >= pump.next_measure {
+                pump.measure(self, now);
+            }
+            // Checked before every read: past the bound, the slot keeps the WAL instead.
+            let log_full = pump.log_full(self, now);
+            pump.log_progress();
+            let seal_at = pump.next_seal;
+            tokio::select! {
+                filled = self.conn.fill(), if !log_full => filled?,
+                _ = tokio::time::sleep_until(seal_at.unwrap_or(now).into()), if seal_at.is_some() => {
+                    pump.seal(self).await?;
+                }
+                changed = pump.sealed.changed() => {
+                    if let (Ok(()), Some(archive)) = (changed, &self.archive) {
+                        archive.sealed.notify_one();
+                    }
+                }
+                changed = pump.durable.changed() => {
+                    // The writer thread stopped: its error surfaces from `fail`.
+                    changed.map_err(|_| SourceError::Closed)?;
+                    pump.next_status = pump.next_status.min(pump.last_status + MIN_STATUS_GAP);
+                }
+                _ = tokio::time::sleep_until(pump.next_status.into()) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Pump {
+    fn new(session: &Session) -> Pump {
+        let now = Instant::now();
+        Pump {
+            durable: session.appender.durable(),
+            reported: EndLsn::default(),
+            last_status: now - session.status_interval,
+            next_status: now,
+            reply_due: false,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            appended_ack: session.start,
+            txn_state: TxnState::default(),
+            server_end: session.start.0,
+            sealed: session.appender.sealed(),
+            next_seal: session.archive.as_ref().map(|a| now + a.interval),
+            unsealed: false,
+            measured_log_bytes: session.local_log_size().0,
+            appended_since_measure: 0,
+            next_measure: now + MEASURE_EVERY,
+            counts: ChangeCounts::default(),
+            received: 0,
+            last_progress_log: now,
+            last_full_warning: None,
+        }
+    }
+
+    /// Takes every frame already read from the socket into the batch.
+    async fn absorb_frames(&mut self, session: &mut Session) -> Result<(), CaptureError> {
+        while let Some(frame) = session.conn.try_next_frame()? {
+            let data = match frame {
+                StreamFrame::CopyData(data) => data,
+                StreamFrame::CopyDone => return Err(SourceError::Closed.into()),
+            };
+            match wire::parse_server_frame(data)? {
+                ServerFrame::XLogData {
+                    wal_start,
+                    wal_end,
+                    payload,
+                } => {
+                    self.server_end = self.server_end.max(wal_end);
+                    // What cannot be peeked at is logged as it came; readers name it.
+                    if let Ok(peek) = self.txn_state.observe(&payload) {
+                        if let Some(done) = peek.finished {
+                            self.appended_ack = self.appended_ack.max(done.end_lsn);
+                            session.progress.captured(done.time);
+                        }
+                        let in_block = self.txn_state.block().is_some();
+                        self.counts.observe(&peek, &payload, in_block);
+                    }
+                    self.received += 1;
+                    self.batch_bytes += payload.len();
+                    let record = Record::wal(wal_start, payload);
+                    self.appended_since_measure += record.encoded_len() as u64;
+                    self.batch.push(record);
+                    if self.batch_bytes >= BATCH_BYTES {
+                        self.send_batch(session).await?;
+                    }
+                }
+                ServerFrame::Keepalive {
+                    wal_end,
+                    reply_requested,
+                } => {
+                    self.server_end = self.server_end.max(wal_end);
+                    // With nothing open, the server's position is between transactions.
+                    let position = EndLsn(wal_end);
+                    if self.txn_state.between_transactions() && position > self.appended_ack {
+                        self.batch
+                            .push(Record::marker(RecordKind::Progress, position));
+                        self.appended_ack = position;
+                    }
+                    self.reply_due |= reply_requested;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&mut self, session: &Session) -> Result<(), CaptureError> {
+        self.batch_bytes = 0;
+        session
+            .appender
+            .append(std::mem::take(&mut self.batch))
+            .await
+            .map_err(|()| CaptureError::Source(SourceError::Closed))
+    }
+
+    /// Tells the server the durable position: the only flush position ever sent.
+    async fn report(&mut self, session: &mut Session, now: Instant) -> Result<(), CaptureError> {
+        let flushed = *self.durable.borrow_and_update();
+        session
+            .conn
+            .send_copy_data(wire::standby_status_update(flushed, PgTimestamp::now()))
+            .await?;
+        self.reported = flushed;
+        self.reply_due = false;
+        self.last_status = now;
+        self.next_status = now + session.status_interval;
+        metrics::gauge!(telemetry::CONFIRMED_LSN).set(flushed.as_u64() as f64);
+        metrics::gauge!(telemetry::SLOT_LAG_BYTES)
+            .set(self.server_end.bytes_since(flushed.0) as f64);
+        Ok(())
+    }
+
+    fn measure(&mut self, session: &Session, now: Instant) {
+        self.next_measure = now + MEASURE_EVERY;
+        self.counts.flush();
+        let (log_bytes, log_segments) = session.local_log_size();
+        metrics::gauge!(telemetry::LOG_BYTES).set(log_bytes as f64);
+        metrics::gauge!(telemetry::LOG_SEGMENTS).set(log_segments as f64);
+        self.measured_log_bytes = log_bytes;
+        self.appended_since_measure = 0;
+        if session.archive.is_some() {
+            metrics::gauge!(telemetry::ARCHIVE_HEAD_AGE).set(session.progress.head_age_seconds());
+        }
+    }
+
+    /// Whether the local log holds `[log] max_size` of what no reader has taken.
+    fn log_full(&mut self, session: &Session, now: Instant) -> bool {
+        let full = session.archive.is_some()
+            && self.measured_log_bytes + self.appended_since_measure >= session.max_log_bytes;
+        if full
+            && self
+                .last_full_warning
+                .is_none_or(|t| t.elapsed() >= FULL_WARNING_EVERY)
+        {
+            tracing::error!(
+                limit = session.max_log_bytes,
+                "the local log is full of segments not yet archived (or, with [kafka], not yet in the broker); capture stops reading from the slot (PostgreSQL keeps the WAL) until the archive store (or the broker) catches up"
+            );
+            self.last_full_warning = Some(now);
+        }
+        full
+    }
+
+    fn log_progress(&mut self) {
+        if self.last_progress_log.elapsed() >= PROGRESS_EVERY {
+            tracing::info!(confirmed = %self.reported, messages = self.received, "capture progress");
+            self.last_progress_log = Instant::now();
+        }
+    }
+
+    /// Seals what was appended since the last seal, for the uploader.
+    async fn seal(&mut self, session: &Session) -> Result<(), CaptureError> {
+        if self.unsealed {
+            session
+                .appender
+                .seal()
+                .await
+                .map_err(|()| CaptureError::Source(SourceError::Closed))?;
+            self.unsealed = false;
+        }
+        self.next_seal = session
+            .archive
+            .as_ref()
+            .map(|a| Instant::now() + a.interval);
+        Ok(())
+    }
+}
