@@ -15,6 +15,9 @@
 //!   per streamed transaction. A committed streamed transaction's relations
 //!   become known to the main stream too, as pgoutput then stops resending them.
 //! - Prepared transactions are held by GID and emitted at Commit Prepared.
+//!
+//! The assembler reads no file itself: records are pushed to it in log order,
+//! and it re-reads a span through `Reread` (the log dir, or memory in tests).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -108,8 +111,38 @@ struct Open {
 
 const MAX_BUFFERED_TXN_BYTES: usize = 8 << 20;
 
-pub struct Assembler {
-    dir: PathBuf,
+/// Where the assembler reads a span of the log again: a streamed
+/// transaction's blocks, or a transaction too large to hold in memory.
+pub trait Reread {
+    /// The records from `start` on, in log order.
+    fn from(&self, start: Position) -> Result<Records<'_>, LogError>;
+    /// The file (or other place) a position is in, for error messages.
+    fn place(&self, position: Position) -> PathBuf;
+}
+
+/// Records with their positions, in log order.
+pub type Records<'a> = Box<dyn Iterator<Item = Result<(Position, Record), LogError>> + 'a>;
+
+/// The segment log in a directory.
+pub struct LogDir(pub PathBuf);
+
+impl Reread for LogDir {
+    fn from(&self, start: Position) -> Result<Records<'_>, LogError> {
+        let mut reader = LogReader::open_at(&self.0, start)?;
+        Ok(Box::new(std::iter::from_fn(move || {
+            reader.next_record().transpose()
+        })))
+    }
+
+    fn place(&self, position: Position) -> PathBuf {
+        self.0.join(super::segment::file_name(position.seq))
+    }
+}
+
+/// Turns the log's records, pushed in order, into committed transactions.
+/// It reads nothing itself but what `Reread` gives it.
+pub struct Assembler<R: Reread> {
+    log: R,
     main_relations: Relations,
     open: Option<Open>,
     /// Streamed block being read: its top-level xid.
@@ -123,26 +156,28 @@ enum TxnSpans {
     Streamed(Spans),
 }
 
-impl Assembler {
-    pub fn new(dir: &Path) -> Assembler {
+impl Assembler<LogDir> {
+    /// Reads the whole log in `dir` and feeds every committed transaction to `sink`.
+    pub fn run<S: TxnSink>(dir: &Path, sink: &mut S) -> Result<(), S::Error> {
+        let mut assembler = Assembler::new(LogDir(dir.to_path_buf()));
+        let mut reader = LogReader::open(dir)?;
+        while let Some((position, record)) = reader.next_record()? {
+            assembler.push(position, record, sink)?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Reread> Assembler<R> {
+    pub fn new(log: R) -> Assembler<R> {
         Assembler {
-            dir: dir.to_path_buf(),
+            log,
             main_relations: HashMap::new(),
             open: None,
             in_block: None,
             streamed: HashMap::new(),
             prepared: HashMap::new(),
         }
-    }
-
-    /// Reads the whole log and feeds every committed transaction to `sink`.
-    pub fn run<S: TxnSink>(dir: &Path, sink: &mut S) -> Result<(), S::Error> {
-        let mut assembler = Assembler::new(dir);
-        let mut reader = LogReader::open(dir)?;
-        while let Some((position, record)) = reader.next_record()? {
-            assembler.push(position, record, sink)?;
-        }
-        Ok(())
     }
 
     fn decode(
@@ -152,7 +187,7 @@ impl Assembler {
         in_stream: bool,
     ) -> Result<Message, LogError> {
         pgoutput::decode(&record.data, in_stream).map_err(|problem| LogError::Decode {
-            path: self.dir.join(super::segment::file_name(position.seq)),
+            path: self.log.place(position),
             offset: position.offset,
             problem,
         })
@@ -322,13 +357,7 @@ impl Assembler {
             TxnSpans::Whole(open) => match open.records {
                 Some(records) => {
                     for record in records {
-                        let message = pgoutput::decode(&record.data, false).map_err(|problem| {
-                            LogError::Decode {
-                                path: self.dir.join(super::segment::file_name(open.start.seq)),
-                                offset: open.start.offset,
-                                problem,
-                            }
-                        })?;
+                        let message = self.decode(open.start, &record, false)?;
                         let mut relations = std::mem::take(&mut self.main_relations);
                         let result = apply(
                             txn,
@@ -384,9 +413,9 @@ impl Assembler {
         aborted: &HashSet<u32>,
         sink: &mut S,
     ) -> Result<(), S::Error> {
-        let mut reader = LogReader::open_at(&self.dir, start)?;
-        reader.next_record()?; // the Begin or Stream Start itself
-        while let Some((position, record)) = reader.next_record()? {
+        // Skips the Begin or Stream Start itself.
+        for read in self.log.from(start)?.skip(1) {
+            let (position, record) = read?;
             if record.kind != RecordKind::Wal {
                 continue;
             }
@@ -476,197 +505,5 @@ fn apply<S: TxnSink>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::base::position::{EndLsn, Lsn};
-    use crate::log::writer::LogWriter;
-    use crate::source::pgoutput::build::*;
-
-    #[derive(Default)]
-    struct Collect(Vec<(u32, String)>);
-
-    impl TxnSink for Collect {
-        type Error = LogError;
-        fn begin(&mut self, _: &TxnInfo) -> Result<(), LogError> {
-            Ok(())
-        }
-        fn change(&mut self, txn: &TxnInfo, _: Lsn, change: Change) -> Result<(), LogError> {
-            if let Change::Insert { new, .. } = change {
-                let pgoutput::TupleValue::Text(id) = &new.0[0] else {
-                    panic!()
-                };
-                self.0
-                    .push((txn.xid, String::from_utf8_lossy(id).into_owned()));
-            }
-            Ok(())
-        }
-        fn commit(&mut self, _: &TxnInfo) -> Result<(), LogError> {
-            Ok(())
-        }
-        fn passed(&mut self, lsn: EndLsn) -> Result<(), LogError> {
-            self.0.push((0, format!("passed {lsn}")));
-            Ok(())
-        }
-    }
-
-    fn assemble(records: Vec<Record>) -> Vec<(u32, String)> {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
-        for r in &records {
-            writer.append(r).unwrap();
-        }
-        writer.sync().unwrap();
-        let mut sink = Collect::default();
-        Assembler::run(dir.path(), &mut sink).unwrap();
-        sink.0
-    }
-
-    fn wal(payload: Bytes) -> Record {
-        Record::wal(Lsn(1), payload)
-    }
-
-    fn resume() -> Record {
-        Record::marker(RecordKind::Resume, EndLsn(Lsn(1)))
-    }
-
-    #[test]
-    fn fragments_before_a_resume_are_dropped_and_the_resend_counts_once() {
-        let records = vec![
-            // Streamed transaction 7: one whole block before the crash.
-            wal(stream_start(7)),
-            wal(relation(Some(7))),
-            wal(insert(Some(7), "s1")),
-            wal(stream_stop()),
-            // Non-streamed transaction 8, cut off before its commit.
-            wal(begin(8)),
-            wal(relation(None)),
-            wal(insert(None, "t1")),
-            resume(),
-            // The server resends both whole.
-            wal(stream_start(7)),
-            wal(relation(Some(7))),
-            wal(insert(Some(7), "s1")),
-            wal(insert(Some(7), "s2")),
-            wal(stream_stop()),
-            wal(begin(8)),
-            wal(relation(None)),
-            wal(insert(None, "t1")),
-            wal(commit(50)),
-            wal(stream_commit(7, 60)),
-        ];
-        assert_eq!(
-            assemble(records),
-            vec![
-                (8, "t1".to_string()),
-                (7, "s1".to_string()),
-                (7, "s2".to_string())
-            ]
-        );
-    }
-
-    #[test]
-    fn progress_is_passed_on_only_while_no_transaction_is_open() {
-        let progress = |lsn| Record::marker(RecordKind::Progress, EndLsn(Lsn(lsn)));
-        let records = vec![
-            progress(0x10),
-            wal(begin(8)),
-            progress(0x20),
-            wal(relation(None)),
-            wal(insert(None, "t1")),
-            wal(commit(50)),
-            wal(stream_start(7)),
-            progress(0x30),
-            wal(stream_stop()),
-            progress(0x40),
-        ];
-        assert_eq!(
-            assemble(records),
-            vec![
-                (0, "passed 0/10".to_string()),
-                (8, "t1".to_string()),
-                (0, "passed 0/40".to_string()),
-            ]
-        );
-    }
-
-    #[test]
-    fn aborted_streams_and_subtransactions_never_appear() {
-        let records = vec![
-            wal(stream_start(7)),
-            wal(relation(Some(7))),
-            wal(insert(Some(7), "kept")),
-            wal(insert(Some(9), "sub-aborted")),
-            wal(stream_stop()),
-            wal(stream_start(8)),
-            wal(relation(Some(8))),
-            wal(insert(Some(8), "aborted")),
-            wal(stream_stop()),
-            wal(stream_abort(7, 9)),
-            wal(stream_abort(8, 8)),
-            wal(stream_commit(7, 60)),
-        ];
-        assert_eq!(assemble(records), vec![(7, "kept".to_string())]);
-    }
-
-    #[test]
-    fn transactions_whose_start_was_not_read_are_refused_not_applied_in_part() {
-        // A streamed transaction seen from its second block on.
-        let later_block =
-            crate::source::pgoutput::encode(&crate::source::pgoutput::Message::StreamStart {
-                xid: 7,
-                first_segment: false,
-            });
-        let records = vec![
-            wal(later_block),
-            wal(relation(Some(7))),
-            wal(insert(Some(7), "s2")),
-            wal(stream_stop()),
-            wal(stream_commit(7, 60)),
-        ];
-        let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
-        for r in &records {
-            writer.append(r).unwrap();
-        }
-        writer.sync().unwrap();
-        let error = Assembler::run(dir.path(), &mut Collect::default()).unwrap_err();
-        assert!(
-            matches!(error, LogError::Incomplete { xid: 7, .. }),
-            "{error}"
-        );
-
-        // A non-streamed transaction seen from after its Begin.
-        let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
-        for payload in [insert(None, "x"), commit(10)] {
-            writer.append(&wal(payload)).unwrap();
-        }
-        writer.sync().unwrap();
-        let error = Assembler::run(dir.path(), &mut Collect::default()).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                LogError::Incomplete {
-                    commit_lsn: CommitLsn(Lsn(9)),
-                    ..
-                }
-            ),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn a_change_without_its_relation_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
-        for payload in [begin(1), insert(None, "x"), commit(10)] {
-            writer.append(&wal(payload)).unwrap();
-        }
-        writer.sync().unwrap();
-        let error = Assembler::run(dir.path(), &mut Collect::default()).unwrap_err();
-        assert!(
-            matches!(error, LogError::UnknownRelation { xid: 1, oid: 100 }),
-            "{error}"
-        );
-    }
-}
+#[path = "committed_tests.rs"]
+mod tests;

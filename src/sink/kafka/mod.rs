@@ -43,7 +43,7 @@ use crate::base::position::{EndLsn, Lsn};
 use crate::base::retry::Retry;
 use crate::base::table::TableName;
 use crate::config::KafkaConfig;
-use crate::log::committed::{Assembler, Change, TxnInfo, TxnSink};
+use crate::log::committed::{Assembler, Change, LogDir, TxnInfo, TxnSink};
 use crate::log::reader::LogTail;
 use crate::log::segment::{self, SegmentReader};
 use crate::log::LogError;
@@ -191,7 +191,7 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
             start = start_segment(&dir, Some(point))?;
         }
         let mut tail = LogTail::at_segment(&dir, start);
-        let mut assembler = Assembler::new(&dir);
+        let mut assembler = Assembler::new(LogDir(dir.clone()));
         let mut settled = Instant::now();
         loop {
             match tail.next_record()? {
