@@ -29,7 +29,7 @@ use super::reader::{LogReader, Position};
 use super::record::{Record, RecordKind};
 use super::LogError;
 use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
-use crate::source::pgoutput::{self, Message, OldTuple, Relation, Tuple};
+use crate::source::pgoutput::{self, Message, OldTuple, Relation, Tuple, TxnState};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnInfo {
@@ -145,8 +145,8 @@ pub struct Assembler<R: Reread> {
     log: R,
     main_relations: Relations,
     open: Option<Open>,
-    /// Streamed block being read: its top-level xid.
-    in_block: Option<u32>,
+    /// What is open in the stream, as capture and the segment openings see it.
+    state: TxnState,
     streamed: HashMap<u32, Spans>,
     prepared: HashMap<String, (TxnSpans, u32)>,
 }
@@ -174,7 +174,7 @@ impl<R: Reread> Assembler<R> {
             log,
             main_relations: HashMap::new(),
             open: None,
-            in_block: None,
+            state: TxnState::default(),
             streamed: HashMap::new(),
             prepared: HashMap::new(),
         }
@@ -203,13 +203,13 @@ impl<R: Reread> Assembler<R> {
         match record.kind {
             RecordKind::Resume => {
                 self.open = None;
-                self.in_block = None;
+                self.state = TxnState::default();
                 self.streamed.clear();
                 self.main_relations.clear();
                 return Ok(());
             }
             RecordKind::Progress => {
-                if self.open.is_none() && self.in_block.is_none() {
+                if self.state.between_transactions() {
                     sink.passed(EndLsn(record.lsn))?;
                 }
                 return Ok(());
@@ -223,15 +223,15 @@ impl<R: Reread> Assembler<R> {
             }
             RecordKind::Wal => {}
         }
-        let message = self.decode(position, &record, self.in_block.is_some())?;
-        if let Some(xid) = self.in_block {
-            if matches!(message, Message::StreamStop) {
-                self.in_block = None;
-            } else if let Message::StreamStart { .. } = message {
+        let block = self.state.block();
+        let message = self.decode(position, &record, block.is_some())?;
+        // The message decoded, so the peek cannot fail.
+        let _ = self.state.observe(&record.data);
+        if let Some(xid) = block {
+            if let Message::StreamStart { .. } = message {
                 // A block never nests; a second start means the first was cut off.
-                self.in_block = None;
                 self.streamed.remove(&xid);
-            } else {
+            } else if !matches!(message, Message::StreamStop) {
                 return Ok(());
             }
         }
@@ -277,7 +277,6 @@ impl<R: Reread> Assembler<R> {
                 }
             }
             Message::StreamStart { xid, first_segment } => {
-                self.in_block = Some(xid);
                 let spans = self.streamed.entry(xid).or_insert_with(|| Spans {
                     missing_start: !first_segment,
                     ..Spans::default()

@@ -5,7 +5,8 @@
 //! - `encode`: the inverse, for tests and benchmarks that build streams.
 //! - `peek`: what a message is and which transaction it opens or finishes,
 //!   from its first bytes, cheap enough for every message capture receives;
-//!   and `TxnState`, the one tracker of what is open in the stream.
+//!   and `TxnState`, the one tracker of what is open in the stream, shared
+//!   by capture, the segment openings and the committed-transaction assembler.
 //!
 //! Covers every message of logical replication protocol versions 1 to 3
 //! (PostgreSQL's "Logical Replication Message Formats"). Inside a streamed
