@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
 use super::error::SourceError;
+use super::wire::{self, StreamMessage};
 
 trait Socket: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Socket for T {}
@@ -238,21 +239,13 @@ impl ReplicationConnection {
     }
 
     /// Splits one whole message (tag, length, body) off the read buffer, if there is one.
-    fn take_frame(&mut self) -> Option<BytesMut> {
-        if self.read.len() < 5 {
-            return None;
-        }
-        let len = u32::from_be_bytes(self.read[1..5].try_into().expect("4 bytes")) as usize;
-        if self.read.len() < 1 + len {
-            self.read.reserve(1 + len - self.read.len());
-            return None;
-        }
-        Some(self.read.split_to(1 + len))
+    fn take_frame(&mut self) -> Result<Option<BytesMut>, SourceError> {
+        wire::split_message(&mut self.read).map_err(|e| SourceError::Protocol(e.to_string()))
     }
 
     async fn next_message(&mut self) -> Result<backend::Message, SourceError> {
         loop {
-            if let Some(mut frame) = self.take_frame() {
+            if let Some(mut frame) = self.take_frame()? {
                 return match backend::Message::parse(&mut frame)? {
                     Some(backend::Message::ErrorResponse(body)) => Err(server_error(body)),
                     Some(message) => Ok(message),
@@ -299,7 +292,7 @@ impl ReplicationConnection {
         frontend::query(command, &mut self.write)?;
         self.flush().await?;
         loop {
-            while let Some(frame) = self.take_frame() {
+            while let Some(frame) = self.take_frame()? {
                 match frame[0] {
                     b'W' => return Ok(()),
                     b'N' | b'S' => {}
@@ -320,20 +313,18 @@ impl ReplicationConnection {
 
     /// The next CopyData payload already buffered, without waiting for the socket.
     pub fn try_next_frame(&mut self) -> Result<Option<StreamFrame>, SourceError> {
-        while let Some(mut frame) = self.take_frame() {
-            match frame[0] {
-                b'd' => {
-                    frame.advance(5);
-                    return Ok(Some(StreamFrame::CopyData(frame.freeze())));
-                }
-                b'c' => return Ok(Some(StreamFrame::CopyDone)),
-                b'N' => {}
-                _ => {
-                    return match backend::Message::parse(&mut frame)? {
+        while let Some(message) = self.take_frame()? {
+            match wire::stream_message(message) {
+                StreamMessage::CopyData(data) => return Ok(Some(StreamFrame::CopyData(data))),
+                StreamMessage::CopyDone => return Ok(Some(StreamFrame::CopyDone)),
+                StreamMessage::Notice => {}
+                // The tag is taken before parsing, which consumes the message.
+                StreamMessage::Other(tag, mut message) => {
+                    return match backend::Message::parse(&mut message)? {
                         Some(backend::Message::ErrorResponse(body)) => Err(server_error(body)),
                         _ => Err(SourceError::Protocol(format!(
                             "unexpected message {:?} during replication",
-                            frame[0] as char
+                            char::from(tag)
                         ))),
                     };
                 }
@@ -352,7 +343,7 @@ impl ReplicationConnection {
         frontend::copy_done(&mut self.write);
         self.flush().await?;
         loop {
-            while let Some(mut frame) = self.take_frame() {
+            while let Some(mut frame) = self.take_frame()? {
                 if frame[0] == b'd' || frame[0] == b'c' {
                     continue;
                 }
