@@ -460,6 +460,7 @@ impl<E: Executor> TxnSink for Applier<E> {
 mod tests {
     use super::*;
     use crate::base::position::{CommitLsn, EndLsn, Lsn};
+    use crate::source::pgoutput::build::{text, text_relation};
     use bytes::Bytes;
 
     #[derive(Default)]
@@ -480,26 +481,7 @@ mod tests {
     }
 
     fn relation(columns: &[(&str, bool)], identity: u8) -> Arc<Relation> {
-        Arc::new(Relation {
-            xid: None,
-            oid: 1,
-            namespace: "public".into(),
-            name: "t".into(),
-            replica_identity: identity,
-            columns: columns
-                .iter()
-                .map(|(n, key)| Column {
-                    flags: u8::from(*key),
-                    name: n.to_string(),
-                    type_oid: 25,
-                    type_modifier: -1,
-                })
-                .collect(),
-        })
-    }
-
-    fn text(v: &str) -> TupleValue {
-        TupleValue::Text(Bytes::from(v.to_string()))
+        Arc::new(text_relation(columns, identity))
     }
 
     fn txn(commit: u64, end: u64) -> TxnInfo {

@@ -265,29 +265,10 @@ fn copy_text(out: &mut String, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::pgoutput::Column;
+    use crate::source::pgoutput::build::{text, text_relation};
 
     fn relation() -> Relation {
-        Relation {
-            xid: None,
-            oid: 1,
-            namespace: "public".into(),
-            name: "t".into(),
-            replica_identity: b'd',
-            columns: [("id", true), ("big", false), ("n", false)]
-                .iter()
-                .map(|(name, key)| Column {
-                    flags: u8::from(*key),
-                    name: name.to_string(),
-                    type_oid: 25,
-                    type_modifier: -1,
-                })
-                .collect(),
-        }
-    }
-
-    fn text(v: &str) -> TupleValue {
-        TupleValue::Text(Bytes::from(v.to_string()))
+        text_relation(&[("id", true), ("big", false), ("n", false)], b'd')
     }
 
     fn row(id: &str, big: TupleValue, n: &str) -> Tuple {

@@ -83,3 +83,28 @@ pub fn stream_commit(xid: u32, end: u64) -> Bytes {
 pub fn stream_abort(xid: u32, subxid: u32) -> Bytes {
     encode(&Message::StreamAbort { xid, subxid })
 }
+
+/// Table `public.t` as a decoded Relation (oid 1): text columns `(name, is_key)`.
+pub fn text_relation(columns: &[(&str, bool)], replica_identity: u8) -> Relation {
+    Relation {
+        xid: None,
+        oid: 1,
+        namespace: "public".into(),
+        name: "t".into(),
+        replica_identity,
+        columns: columns
+            .iter()
+            .map(|(name, key)| Column {
+                flags: u8::from(*key),
+                name: name.to_string(),
+                type_oid: 25,
+                type_modifier: -1,
+            })
+            .collect(),
+    }
+}
+
+/// A value in PostgreSQL's text form.
+pub fn text(value: &str) -> TupleValue {
+    TupleValue::Text(Bytes::copy_from_slice(value.as_bytes()))
+}
