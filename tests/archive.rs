@@ -187,11 +187,14 @@ async fn an_unreachable_store_loses_nothing_and_catches_up() {
     fx.wait_streaming(&capture);
     workload(&fx, 1, 500);
     fx.wait_caught_up(Duration::from_secs(30));
-    harness::wait_for(
+    let log_dir = fx.log_dir();
+    let log_dir = &log_dir;
+    harness::wait_until(
         Duration::from_secs(30),
         "segments to pile up locally",
-        || local_segments(&fx.log_dir()) >= 2,
-    );
+        move || async move { local_segments(log_dir) >= 2 },
+    )
+    .await;
     assert!(
         capture.logs().contains("archive store unavailable"),
         "{}",
@@ -547,11 +550,13 @@ async fn a_full_local_log_holds_the_slot_back_and_loses_nothing() {
             start + 1999
         ));
     }
-    harness::wait_for(
+    let watched = &capture;
+    harness::wait_until(
         Duration::from_secs(60),
         "capture to say the log is full",
-        || capture.logs().contains("the local log is full"),
-    );
+        move || async move { watched.logs().contains("the local log is full") },
+    )
+    .await;
     let wal_end = fx.current_wal_lsn();
     std::thread::sleep(Duration::from_millis(1500)); // give a wrongly-confirming capture time to show it
     assert!(

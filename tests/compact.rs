@@ -260,13 +260,19 @@ async fn capture_compacts_and_prunes_on_its_own() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    harness::wait_for(Duration::from_secs(30), "a prune pass", || {
-        harness::sample(
-            &harness::scrape(harness::metrics_port(&config)),
-            "tidemark_prune_seconds_count",
-        )
-        .is_some_and(|n| n >= 1.0)
-    });
+    let config = &config;
+    harness::wait_until(
+        Duration::from_secs(30),
+        "a prune pass",
+        move || async move {
+            harness::sample(
+                &harness::scrape(harness::metrics_port(config)),
+                "tidemark_prune_seconds_count",
+            )
+            .is_some_and(|n| n >= 1.0)
+        },
+    )
+    .await;
     assert_eq!(capture.stop(), 0);
     assert!(manifest.snapshots.len() >= 2);
     let verify = harness::tidemark(

@@ -385,21 +385,28 @@ async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches
     fx.wait_caught_up(Duration::from_secs(30));
     // The archive has everything while the broker was never up, and the
     // local log still holds the archived segments for the feed.
-    harness::wait_for(Duration::from_secs(30), "the archive to catch up", || {
-        let listed = harness::tidemark(
-            &["list", "--config", config.to_str().unwrap(), "--json"],
-            &[],
-        );
-        let list: Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
-        list["window"]["latest"]["lsn"].as_str().is_some_and(|l| {
-            l.parse::<tidemark::base::position::Lsn>().unwrap() >= fx.confirmed_flush().unwrap()
-        })
-    });
-    harness::wait_for(
+    let (fx, config, watched) = (&fx, &config, &capture);
+    harness::wait_until(
+        Duration::from_secs(30),
+        "the archive to catch up",
+        move || async move {
+            let listed = harness::tidemark(
+                &["list", "--config", config.to_str().unwrap(), "--json"],
+                &[],
+            );
+            let list: Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+            list["window"]["latest"]["lsn"].as_str().is_some_and(|l| {
+                l.parse::<tidemark::base::position::Lsn>().unwrap() >= fx.confirmed_flush().unwrap()
+            })
+        },
+    )
+    .await;
+    harness::wait_until(
         Duration::from_secs(60),
         "the feed to say it is behind",
-        || capture.logs().contains("the Kafka feed is behind"),
-    );
+        move || async move { watched.logs().contains("the Kafka feed is behind") },
+    )
+    .await;
     let first_segment = fx.log_dir().join(tidemark::log::segment::file_name(1));
     assert!(
         first_segment.exists(),
@@ -416,8 +423,12 @@ async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches
     assert_eq!(events.len(), 500);
     // Once Kafka has them, the archived segments leave the local log.
     fx.psql("INSERT INTO events VALUES (1000, 'more')");
-    harness::wait_for(Duration::from_secs(30), "the local log to shrink", || {
-        !first_segment.exists()
-    });
+    let first = &first_segment;
+    harness::wait_until(
+        Duration::from_secs(30),
+        "the local log to shrink",
+        move || async move { !first.exists() },
+    )
+    .await;
     assert_eq!(capture.stop(), 0);
 }

@@ -66,16 +66,7 @@ async fn awkward_names_are_captured_archived_and_restored_exactly() {
         ),
     );
     let capture = fx.start_capture(&config);
-    let list = || {
-        let out = harness::tidemark(
-            &["list", "--config", config.to_str().unwrap(), "--json"],
-            &[],
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
-    harness::wait_for(Duration::from_secs(60), "the base snapshot", || {
-        !list()["window"].is_null()
-    });
+    fx.wait_base_snapshot(&config);
 
     fx.psql(
         r#"

@@ -379,11 +379,21 @@ impl Capture {
         self.pid
     }
 
-    /// Sends SIGTERM and waits for the exit code.
+    /// Sends SIGTERM and waits for the exit code. Under strace a signal that
+    /// lands while a delayed syscall is held can be lost, so it is said again
+    /// each second until capture has heard it (a second SIGTERM is harmless).
     pub fn stop(mut self) -> i32 {
-        signal(self.pid, libc::SIGTERM);
-        let status = self.child.wait().unwrap();
-        status.code().unwrap_or(-1)
+        let mut wait = Wait::new(Duration::from_secs(60), "capture to stop");
+        loop {
+            signal(self.pid, libc::SIGTERM);
+            let resend = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < resend {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return status.code().unwrap_or(-1);
+                }
+                std::thread::sleep(wait.next_pause());
+            }
+        }
     }
 
     /// SIGKILL: a crash at whatever instant this is.
@@ -419,12 +429,54 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
-/// Polls `condition` until it holds; panics naming `what` after `limit`.
+/// A wait for an event outside the test (a slot position, a metric, the
+/// archive's window): its deadline, and the pause before the next look,
+/// short at first so the event is seen soon after it happens.
+struct Wait<'a> {
+    deadline: Instant,
+    what: &'a str,
+    pause: Duration,
+}
+
+impl Wait<'_> {
+    fn new(limit: Duration, what: &str) -> Wait<'_> {
+        Wait {
+            deadline: Instant::now() + limit,
+            what,
+            pause: Duration::from_millis(5),
+        }
+    }
+
+    /// The pause before the next look; panics naming the event past the deadline.
+    fn next_pause(&mut self) -> Duration {
+        assert!(
+            Instant::now() < self.deadline,
+            "timed out waiting for {}",
+            self.what
+        );
+        let pause = self.pause;
+        self.pause = (pause * 2).min(Duration::from_millis(100));
+        pause
+    }
+}
+
+/// Waits, blocking, until `condition` holds: for tests without a runtime.
 pub fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
+    let mut wait = Wait::new(limit, what);
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(wait.next_pause());
+    }
+}
+
+/// Awaits `event` without holding up the test's runtime: for async tests.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut event: impl FnMut() -> F,
+) {
+    let mut wait = Wait::new(limit, what);
+    while !event().await {
+        tokio::time::sleep(wait.next_pause()).await;
     }
 }
 
