@@ -114,3 +114,57 @@ pub fn sole_writer(log_dir: &Path, what: &str) -> Result<std::fs::File, OpError>
         other => other.into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::crypt::CryptError;
+    use crate::archive::store::StoreError;
+    use crate::archive::ArchiveError;
+    use crate::restore::command::RestoreError;
+
+    /// An archive error reaching a command keeps its own kind: what a person
+    /// must fix is 2 however deep it comes from, a damaged object is 1.
+    #[test]
+    fn exit_codes_follow_the_error_not_the_command() {
+        let refused = || StoreError::Refused {
+            store: "s3://b".into(),
+            action: "get",
+            key: "k".into(),
+            message: "403".into(),
+        };
+        let wrong_key = || CryptError::WrongKey {
+            object: "k".into(),
+            found: "a".into(),
+            configured: "b".into(),
+        };
+        let corrupt = || ArchiveError::Corrupt {
+            key: "k".into(),
+            problem: "flipped".into(),
+        };
+        let cases = [
+            (
+                OpError::from(RestoreError::Archive(refused().into())),
+                ExitCode::BadInput,
+            ),
+            (
+                OpError::from(RestoreError::Archive(StoreError::from(wrong_key()).into())),
+                ExitCode::BadInput,
+            ),
+            (
+                OpError::from(RestoreError::Archive(corrupt())),
+                ExitCode::Failure,
+            ),
+            (OpError::from(corrupt()), ExitCode::Failure),
+            (
+                OpError::from(RestoreError::BadTarget("x".into())),
+                ExitCode::BadInput,
+            ),
+            (OpError::Found("differences".into()), ExitCode::Failure),
+            (OpError::Usage("no [archive]".into()), ExitCode::BadInput),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.exit_code(), code, "{error}");
+        }
+    }
+}

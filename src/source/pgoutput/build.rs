@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{encode, Begin, Column, Commit, Message, Relation, Tuple, TupleValue};
 use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 
-pub const RELATION_OID: u32 = 100;
+const RELATION_OID: u32 = 100;
 
 pub fn relation(stream_xid: Option<u32>) -> Bytes {
     relation_with_oid(stream_xid, RELATION_OID)
