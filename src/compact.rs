@@ -32,6 +32,8 @@ pub enum CompactError {
     ScratchCluster(#[from] crate::replay::scratch::ScratchError),
     #[error("compaction's scratch database failed: {0}")]
     ScratchSql(#[from] tokio_postgres::Error),
+    #[error("cannot connect to compaction's scratch database: {0}")]
+    ScratchConnect(#[from] crate::pg::ConnectError),
     #[error(transparent)]
     Rebuild(#[from] crate::replay::rebuild::RebuildError),
 }
@@ -42,7 +44,7 @@ impl CompactError {
             CompactError::Archive(e) => e.exit_code(),
             CompactError::ScratchCluster(e) => e.exit_code(),
             CompactError::Rebuild(e) => e.exit_code(),
-            CompactError::ScratchSql(_) => ExitCode::Failure,
+            CompactError::ScratchSql(_) | CompactError::ScratchConnect(_) => ExitCode::Failure,
         }
     }
 }
@@ -74,7 +76,7 @@ pub async fn compact(
         .await
         .expect("starting the scratch cluster")?;
     let clients = crate::replay::load::connect_all(
-        &scratch.url("postgres"),
+        &scratch.conn_info("postgres")?,
         crate::replay::load::default_jobs(),
     )
     .await?;

@@ -4,13 +4,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::base::exit::ExitCode;
 use crate::base::table::TableName;
+use crate::pg::ConnInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -181,6 +181,9 @@ pub struct ArchiveConfig {
     pub encryption_key_file: Option<PathBuf>,
     /// The name of an environment variable holding the key as 64 hex characters.
     pub encryption_key_env: Option<String>,
+    /// Keys that encrypted older objects: read with, never written with (key rotation).
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
 }
 
 /// `[retention]`: which restore points the archive keeps.
@@ -231,13 +234,8 @@ fn default_segment_size() -> ByteSize {
 pub struct SecretUrl(String);
 
 impl SecretUrl {
-    pub fn parse(&self) -> Result<tokio_postgres::Config, String> {
-        tokio_postgres::Config::from_str(&self.0).map_err(|e| {
-            // The parser's message may quote the input; name only the problem.
-            let text = e.to_string();
-            let reason = text.split(':').next().unwrap_or("invalid").trim().to_string();
-            format!("[source] url is not a valid PostgreSQL connection string ({reason}); write it as postgres://user:password@host:port/db")
-        })
+    pub fn parse(&self) -> Result<ConnInfo, String> {
+        ConnInfo::parse(&self.0).map_err(|e| format!("[source] url: {e}"))
     }
 }
 
@@ -248,11 +246,11 @@ impl fmt::Debug for SecretUrl {
 }
 
 /// Everything capture needs, checked: the parsed connection and table names.
-/// (tokio-postgres redacts the password in its Debug output.)
+/// (`ConnInfo`'s Debug output has no password.)
 #[derive(Debug)]
 pub struct Checked {
     pub config: Config,
-    pub pg: tokio_postgres::Config,
+    pub pg: ConnInfo,
     pub tables: Vec<TableName>,
 }
 
@@ -462,7 +460,7 @@ dir = "/tmp/tm"
         let text = include_str!("../config/tidemark.toml");
         let checked = load(text, &[]).unwrap();
         assert_eq!(checked.tables.len(), 2);
-        assert_eq!(checked.pg.get_dbname(), Some("app"));
+        assert_eq!(checked.pg.database(), "app");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod inspect;
 pub mod log;
 pub mod ops;
+pub mod pg;
 pub mod quickstart;
 pub mod replay;
 pub mod restore;

@@ -200,16 +200,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything we write (segments, archive objects, configs, positions) is
+    // private: 0600 files in 0700 directories, as the postmaster does it.
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        // --help and --version print in full; a usage error is one line, like every other.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            let code = if e.use_stderr() {
-                tidemark::base::exit::ExitCode::BadInput.code()
-            } else {
-                0
-            };
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{first}; see tidemark --help");
+            return ExitCode::from(tidemark::base::exit::ExitCode::BadInput.code());
         }
     };
     // The quickstart tells its own story; its logs stay quiet unless asked for.
@@ -363,19 +369,11 @@ async fn run(command: Command) -> Result<(), OpError> {
         } => {
             use tidemark::restore::command::{parse_target, Request};
             let to = parse_target(&to)?;
-            let target_url = match (target, dry_run) {
-                (Some(url), _) => url,
-                (None, true) => String::new(),
-                (None, false) => {
-                    return Err(OpError::Usage(
-                        "--target is required: the database to restore into, e.g. postgres://user@host/recovered".into(),
-                    ))
-                }
-            };
+            let target = target.as_deref().map(parse_target_url).transpose()?;
             let request = Request {
                 to,
                 predicate,
-                target_url,
+                target,
                 tables,
                 dry_run,
                 data_only,
@@ -441,6 +439,7 @@ async fn run(command: Command) -> Result<(), OpError> {
             target,
             json,
         } => {
+            let target = parse_target_url(&target)?;
             let report = ops::drill::run(&config, &target, &mut progress_out(json)).await?;
             print_report(json, &report);
             ops::drill::differences(&report)
@@ -454,6 +453,11 @@ async fn run(command: Command) -> Result<(), OpError> {
 }
 
 /// Where progress goes: stdout, or stderr when stdout carries JSON.
+/// `--target`: a connection string; the password best comes from PGPASSWORD or ~/.pgpass.
+fn parse_target_url(url: &str) -> Result<tidemark::pg::ConnInfo, OpError> {
+    tidemark::pg::ConnInfo::parse(url).map_err(|e| OpError::Usage(format!("--target: {e}")))
+}
+
 fn progress_out(json: bool) -> Box<dyn Write> {
     if json {
         Box::new(std::io::stderr())

@@ -42,6 +42,8 @@ pub enum QuickstartError {
     ScratchServer(#[from] crate::replay::scratch::ScratchError),
     #[error("quickstart database: {0}")]
     Sql(#[from] tokio_postgres::Error),
+    #[error("quickstart database: {0}")]
+    Connect(#[from] crate::pg::ConnectError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -67,15 +69,16 @@ impl QuickstartError {
             Capture(e) => e.exit_code(),
             Archive(e) => e.exit_code(),
             Rebuild(e) => e.exit_code(),
-            Sql(_) | Output(_) | NoSnapshot | Mismatch(_) => ExitCode::Failure,
+            Sql(_) | Connect(_) | Output(_) | NoSnapshot | Mismatch(_) => ExitCode::Failure,
         }
     }
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
+async fn connect(
+    cluster: &ScratchServer,
+    db: &str,
+) -> Result<tokio_postgres::Client, QuickstartError> {
+    Ok(cluster.conn_info(db)?.connect().await?)
 }
 
 async fn table_md5(
@@ -101,14 +104,14 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
         .await
         .expect("starting the cluster")?;
     cluster_sql(&cluster, "postgres", "CREATE DATABASE shop").await?;
-    let shop = connect(&cluster.url("shop")).await?;
+    let shop = connect(&cluster, "shop").await?;
     shop.batch_execute(SCHEMA).await?;
     writeln!(out, "   critical tables: {}", TABLES.join(", "))?;
 
     let config_path = dir.join("tidemark.toml");
     let config_text = format!(
         "[source]\nurl = {:?}\ntables = {:?}\n\n[log]\ndir = {:?}\n\n[archive]\nurl = {:?}\nupload_interval = \"500ms\"\n",
-        cluster.url("shop"),
+        cluster.conninfo("shop"),
         TABLES,
         dir.join("log").display().to_string(),
         format!("file://{}", dir.join("archive").display()),
@@ -222,7 +225,7 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
     let target: PgTimestamp = restore_point.parse().expect("the server prints RFC 3339");
     let plan = rebuild::plan(&manifest, Target::Time(target))?;
     cluster_sql(&cluster, "postgres", "CREATE DATABASE shop_restored").await?;
-    let restored = Arc::new(connect(&cluster.url("shop_restored")).await?);
+    let restored = Arc::new(connect(&cluster, "shop_restored").await?);
     let done = rebuild::rebuild(&*store, &plan, std::slice::from_ref(&restored), dir).await?;
     writeln!(
         out,
@@ -266,10 +269,6 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
     Ok(())
 }
 
-async fn cluster_sql(
-    cluster: &ScratchServer,
-    db: &str,
-    sql: &str,
-) -> Result<(), tokio_postgres::Error> {
-    connect(&cluster.url(db)).await?.batch_execute(sql).await
+async fn cluster_sql(cluster: &ScratchServer, db: &str, sql: &str) -> Result<(), QuickstartError> {
+    Ok(connect(cluster, db).await?.batch_execute(sql).await?)
 }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use harness::{Capture, Fixture};
-use tidemark::replay::scratch::{ScratchServer, SUPERUSER_PASSWORD};
+use tidemark::replay::scratch::ScratchServer;
 
 const SCHEMA: &str = "
     CREATE TABLE payments (id int PRIMARY KEY, amount numeric);
@@ -45,7 +45,8 @@ fn expect_refusal(config: &Path, secrets: &[&str]) -> String {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
     println!("{stderr}");
-    for secret in secrets.iter().chain([&SUPERUSER_PASSWORD]) {
+    let superuser_password = harness::cluster().password().unwrap();
+    for secret in secrets.iter().chain([&superuser_password]) {
         assert!(!stderr.contains(secret), "a secret leaked: {stderr}");
     }
     stderr
@@ -97,8 +98,8 @@ fn an_unreachable_host() {
 #[test]
 fn wal_level_not_logical() {
     static REPLICA: OnceLock<ScratchServer> = OnceLock::new();
-    let cluster =
-        REPLICA.get_or_init(|| ScratchServer::start(&[("wal_level", "replica")]).unwrap());
+    let cluster = REPLICA
+        .get_or_init(|| ScratchServer::start_listening(&[("wal_level", "replica")]).unwrap());
     let fx = Fixture::in_cluster(cluster, SCHEMA);
     let config = fx.config(&["public.payments"], "");
     let error = expect_refusal(&config, &[]);

@@ -271,7 +271,7 @@ fn metrics_move_while_capture_runs_and_show_no_secret() {
     assert!(harness::sample(&after, "tidemark_log_bytes").unwrap() > 0.0);
     assert!(harness::sample(&after, "tidemark_slot_lag_bytes").is_some());
     assert!(harness::sample(&after, "tidemark_archive_head_age_seconds").is_some());
-    assert!(!after.contains(tidemark::replay::scratch::SUPERUSER_PASSWORD));
+    assert!(!after.contains(fx.cluster.password().unwrap()));
     assert!(!after.contains("postgres://"));
     assert_eq!(capture.stop(), 0);
 }

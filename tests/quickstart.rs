@@ -21,6 +21,10 @@ fn quickstart_restores_the_moment_before_the_disaster() {
     );
     assert!(stdout.contains("Done: every table was restored exactly"));
 
+    // The log, the archive and the config it wrote are private.
+    for made in ["log", "archive", "tidemark.toml"] {
+        harness::assert_private(&dir.path().join(made));
+    }
     let config = dir.path().join("tidemark.toml");
     let cfg = config.to_str().unwrap();
     let list = harness::tidemark(&["list", "--config", cfg, "--json"], &[]);

@@ -3,7 +3,8 @@
 
 mod harness;
 
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use harness::Fixture;
 
@@ -14,6 +15,12 @@ const SCHEMA: &str = "
     CREATE TABLE notes (body text);
     ALTER TABLE notes REPLICA IDENTITY FULL;
 ";
+
+/// Scratch databases no running restore holds (by its advisory lock): what a restore must not leave.
+const ABANDONED_SCRATCH: &str =
+    "SELECT count(*) FROM pg_database d WHERE starts_with(datname, 'tidemark_scratch_') \
+    AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = 29805 \
+    AND l.objsubid = 2 AND l.objid::text = substr(d.datname, 18))";
 
 fn restore(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = harness::tidemark(&["restore", "--config", config.to_str().unwrap()], args);
@@ -119,7 +126,6 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
             &harness::rows_md5_sql("payments", "kind IS DISTINCT FROM 'wire'"),
         )
     };
-    let others_before = others("t3");
     let tenant = [
         "--to",
         &lsn2,
@@ -146,8 +152,54 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         before_bad,
         "a refused predicate changed the target"
     );
-    let (code, stdout, stderr) = restore(&config, &[&tenant[..], &["--force"]].concat());
+    // --where is one boolean expression: a second statement, an unbalanced
+    // parenthesis or a comment eating the closing one are refused, and touch nothing.
+    for hostile in [
+        "kind = 'wire'; DROP TABLE payments",
+        "kind = 'wire')",
+        "true) OR (true",
+        "true --",
+        "amount",
+    ] {
+        *bad.last_mut().unwrap() = hostile;
+        let (code, _, stderr) = restore(&config, &[&bad[..], &["--force"]].concat());
+        if hostile == "true) OR (true" {
+            // Balanced once wrapped: one boolean expression, so it is taken (all rows).
+            assert_eq!(code, Some(0), "{hostile}: {stderr}");
+            continue;
+        }
+        assert_eq!(code, Some(2), "{hostile}: {stderr}");
+        assert!(
+            stderr.contains("does not apply to table"),
+            "{hostile}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert_eq!(
+            in_db("t3", "SELECT to_regclass('payments') IS NOT NULL"),
+            "t"
+        );
+    }
+    fx.cluster
+        .psql(
+            &format!("{}_t3", fx.db),
+            "UPDATE payments SET note = 'kept' WHERE kind IS DISTINCT FROM 'wire'; DELETE FROM payments WHERE kind = 'wire'",
+        )
+        .unwrap();
+    let others_before = others("t3");
+    let before_tenant = everything();
+    let (code, stdout, stderr) = restore(&config, &[&tenant[..], &["--force", "--json"]].concat());
     assert_eq!(code, Some(0), "{stdout}{stderr}");
+    // The rows it replaced were saved first, with the SQL that puts them back.
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let copy = &summary["safety_copies"][0];
+    assert!(
+        copy["copy"]
+            .as_str()
+            .unwrap()
+            .starts_with("tidemark_safety."),
+        "{summary}"
+    );
+    assert!(stderr.contains("to put them back"), "{stderr}");
     assert_eq!(
         in_db("t3", &harness::rows_md5_sql("payments", "kind = 'wire'")),
         want2_wire
@@ -157,9 +209,11 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         others_before,
         "rows outside the predicate changed"
     );
+    in_db("t3", copy["put_back"].as_str().unwrap());
     assert_eq!(
-        fx.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'tidemark_scratch%'"),
-        "0"
+        everything(),
+        before_tenant,
+        "the safety copy puts the rows back"
     );
 
     // One tenant: the rows satisfying the predicate at point 2, and only those.
@@ -220,7 +274,7 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(
-            !stderr.contains(tidemark::replay::scratch::SUPERUSER_PASSWORD),
+            !stderr.contains(harness::cluster().password().unwrap()),
             "{stderr}"
         );
     };
@@ -345,4 +399,99 @@ async fn a_prepared_transaction_counts_from_its_commit_prepared() {
             .unwrap();
         assert_eq!(ids, want, "restored to {to}");
     }
+}
+
+/// SIGKILL at random instants of a forced restore into a live table: each
+/// time, the table is exactly as it was or exactly restored, never empty or
+/// in part; and the next restore clears what the killed one left behind.
+#[test]
+fn a_forced_restore_killed_at_any_instant_leaves_the_table_whole() {
+    let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let config = fx.config(
+        &["public.t"],
+        &format!(
+            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
+            fx.archive_url()
+        ),
+    );
+    fx.psql("INSERT INTO t SELECT g, repeat('r', 50) FROM generate_series(1, 20000) g");
+    let capture = fx.start_capture(&config);
+    fx.wait_base_snapshot(&config);
+    fx.psql("UPDATE t SET v = 'changed' WHERE id % 7 = 0");
+    fx.wait_caught_up(Duration::from_secs(30));
+    assert_eq!(capture.stop(), 0);
+    let restored_md5 = fx.md5("t");
+
+    let live = format!("{}_live", fx.db);
+    fx.psql(&format!("CREATE DATABASE {live}"));
+    let live_sql = |sql: &str| fx.cluster.psql(&live, sql).unwrap();
+    let live_as_it_was = || {
+        live_sql("DROP TABLE IF EXISTS t; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'live' FROM generate_series(1, 5000) g");
+        live_sql(&harness::table_md5_sql("t"))
+    };
+    let args = [
+        "restore",
+        "--config",
+        config.to_str().unwrap(),
+        "--to",
+        "latest",
+        "--target",
+        &fx.cluster.url(&live),
+        "--data-only",
+        "--force",
+    ];
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // One whole run, to learn how long a restore takes here.
+    live_as_it_was();
+    let started = Instant::now();
+    assert!(run().wait().unwrap().success());
+    let whole = started.elapsed();
+    assert_eq!(live_sql(&harness::table_md5_sql("t")), restored_md5);
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("seed {seed}, a whole restore takes {whole:?}");
+    let mut rng = harness::Rng(seed | 1);
+    let mut outcomes = [0, 0];
+    for _ in 0..6 {
+        let before = live_as_it_was();
+        let mut child = run();
+        let at = Duration::from_millis(rng.next(whole.as_millis() as u64 * 5 / 4));
+        // The kill's instant is the test's input, not a wait for an event.
+        std::thread::sleep(at);
+        let _ = child.kill();
+        let _ = child.wait();
+        let now = live_sql(&harness::table_md5_sql("t"));
+        assert!(
+            now == before || now == restored_md5,
+            "killed at {at:?}: the table is neither as it was nor restored"
+        );
+        outcomes[usize::from(now == restored_md5)] += 1;
+    }
+    println!(
+        "kept as it was {} times, fully restored {} times",
+        outcomes[0], outcomes[1]
+    );
+    // A finished restore leaves no scratch database, its own or a killed one's.
+    live_as_it_was();
+    let last = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    assert_eq!(fx.psql(ABANDONED_SCRATCH), "0");
 }

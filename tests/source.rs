@@ -10,8 +10,8 @@ use tidemark::source::conn::ReplicationConnection;
 use tidemark::source::setup;
 use tidemark::source::SourceError;
 
-fn pg_config(url: &str) -> tokio_postgres::Config {
-    url.parse().unwrap()
+fn pg_config(url: &str) -> tidemark::pg::ConnInfo {
+    tidemark::pg::ConnInfo::parse_with_env(url, &|_| None).unwrap()
 }
 
 #[tokio::test]

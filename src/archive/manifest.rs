@@ -239,7 +239,34 @@ pub async fn load_latest(
         return Ok(None);
     };
     let body = store.get(key).await?;
-    Ok(Some((key.clone(), Manifest::decode(key, &body)?)))
+    let manifest = Manifest::decode(key, &body)?;
+    check_key_id(key, &manifest, &store.key_ids())?;
+    Ok(Some((key.clone(), manifest)))
+}
+
+/// The manifest's `encryption_key_id` must be one of the configured keys, or
+/// absent when none is: a manifest that disagrees with how it was read is not trusted.
+pub fn check_key_id(
+    key: &str,
+    manifest: &Manifest,
+    configured: &[String],
+) -> Result<(), ArchiveError> {
+    let problem = match &manifest.encryption_key_id {
+        None if configured.is_empty() => return Ok(()),
+        Some(id) if configured.contains(id) => return Ok(()),
+        None => "it says the archive is not encrypted, yet it was read with a key".to_string(),
+        Some(id) if configured.is_empty() => {
+            format!("it says the archive is encrypted with key {id}, yet it was read as cleartext")
+        }
+        Some(id) => format!(
+            "it names encryption key {id}, which is not among the configured keys ({})",
+            configured.join(", ")
+        ),
+    };
+    Err(ArchiveError::Corrupt {
+        key: key.to_string(),
+        problem,
+    })
 }
 
 /// Manifest entries for unit tests of the code that reads manifests.

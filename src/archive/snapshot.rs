@@ -22,7 +22,7 @@ use super::store::ObjectStore;
 use super::ArchiveError;
 use crate::base::position::PgTimestamp;
 use crate::base::table::{quote_ident, quote_literal, TableName};
-use crate::source::conn::{describe_target, ReplicationConnection};
+use crate::source::conn::ReplicationConnection;
 use crate::source::schema::{self, SchemaSet};
 use crate::source::setup;
 use crate::source::SourceError;
@@ -45,7 +45,7 @@ pub fn table_key(lsn: crate::base::position::EndLsn, table: &TableName) -> Strin
 
 /// Copies every table of `tables` and uploads the snapshot; returns its manifest entry.
 pub async fn take(
-    pg: &tokio_postgres::Config,
+    pg: &crate::pg::ConnInfo,
     tables: &[TableName],
     store: Arc<dyn ObjectStore>,
     work_dir: &Path,
@@ -128,20 +128,19 @@ pub async fn take(
     Ok(entry)
 }
 
-fn sql_error(e: tokio_postgres::Error, pg: &tokio_postgres::Config) -> ArchiveError {
-    SourceError::from_sql(e, &describe_target(pg), pg.get_user().unwrap_or("postgres")).into()
+fn sql_error(e: tokio_postgres::Error, pg: &crate::pg::ConnInfo) -> ArchiveError {
+    SourceError::from_sql(e, &pg.describe(), pg.user()).into()
 }
 
 /// A connection whose open transaction sees exactly the exported snapshot.
 async fn snapshot_client(
-    pg: &tokio_postgres::Config,
+    pg: &crate::pg::ConnInfo,
     snapshot: &str,
 ) -> Result<tokio_postgres::Client, ArchiveError> {
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
+    let client = pg
+        .connect()
         .await
-        .map_err(|e| sql_error(e, pg))?;
-    tokio::spawn(connection);
+        .map_err(|e| ArchiveError::from(SourceError::from_connect(e, pg)))?;
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -159,7 +158,7 @@ pub enum CopyError {
 }
 
 impl CopyError {
-    pub fn with_sql(self, pg: &tokio_postgres::Config) -> ArchiveError {
+    pub fn with_sql(self, pg: &crate::pg::ConnInfo) -> ArchiveError {
         match self {
             CopyError::Sql(e) => sql_error(e, pg),
             CopyError::Archive(e) => e,

@@ -368,7 +368,7 @@ fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
 /// Takes a base snapshot if the archive has none, retrying while the source or store is unavailable.
 pub async fn snapshot_when_missing(
     uploader: Arc<Uploader>,
-    pg: tokio_postgres::Config,
+    pg: crate::pg::ConnInfo,
     tables: Vec<crate::base::table::TableName>,
 ) {
     let mut retry = Retry::new(Duration::from_secs(1), Duration::from_secs(60));

@@ -22,6 +22,8 @@ pub struct Report {
     pub bytes_checked: u64,
     /// Every object that failed a check, named.
     pub problems: Vec<Problem>,
+    /// How many objects each encryption key id sealed (`cleartext` for none).
+    pub key_ids: std::collections::BTreeMap<String, usize>,
     /// The chain from the oldest snapshot to the head: runs found, and gaps missing.
     pub continuity: Vec<Range>,
 }
@@ -58,11 +60,13 @@ pub async fn verify(
         return Ok(report);
     };
     report.manifest = Some(key.clone());
-    let body = fetch(store, &key, &mut report).await?;
-    let Some(body) = body else {
-        return Ok(report);
-    };
-    let manifest = match Manifest::decode(&key, &body) {
+    // A manifest that does not open (cleartext, or under a key not configured)
+    // stops verify with its reason: nothing it lists can be checked.
+    let (body, sealed_by) = store.get_sealed(&key).await?;
+    report.count(body.len(), sealed_by);
+    let decoded = Manifest::decode(&key, &body)
+        .and_then(|m| manifest::check_key_id(&key, &m, &store.key_ids()).map(|()| m));
+    let manifest = match decoded {
         Ok(m) => m,
         Err(e) => {
             report.problems.push(Problem {
@@ -138,6 +142,15 @@ pub async fn verify(
     Ok(report)
 }
 
+impl Report {
+    fn count(&mut self, bytes: usize, sealed_by: Option<String>) {
+        self.objects_checked += 1;
+        self.bytes_checked += bytes as u64;
+        let id = sealed_by.unwrap_or_else(|| "cleartext".into());
+        *self.key_ids.entry(id).or_default() += 1;
+    }
+}
+
 /// Found runs and missing gaps from the oldest snapshot to the newest segment.
 fn continuity(manifest: &Manifest) -> Vec<Range> {
     let Some(start) = manifest.snapshots.iter().map(|s| s.lsn).min() else {
@@ -171,16 +184,23 @@ async fn fetch(
     key: &str,
     report: &mut Report,
 ) -> Result<Option<Bytes>, StoreError> {
-    match store.get(key).await {
-        Ok(data) => {
-            report.objects_checked += 1;
-            report.bytes_checked += data.len() as u64;
+    match store.get_sealed(key).await {
+        Ok((data, sealed_by)) => {
+            report.count(data.len(), sealed_by);
             Ok(Some(data))
         }
         Err(StoreError::NotFound { .. }) => {
             report.problems.push(Problem {
                 key: key.to_string(),
                 problem: "missing from the store".into(),
+            });
+            Ok(None)
+        }
+        // A cleartext, foreign or undecryptable object is a finding about that object.
+        Err(StoreError::Crypt(e)) => {
+            report.problems.push(Problem {
+                key: key.to_string(),
+                problem: e.to_string(),
             });
             Ok(None)
         }
@@ -338,6 +358,9 @@ impl std::fmt::Display for Report {
         }
         for problem in &self.problems {
             writeln!(f, "BAD      {}: {}", problem.key, problem.problem)?;
+        }
+        for (id, objects) in &self.key_ids {
+            writeln!(f, "KEY      {id}: {objects} objects")?;
         }
         let verdict = if self.ok { "OK" } else { "FAILED" };
         writeln!(

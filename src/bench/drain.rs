@@ -353,7 +353,8 @@ pub async fn big_transaction(server: &Server, options: &Options) -> Result<f64, 
         capture_toml(server, BIG_DB, &["public.big"], "big", &log_dir, ""),
     )?;
     // This very binary, even if a newer build has replaced the file since.
-    let mut child = std::process::Command::new("/proc/self/exe")
+    let mut child = server
+        .command("/proc/self/exe")
         .args(["capture", "--config"])
         .arg(&config)
         .env("RUST_LOG", "error")

@@ -22,10 +22,10 @@ pub mod report;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use crate::base::exit::ExitCode;
 use crate::base::position::EndLsn;
+use crate::pg::ConnInfo;
 use crate::replay::scratch::{ScratchError, ScratchServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum BenchError {
     ScratchServer(#[from] ScratchError),
     #[error("the bench database: {0}")]
     Sql(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the bench's database: {0}")]
+    Connect(#[from] crate::pg::ConnectError),
     #[error("{tool} failed: {detail}")]
     Tool { tool: String, detail: String },
     #[error(transparent)]
@@ -53,6 +55,7 @@ impl BenchError {
         use BenchError::*;
         match self {
             SourceUrl(_) => ExitCode::BadInput,
+            Connect(e) => e.exit_code(),
             ScratchServer(e) => e.exit_code(),
             Capture(e) => e.exit_code(),
             Restore(e) => e.exit_code(),
@@ -96,10 +99,7 @@ pub struct Options {
 /// own, or the user's (`--source-url`), where it works in databases it creates.
 pub struct Server {
     _cluster: Option<ScratchServer>,
-    host: String,
-    port: u16,
-    user: String,
-    password: Option<String>,
+    info: ConnInfo,
     bin: PathBuf,
 }
 
@@ -107,74 +107,55 @@ impl Server {
     pub fn start(source_url: Option<&str>) -> Result<Server, BenchError> {
         let bin = crate::replay::scratch::pg_bin_dir()?;
         let Some(url) = source_url else {
-            let cluster = ScratchServer::start(&[("autovacuum", "off"), ("max_wal_size", "4GB")])?;
+            // Over TCP, as a production source is reached.
+            let cluster =
+                ScratchServer::start_listening(&[("autovacuum", "off"), ("max_wal_size", "4GB")])?;
+            let url = cluster.url_as(
+                "postgres",
+                cluster.password().unwrap_or_default(),
+                "postgres",
+            );
+            let info = ConnInfo::parse_with_env(&url, &|_| None)
+                .map_err(|e| BenchError::SourceUrl(e.to_string()))?;
             return Ok(Server {
-                host: "127.0.0.1".into(),
-                port: cluster.port(),
-                user: "postgres".into(),
-                password: Some(crate::replay::scratch::SUPERUSER_PASSWORD.into()),
-                bin,
                 _cluster: Some(cluster),
+                info,
+                bin,
             });
         };
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|_| BenchError::SourceUrl(
-                "not a PostgreSQL connection string; write it as postgres://user:password@host:port/db".into(),
-            ))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => return Err(BenchError::SourceUrl(
-                    "name a TCP host, e.g. postgres://user@127.0.0.1:5432/db (Unix sockets are not supported)".into(),
-                )),
-        };
+        let info = ConnInfo::parse(url).map_err(|e| BenchError::SourceUrl(e.to_string()))?;
         Ok(Server {
             _cluster: None,
-            host,
-            port: config.get_ports().first().copied().unwrap_or(5432),
-            user: config.get_user().unwrap_or("postgres").to_string(),
-            password: config
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            info,
             bin,
         })
     }
 
-    /// A libpq key=value string for `db`, password included (never printed).
-    pub fn url(&self, db: &str) -> String {
-        let mut url = format!(
-            "host={} port={} user={} dbname={db}",
-            self.host, self.port, self.user
-        );
-        if let Some(password) = &self.password {
-            url += &format!(
-                " password='{}'",
-                password.replace('\\', "\\\\").replace('\'', "\\'")
-            );
-        }
-        url
+    /// The connection to database `db`, password included (never printed).
+    pub fn info(&self, db: &str) -> ConnInfo {
+        self.info.with_dbname(db)
     }
 
-    /// The same without the password, for child processes (which get PGPASSWORD).
+    /// A libpq string for `db` without the password, for child processes ([`Self::command`]).
     pub fn conninfo(&self, db: &str) -> String {
-        format!(
-            "host={} port={} user={} dbname={db}",
-            self.host, self.port, self.user
-        )
+        self.info(db).keywords()
     }
 
-    pub fn tool(&self, name: &str) -> std::process::Command {
-        let mut command = std::process::Command::new(self.bin.join(name));
-        if let Some(password) = &self.password {
-            command.env("PGPASSWORD", password);
+    /// A child process that finds the password in PGPASSWORD, never in its arguments.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        if let Some(password) = self.info.password() {
+            command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
         }
         command
     }
 
+    pub fn tool(&self, name: &str) -> std::process::Command {
+        self.command(self.bin.join(name))
+    }
+
     pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, BenchError> {
-        let (client, connection) =
-            tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        Ok(client)
+        Ok(self.info(db).connect().await?)
     }
 
     /// A fresh database (dropped first if a previous run left it).
@@ -249,7 +230,7 @@ pub fn capture_toml(
     let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
     format!(
         "[source]\nurl = {:?}\ntables = [{}]\npublication = \"tidemark_bench\"\nslot = {slot:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[log]\ndir = {:?}\n{extra}\n",
-        server.url(db),
+        server.conninfo(db),
         tables.join(", "),
         log_dir.display().to_string(),
     )
@@ -265,11 +246,10 @@ pub fn capture_config(
     extra: &str,
 ) -> Result<crate::config::Checked, BenchError> {
     let text = capture_toml(server, db, tables, slot, log_dir, extra);
-    Ok(crate::config::Config::from_toml(
-        Path::new("bench.toml"),
-        &text,
-        std::iter::empty(),
-    )?)
+    let mut checked =
+        crate::config::Config::from_toml(Path::new("bench.toml"), &text, std::iter::empty())?;
+    checked.pg = server.info(db);
+    Ok(checked)
 }
 
 /// This process's peak resident set since the last reset, in MiB.

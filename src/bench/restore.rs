@@ -87,7 +87,7 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
 
     server.fresh_database(TARGET).await?;
     reset_peak_rss();
-    let request = Request::new(Target::Latest, &server.url(TARGET));
+    let request = Request::new(Target::Latest, server.info(TARGET));
     let summary = command::run(
         &*store,
         &request,

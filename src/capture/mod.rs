@@ -136,7 +136,8 @@ async fn capture(
     let mut seals = None;
     let mut log_empty = recovery.empty;
     let mut streamed_once = false;
-    let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(30));
+    // The ceiling keeps a reconnect within 4 s of the source accepting connections again.
+    let mut retry = Retry::new(Duration::from_millis(250), Duration::from_secs(4));
     loop {
         let outcome = match Session::start(checked, writer, log_empty, progress).await {
             Ok(mut session) => {

@@ -27,6 +27,11 @@ const BATCH_BYTES: usize = 1 << 20;
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How often capture logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// After this long without a byte from the server, capture asks it to answer
+/// (a status update with the reply flag); after as long again, the link is
+/// dead. A cut that drops packets sends no FIN, and the server itself only
+/// speaks every wal_sender_timeout / 2 when idle.
+const SILENCE_PROBE: Duration = Duration::from_secs(3);
 
 /// What the loop keeps between reads.
 pub(super) struct Pump {
@@ -55,6 +60,9 @@ pub(super) struct Pump {
     received: u64,
     last_progress_log: Instant,
     last_full_warning: Option<Instant>,
+    /// When the server was last heard from, and whether it was asked to answer since.
+    last_heard: Instant,
+    probed: bool,
 }
 
 impl Session {
@@ -80,9 +88,14 @@ impl Session {
             // Checked before every read: past the bound, the slot keeps the WAL instead.
             let log_full = pump.log_full(self, now);
             pump.log_progress();
+            let listen_until = pump.check_liveness(self, now, log_full).await?;
             let seal_at = pump.next_seal;
             tokio::select! {
-                filled = self.conn.fill(), if !log_full => filled?,
+                filled = self.conn.fill(), if !log_full => {
+                    filled?;
+                    pump.heard(Instant::now());
+                }
+                _ = tokio::time::sleep_until(listen_until.into()), if !log_full => {}
                 _ = tokio::time::sleep_until(seal_at.unwrap_or(now).into()), if seal_at.is_some() => {
                     pump.seal(self).await?;
                 }
@@ -127,6 +140,8 @@ impl Pump {
             received: 0,
             last_progress_log: now,
             last_full_warning: None,
+            last_heard: now,
+            probed: false,
         }
     }
 
@@ -195,7 +210,11 @@ impl Pump {
         let flushed = *self.durable.borrow_and_update();
         session
             .conn
-            .send_copy_data(wire::standby_status_update(flushed, PgTimestamp::now()))
+            .send_copy_data(wire::standby_status_update(
+                flushed,
+                PgTimestamp::now(),
+                false,
+            ))
             .await?;
         self.reported = flushed;
         self.reply_due = false;
@@ -236,6 +255,46 @@ impl Pump {
             self.last_full_warning = Some(now);
         }
         full
+    }
+
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.probed = false;
+    }
+
+    /// Probes a silent server, and fails the session when it stays silent.
+    /// Returns when to look again. While the log is full nothing is read, so nothing is expected.
+    async fn check_liveness(
+        &mut self,
+        session: &mut Session,
+        now: Instant,
+        log_full: bool,
+    ) -> Result<Instant, CaptureError> {
+        if log_full {
+            self.heard(now);
+        }
+        let silent = now.duration_since(self.last_heard);
+        if silent >= 2 * SILENCE_PROBE {
+            return Err(SourceError::Silent(silent).into());
+        }
+        if silent >= SILENCE_PROBE && !self.probed {
+            let flushed = *self.durable.borrow();
+            session
+                .conn
+                .send_copy_data(wire::standby_status_update(
+                    flushed,
+                    PgTimestamp::now(),
+                    true,
+                ))
+                .await?;
+            self.probed = true;
+        }
+        Ok(self.last_heard
+            + if self.probed {
+                2 * SILENCE_PROBE
+            } else {
+                SILENCE_PROBE
+            })
     }
 
     fn log_progress(&mut self) {

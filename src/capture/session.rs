@@ -180,7 +180,11 @@ impl Session {
         let durable = writer.durable_ack();
         let confirm = async {
             self.conn
-                .send_copy_data(wire::standby_status_update(durable, PgTimestamp::now()))
+                .send_copy_data(wire::standby_status_update(
+                    durable,
+                    PgTimestamp::now(),
+                    false,
+                ))
                 .await?;
             self.conn.finish_copy().await
         };

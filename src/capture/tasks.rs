@@ -39,12 +39,7 @@ pub(super) fn start_feed(
         config: config.clone(),
         log_dir: checked.config.log.dir.clone(),
         tables: checked.tables.clone(),
-        database: checked
-            .pg
-            .get_dbname()
-            .or(checked.pg.get_user())
-            .unwrap_or("postgres")
-            .to_string(),
+        database: checked.pg.database().to_string(),
         source: checked.pg.clone(),
         slot: checked.config.source.slot.clone(),
         retain_from,

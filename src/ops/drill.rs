@@ -9,7 +9,7 @@ use crate::restore::drill::{self, Report};
 
 pub async fn run(
     config: &Path,
-    target: &str,
+    target: &crate::pg::ConnInfo,
     progress: &mut impl Write,
 ) -> Result<Report, OpError> {
     let checked = super::load(config)?;

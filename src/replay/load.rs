@@ -72,14 +72,12 @@ pub fn default_jobs() -> usize {
 }
 
 pub async fn connect_all(
-    url: &str,
+    target: &crate::pg::ConnInfo,
     count: usize,
-) -> Result<Vec<std::sync::Arc<tokio_postgres::Client>>, tokio_postgres::Error> {
+) -> Result<Vec<std::sync::Arc<tokio_postgres::Client>>, crate::pg::ConnectError> {
     let mut clients = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        clients.push(std::sync::Arc::new(client));
+        clients.push(std::sync::Arc::new(target.connect().await?));
     }
     Ok(clients)
 }

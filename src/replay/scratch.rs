@@ -1,19 +1,27 @@
 //! The scratch server: a throwaway PostgreSQL that rebuilds run in.
 //! Compaction loads a snapshot and replays segments into one, and so does a
 //! `restore --where` into live tables; the quickstart, the bench and the
-//! tests start one as their source. initdb into a temp dir,
-//! wal_level = logical, a free port on 127.0.0.1.
+//! tests start one as their source. initdb into a temp dir, wal_level = logical.
+//!
+//! It holds decrypted tables, so by default it is closed: it listens only on
+//! a Unix socket in its own 0700 directory, where the local `trust` line lets
+//! in only who can enter that directory (its owner, and root). It has no TCP
+//! listener and no password. [`ScratchServer::start_listening`] adds a TCP
+//! listener on 127.0.0.1 with a password made up for that cluster, for the
+//! bench and the tests, which need a source reachable over TCP.
 //!
 //! PostgreSQL refuses to run as root; as root, initdb and the server run as
 //! the `postgres` user on a directory that user owns. The server gets
 //! SIGKILL when the process that started it exits, so no run leaves one behind.
 
 use crate::base::exit::ExitCode;
-use std::io::Write;
+use crate::pg::ConnInfo;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +43,23 @@ impl ScratchError {
     }
 }
 
-/// The superuser's password in every throwaway cluster (host connections use scram-sha-256).
-pub const SUPERUSER_PASSWORD: &str = "tidemark-throwaway-pw";
-
 pub struct ScratchServer {
     root: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// The superuser's password for TCP connections; `None` when closed to TCP.
+    password: Option<String>,
     owner: Option<(u32, u32)>,
-    postmaster: Option<Child>,
+    postmaster: Mutex<Option<Child>>,
+}
+
+/// How [`ScratchServer::restart`] stops the server, as `pg_ctl stop -m` names it.
+#[derive(Clone, Copy, Debug)]
+pub enum Shutdown {
+    /// SIGINT: roll back sessions, checkpoint, stop.
+    Fast,
+    /// SIGQUIT: stop at once; the next start recovers from WAL, as after a crash.
+    Immediate,
 }
 
 /// The PostgreSQL binary directory: `TIDEMARK_PG_BIN`, else the newest under /usr/lib/postgresql.
@@ -68,8 +84,17 @@ pub fn pg_bin_dir() -> Result<PathBuf, ScratchError> {
 }
 
 impl ScratchServer {
-    /// Starts a new cluster with extra `postgresql.conf` settings.
+    /// Starts a closed cluster (Unix socket only) with extra `postgresql.conf` settings.
     pub fn start(settings: &[(&str, &str)]) -> Result<ScratchServer, ScratchError> {
+        ScratchServer::start_with(settings, false)
+    }
+
+    /// Starts a cluster that also listens on 127.0.0.1, with a made-up superuser password.
+    pub fn start_listening(settings: &[(&str, &str)]) -> Result<ScratchServer, ScratchError> {
+        ScratchServer::start_with(settings, true)
+    }
+
+    fn start_with(settings: &[(&str, &str)], tcp: bool) -> Result<ScratchServer, ScratchError> {
         let bin = pg_bin_dir()?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let owner = if unsafe { libc::geteuid() } == 0 {
@@ -86,32 +111,39 @@ impl ScratchServer {
             root,
             bin,
             port: 0,
+            password: tcp.then(made_up_password).transpose()?,
             owner,
-            postmaster: None,
+            postmaster: Mutex::new(None),
         };
-        let pwfile = cluster.root.path().join("pwfile");
-        std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
-        cluster.chown(&pwfile)?;
         let data = cluster.data_dir();
-        cluster.run(
-            "initdb",
-            Command::new(cluster.bin.join("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                ])
-                .arg(format!("--pwfile={}", pwfile.display()))
-                .args(["-E", "UTF8", "--no-locale", "--no-sync"]),
-        )?;
+        let mut initdb = Command::new(cluster.bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]);
+        // initdb reads the password from a file; it lives only until initdb is done.
+        let pwfile = cluster.root.path().join("pwfile");
+        if let Some(password) = &cluster.password {
+            std::fs::write(&pwfile, password)?;
+            cluster.chown(&pwfile)?;
+            initdb.arg(format!("--pwfile={}", pwfile.display()));
+        }
+        let made = cluster.run("initdb", &mut initdb);
+        let _ = std::fs::remove_file(&pwfile);
+        made?;
         let mut conf = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))?;
         writeln!(conf, "\n# tidemark throwaway cluster")?;
-        writeln!(conf, "listen_addresses = '127.0.0.1'")?;
+        let listen = if tcp { "127.0.0.1" } else { "" };
+        writeln!(conf, "listen_addresses = '{listen}'")?;
+        writeln!(conf, "unix_socket_permissions = 0700")?;
         writeln!(
             conf,
             "unix_socket_directories = '{}'",
@@ -147,33 +179,54 @@ impl ScratchServer {
         self.bin.join(tool)
     }
 
-    /// A URL for `user` (with `password`) on database `db`, over TCP.
-    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
-        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    /// The directory holding the server's Unix socket (0700).
+    pub fn socket_dir(&self) -> &Path {
+        self.root.path()
     }
 
-    /// A superuser URL on database `db`.
+    /// The superuser's TCP password, if the server listens on TCP.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// A libpq string for the superuser on database `db`, over the Unix socket; no password.
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host='{}' port={} user=postgres dbname='{db}'",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// The superuser on database `db`, over the Unix socket.
+    pub fn conn_info(&self, db: &str) -> Result<ConnInfo, ScratchError> {
+        ConnInfo::parse_with_env(&self.conninfo(db), &|_| None).map_err(|e| ScratchError::Command {
+            what: "connecting to the scratch server".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// A superuser connection string for database `db`: over TCP if the server listens, else the socket.
     pub fn url(&self, db: &str) -> String {
-        self.url_as("postgres", SUPERUSER_PASSWORD, db)
+        match &self.password {
+            Some(password) => self.url_as("postgres", password, db),
+            None => self.conninfo(db),
+        }
+    }
+
+    /// A TCP URL for `user` (with `password`) on database `db`, for a listening server.
+    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
     }
 
     /// Runs SQL through psql as the superuser and returns its unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, ScratchError> {
         let output = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
             .arg("-p")
             .arg(self.port.to_string())
             .args(["-U", "postgres", "-d", db, "-c", sql])
-            .env("PGPASSWORD", SUPERUSER_PASSWORD)
             .output()?;
         if !output.status.success() {
             return Err(ScratchError::Command {
@@ -220,10 +273,47 @@ impl ScratchServer {
 
     /// Starts the postmaster on a free port, retrying if another process takes the port first.
     fn launch(&mut self) -> Result<(), ScratchError> {
-        let log_path = self.root.path().join("server.log");
         let mut last_error = String::new();
         for _ in 0..5 {
             self.port = free_port()?;
+            match self.start_postmaster() {
+                Ok(()) => return Ok(()),
+                Err(detail) => last_error = detail,
+            }
+        }
+        Err(ScratchError::Command {
+            what: "starting postgres".into(),
+            detail: last_error,
+        })
+    }
+
+    /// Stops the server as `shutdown` says and starts it again on the same
+    /// port; returns once it accepts connections (after recovery, if any).
+    pub fn restart(&self, shutdown: Shutdown) -> Result<(), ScratchError> {
+        let signal = match shutdown {
+            Shutdown::Fast => libc::SIGINT,
+            Shutdown::Immediate => libc::SIGQUIT,
+        };
+        if let Some(mut child) = self.child().take() {
+            // SAFETY: kill only sends a signal to the postmaster this server started.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            child.wait()?;
+        }
+        self.start_postmaster()
+            .map_err(|detail| ScratchError::Command {
+                what: "restarting postgres".into(),
+                detail,
+            })
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.postmaster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the postmaster on `self.port` and waits until it is ready; else the log's last line.
+    fn start_postmaster(&self) -> Result<(), String> {
+        let log_path = self.root.path().join("server.log");
+        let spawned = (|| -> Result<Child, ScratchError> {
             let log = std::fs::File::create(&log_path)?;
             self.chown(&log_path)?;
             let mut command = Command::new(self.bin.join("postgres"));
@@ -236,33 +326,33 @@ impl ScratchServer {
                 .stdout(log.try_clone()?)
                 .stderr(log);
             self.as_owner(&mut command);
-            let child = crate::child::spawn_tied_to_process(command)?;
-            self.postmaster = Some(child);
-            if self.wait_ready(Duration::from_secs(60)) {
-                return Ok(());
-            }
-            if let Some(mut child) = self.postmaster.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            last_error = std::fs::read_to_string(&log_path).unwrap_or_default();
+            Ok(crate::child::spawn_tied_to_process(command)?)
+        })()
+        .map_err(|e| e.to_string())?;
+        *self.child() = Some(spawned);
+        if self.wait_ready(Duration::from_secs(60)) {
+            return Ok(());
         }
-        Err(ScratchError::Command {
-            what: "starting postgres".into(),
-            detail: last_error.lines().last().unwrap_or("no log").to_string(),
-        })
+        if let Some(mut child) = self.child().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Err(log.lines().last().unwrap_or("no log").to_string())
     }
 
-    fn wait_ready(&mut self, limit: Duration) -> bool {
+    fn wait_ready(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(child) = self.postmaster.as_mut() {
+            if let Some(child) = self.child().as_mut() {
                 if let Ok(Some(_)) = child.try_wait() {
                     return false;
                 }
             }
             let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p"])
+                .args(["-q", "-h"])
+                .arg(self.socket_dir())
+                .arg("-p")
                 .arg(self.port.to_string())
                 .status()
                 .is_ok_and(|s| s.success());
@@ -277,11 +367,18 @@ impl ScratchServer {
 
 impl Drop for ScratchServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.postmaster.take() {
+        if let Some(mut child) = self.child().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// A password for one cluster's life: 128 random bits.
+fn made_up_password() -> Result<String, ScratchError> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(hex::encode(bytes))
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -6,11 +6,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::replace::{self, SafetyCopy};
 use crate::archive::manifest::{self, Manifest};
 use crate::archive::store::ObjectStore;
 use crate::base::exit::ExitCode;
 use crate::base::position::{EndLsn, PgTimestamp};
 use crate::base::table::TableName;
+use crate::pg::{ConnInfo, ConnectError};
 use crate::replay::apply::Target;
 use crate::replay::load;
 use crate::replay::progress::{Phases, Unit};
@@ -36,14 +38,16 @@ pub enum RestoreError {
     TableNotEmpty { table: String },
     #[error("--where with --data-only rebuilds the tables in a scratch database first, and the target server refused to create it ({0}); grant CREATEDB, or restore into an empty database and copy the rows across")]
     NoScratchDatabase(String),
-    #[error("--where {predicate:?} does not apply to table {table}: {message}; write it in the columns of the restored tables")]
+    #[error("--where {predicate:?} does not apply to table {table}: {message}; write one boolean expression over the columns of the restored tables, e.g. tenant_id = 42")]
     BadPredicate {
         predicate: String,
         table: String,
         message: String,
     },
+    #[error("--target is required: the database to restore into, e.g. postgres://user@host/recovered (the password in PGPASSWORD or ~/.pgpass)")]
+    NoTarget,
     #[error("cannot connect to the target database: {0}; check --target")]
-    Connect(String),
+    Connect(#[from] ConnectError),
     #[error(transparent)]
     Rebuild(#[from] RebuildError),
     #[error(transparent)]
@@ -62,7 +66,9 @@ impl RestoreError {
                 ExitCode::BadInput
             }
             TableExists { .. } | TableMissing { .. } | TableNotEmpty { .. } => ExitCode::BadInput,
-            NoScratchDatabase(_) | BadPredicate { .. } | Connect(_) => ExitCode::BadInput,
+            NoScratchDatabase(_) | BadPredicate { .. } | Connect(_) | NoTarget => {
+                ExitCode::BadInput
+            }
             Rebuild(e) => e.exit_code(),
             Archive(e) => e.exit_code(),
             Target(_) | Output(_) => ExitCode::Failure,
@@ -114,7 +120,8 @@ pub struct Request {
     pub to: Target,
     /// Keep only rows satisfying this SQL predicate (e.g. one tenant's).
     pub predicate: Option<String>,
-    pub target_url: String,
+    /// Where to restore; only a dry run may go without.
+    pub target: Option<ConnInfo>,
     pub tables: Vec<TableName>,
     pub dry_run: bool,
     pub data_only: bool,
@@ -125,12 +132,12 @@ pub struct Request {
 }
 
 impl Request {
-    /// Everything restored to `to` into `target_url`, with the defaults.
-    pub fn new(to: Target, target_url: &str) -> Request {
+    /// Everything restored to `to` into `target`, with the defaults.
+    pub fn new(to: Target, target: ConnInfo) -> Request {
         Request {
             to,
             predicate: None,
-            target_url: target_url.to_string(),
+            target: Some(target),
             tables: Vec::new(),
             dry_run: false,
             data_only: false,
@@ -165,6 +172,9 @@ pub struct Summary {
     pub load_seconds: f64,
     pub replay_seconds: f64,
     pub seconds: f64,
+    /// Into live tables: where the rows it replaced were saved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub safety_copies: Vec<SafetyCopy>,
 }
 
 impl Summary {
@@ -209,6 +219,7 @@ fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
         transactions: 0,
         changes: 0,
         seconds: 0.0,
+        safety_copies: Vec::new(),
     }
 }
 
@@ -255,16 +266,13 @@ pub async fn run(
         return Ok(summary);
     }
 
-    let clients = load::connect_all(&request.target_url, request.jobs)
-        .await
-        .map_err(|e| {
-            RestoreError::Connect(
-                e.as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_string()),
-            )
-        })?;
+    let target = request.target.as_ref().ok_or(RestoreError::NoTarget)?;
+    let clients = load::connect_all(target, request.jobs).await?;
     let client = clients[0].clone();
     check_target(&client, &manifest, &tables, request).await?;
+    if let Some(predicate) = &request.predicate {
+        replace::check_predicate(&client, &schema, &tables, predicate, request.data_only).await?;
+    }
 
     writeln!(
         out,
@@ -273,12 +281,14 @@ pub async fn run(
         plan.snapshot.lsn,
         plan.snapshot.time
     )?;
-    if let (true, Some(predicate)) = (request.data_only, &request.predicate) {
-        let rebuilt = replace_matching_rows(
-            store, &plan, &schema, &tables, predicate, request, &client, work_dir, phases,
+    if request.data_only {
+        let predicate = request.predicate.as_deref().unwrap_or("true");
+        let (rebuilt, copies) = replace::replace_rows(
+            store, &plan, &schema, &tables, predicate, request, &client, work_dir, phases, out,
         )
         .await?;
         summary.record(&rebuilt, started);
+        summary.safety_copies = copies;
         return Ok(summary);
     }
     let scope = Scope {
@@ -300,15 +310,9 @@ pub async fn run(
                 table.quoted()
             );
             client
-                .batch_execute(&sql)
+                .execute(&sql, &[])
                 .await
-                .map_err(|e| RestoreError::BadPredicate {
-                    predicate: predicate.clone(),
-                    table: table.to_string(),
-                    message: e
-                        .as_db_error()
-                        .map_or_else(|| e.to_string(), |d| d.message().to_string()),
-                })?;
+                .map_err(|e| replace::bad_predicate(predicate, table, &e))?;
         }
     }
     let restored = schema.only(&tables);
@@ -324,103 +328,6 @@ pub async fn run(
     bar.finish();
     summary.record(&rebuilt, started);
     Ok(summary)
-}
-
-/// `--where` into existing tables: the tables are rebuilt in a scratch
-/// database on the target's server; then, in one transaction, the target's
-/// rows satisfying the predicate are deleted and the rebuilt rows satisfying
-/// it are copied in. Rows outside the predicate are never touched.
-#[allow(clippy::too_many_arguments)]
-async fn replace_matching_rows(
-    store: &dyn ObjectStore,
-    plan: &Plan,
-    schema: &crate::source::schema::SchemaSet,
-    tables: &[TableName],
-    predicate: &str,
-    request: &Request,
-    target: &tokio_postgres::Client,
-    work_dir: &Path,
-    phases: &Phases,
-) -> Result<rebuild::Rebuilt, RestoreError> {
-    let scratch = format!("tidemark_scratch_{}", std::process::id());
-    target
-        .batch_execute(&format!("CREATE DATABASE {scratch}"))
-        .await
-        .map_err(|e| RestoreError::NoScratchDatabase(db_message(&e)))?;
-    let mut config: tokio_postgres::Config = request
-        .target_url
-        .parse()
-        .map_err(|_| RestoreError::Connect("--target is not a connection string".into()))?;
-    config.dbname(&scratch);
-    let replaced = async {
-        let mut clients = Vec::new();
-        for _ in 0..request.jobs.max(1) {
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
-            clients.push(std::sync::Arc::new(client));
-        }
-        let scope = Scope {
-            tables: Some(tables.to_vec()),
-            data_only: false,
-        };
-        let rebuilt =
-            rebuild::rebuild_scoped(store, plan, &clients, work_dir, &scope, phases).await?;
-        target.batch_execute("BEGIN").await?;
-        for table in tables {
-            let columns: Vec<String> = schema
-                .table(table)
-                .map(|t| {
-                    t.columns
-                        .iter()
-                        .filter(|c| c.generated.is_none())
-                        .map(|c| crate::base::table::quote_ident(&c.name))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let bad_predicate = |e: tokio_postgres::Error| RestoreError::BadPredicate {
-                predicate: predicate.to_string(),
-                table: table.to_string(),
-                message: db_message(&e),
-            };
-            target
-                .batch_execute(&format!(
-                    "DELETE FROM {} WHERE ({predicate})",
-                    table.quoted()
-                ))
-                .await
-                .map_err(bad_predicate)?;
-            load::copy_across(
-                &clients[0],
-                &format!(
-                    "COPY (SELECT {} FROM {} WHERE ({predicate})) TO STDOUT (FORMAT binary)",
-                    columns.join(", "),
-                    table.quoted()
-                ),
-                target,
-                &format!(
-                    "COPY {} ({}) FROM STDIN (FORMAT binary)",
-                    table.quoted(),
-                    columns.join(", ")
-                ),
-            )
-            .await?;
-        }
-        target.batch_execute("COMMIT").await?;
-        Ok::<_, RestoreError>(rebuilt)
-    }
-    .await;
-    if replaced.is_err() {
-        let _ = target.batch_execute("ROLLBACK").await;
-    }
-    target
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
-        .await?;
-    replaced
-}
-
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |d| d.message().to_string())
 }
 
 async fn check_target(
@@ -466,18 +373,10 @@ async fn check_target(
                     )
                     .await?
                     .get(0);
-                if has_rows {
-                    if !request.force {
-                        return Err(RestoreError::TableNotEmpty {
-                            table: table.to_string(),
-                        });
-                    }
-                    // With --where only the matching rows are replaced, later.
-                    if request.predicate.is_none() {
-                        client
-                            .batch_execute(&format!("TRUNCATE {}", table.quoted()))
-                            .await?;
-                    }
+                if has_rows && !request.force {
+                    return Err(RestoreError::TableNotEmpty {
+                        table: table.to_string(),
+                    });
                 }
             }
             (false, false) => {}

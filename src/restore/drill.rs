@@ -31,6 +31,8 @@ pub enum DrillError {
     Source(#[from] crate::source::SourceError),
     #[error("the source database: {0}")]
     Sql(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::pg::ConnectError),
     #[error("the archive did not reach the drill's point {0} within {1:?}; is capture running?")]
     NotAdvancing(EndLsn, Duration),
     #[error(transparent)]
@@ -45,6 +47,7 @@ impl DrillError {
             DrillError::Restore(e) => e.exit_code(),
             DrillError::Source(e) => e.exit_code(),
             DrillError::Archive(e) => e.exit_code(),
+            DrillError::Connect(e) => e.exit_code(),
             DrillError::Sql(_) | DrillError::NotAdvancing(..) | DrillError::Output(_) => {
                 ExitCode::Failure
             }
@@ -95,8 +98,8 @@ async fn fingerprint(
 
 pub async fn run(
     store: &dyn ObjectStore,
-    source: &tokio_postgres::Config,
-    target_url: &str,
+    source: &crate::pg::ConnInfo,
+    target: &crate::pg::ConnInfo,
     work_dir: &Path,
     out: &mut impl Write,
     phases: &Phases,
@@ -111,8 +114,7 @@ pub async fn run(
         crate::source::SourceError::Protocol("the drill slot exported no snapshot".into())
     })?;
 
-    let (client, connection) = source.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = source.connect().await?;
     // WAL must move past the point for capture's progress to carry the archive there.
     client
         .batch_execute("SELECT pg_logical_emit_message(false, 'tidemark-drill', '')")
@@ -145,7 +147,7 @@ pub async fn run(
     )?;
 
     let restoring = Instant::now();
-    let request = Request::new(Target::Lsn(point), target_url);
+    let request = Request::new(Target::Lsn(point), target.clone());
     let summary = command::run(store, &request, work_dir, out, phases).await?;
     let rto = restoring.elapsed();
 
@@ -155,8 +157,7 @@ pub async fn run(
             quote_literal(&snapshot)
         ))
         .await?;
-    let (restored, connection) = tokio_postgres::connect(target_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let restored = target.connect().await?;
     let mut tables = Vec::new();
     for name in &summary.tables {
         let (source_rows, source_hash) = fingerprint(&client, name).await?;

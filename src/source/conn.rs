@@ -4,7 +4,6 @@
 //! authentication, simple-query and CopyBoth parts of the protocol itself.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
@@ -15,6 +14,8 @@ use tokio_postgres::config::Host;
 
 use super::error::SourceError;
 use super::wire::{self, StreamMessage};
+use crate::pg::tls::{describe_handshake_failure, Attempt};
+use crate::pg::{ConnInfo, ConnectError};
 
 trait Socket: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Socket for T {}
@@ -33,30 +34,43 @@ pub struct ReplicationConnection {
     parameters: HashMap<String, String>,
 }
 
-/// Where a connection goes, for error messages: never includes the password.
-pub fn describe_target(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{host}:{port}/{}",
-        config.get_dbname().unwrap_or("postgres")
-    )
-}
-
 impl ReplicationConnection {
-    /// Connects with `replication=database` and authenticates.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, SourceError> {
-        let target = describe_target(config);
-        let user = config.get_user().unwrap_or("postgres").to_string();
+    /// Connects with `replication=database` and authenticates, making the
+    /// attempts the connection's `sslmode` allows (see [`crate::pg::tls`]).
+    pub async fn connect(info: &ConnInfo) -> Result<Self, SourceError> {
+        let attempts = info.attempts();
+        let mut outcome = Err(SourceError::Closed);
+        for (i, attempt) in attempts.iter().enumerate() {
+            // The whole handshake is bounded: a black-holed link answers nothing.
+            outcome =
+                tokio::time::timeout(info.connect_timeout(), Self::connect_once(info, *attempt))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(SourceError::Unreachable {
+                            target: info.describe(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no answer to the connection handshake in time",
+                            ),
+                        })
+                    });
+            match &outcome {
+                Err(SourceError::AuthFailed { code, .. })
+                    if code == "28000" && i + 1 < attempts.len() =>
+                {
+                    continue
+                }
+                _ => break,
+            }
+        }
+        outcome
+    }
+
+    async fn connect_once(info: &ConnInfo, attempt: Attempt) -> Result<Self, SourceError> {
+        let config = info.config();
+        let target = info.describe();
+        let user = info.user().to_string();
         let port = config.get_ports().first().copied().unwrap_or(5432);
-        let timeout = config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(Duration::from_secs(10));
         let unreachable = |source| SourceError::Unreachable {
             target: target.clone(),
             source,
@@ -70,23 +84,16 @@ impl ReplicationConnection {
                         .map_err(unreachable)?,
                 )
             }
-            host => {
-                let host = match host {
-                    Some(Host::Tcp(h)) => h.as_str(),
-                    _ => "localhost",
-                };
-                let connect = tokio::net::TcpStream::connect((host, port));
-                let stream = tokio::time::timeout(timeout, connect)
+            _ => {
+                let host = info.host_name();
+                let stream = tokio::net::TcpStream::connect((host.as_str(), port))
                     .await
-                    .map_err(|_| {
-                        unreachable(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "connect timed out",
-                        ))
-                    })?
                     .map_err(unreachable)?;
                 stream.set_nodelay(true).map_err(unreachable)?;
-                Box::new(stream)
+                match attempt {
+                    Attempt::Plain => Box::new(stream),
+                    Attempt::Tls { or_plain } => secure(stream, info, or_plain).await?,
+                }
             }
         };
         let mut conn = ReplicationConnection {
@@ -108,8 +115,19 @@ impl ReplicationConnection {
         ];
         frontend::startup_message(params.iter().copied(), &mut conn.write)?;
         conn.flush().await?;
-        conn.authenticate(config, &user, &target).await?;
-        Ok(conn)
+        match conn.authenticate(config, &user, &target).await {
+            Err(SourceError::AuthFailed { code, message, .. })
+                if info
+                    .plain_refused(attempt, Some((&code, &message)))
+                    .is_some() =>
+            {
+                Err(info
+                    .plain_refused(attempt, Some((&code, &message)))
+                    .map_or(SourceError::Closed, SourceError::Connect))
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(conn),
+        }
     }
 
     async fn authenticate(
@@ -130,6 +148,7 @@ impl ReplicationConnection {
                 SourceError::AuthFailed {
                     user: user.to_string(),
                     target: target.to_string(),
+                    code,
                     message,
                 }
             }
@@ -358,6 +377,46 @@ impl ReplicationConnection {
             }
             self.fill().await?;
         }
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) and, if it agrees, shakes hands.
+async fn secure(
+    mut stream: tokio::net::TcpStream,
+    info: &ConnInfo,
+    or_plain: bool,
+) -> Result<Box<dyn Socket>, SourceError> {
+    let tls = info.tls().client_config().map_err(ConnectError::from)?;
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    match stream.read_u8().await? {
+        b'S' => {
+            let host = info.host_name();
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+                ConnectError::Handshake {
+                    target: info.describe(),
+                    reason: format!("{host} is not a host name TLS can check"),
+                }
+            })?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, stream)
+                .await
+                .map_err(|e| ConnectError::Handshake {
+                    target: info.describe(),
+                    reason: describe_handshake_failure(&e, &host, info.tls().mode),
+                })?;
+            Ok(Box::new(stream))
+        }
+        b'N' if or_plain => Ok(Box::new(stream)),
+        b'N' => Err(ConnectError::ServerWithoutTls {
+            target: info.describe(),
+            mode: info.tls().mode.as_str(),
+        }
+        .into()),
+        other => Err(SourceError::Protocol(format!(
+            "the server answered the TLS request with {other:#04x}, not S or N"
+        ))),
     }
 }
 

@@ -14,6 +14,8 @@ pub enum SourceError {
     AuthFailed {
         user: String,
         target: String,
+        /// SQLSTATE: 28000 is pg_hba.conf turning the connection away, 28P01 a wrong password.
+        code: String,
         message: String,
     },
     #[error(
@@ -30,6 +32,8 @@ pub enum SourceError {
     Io(#[from] std::io::Error),
     #[error("the source closed the connection")]
     Closed,
+    #[error("the source sent nothing for {0:?}, even when asked to answer; the link is taken to be dead")]
+    Silent(std::time::Duration),
     #[error("wal_level is '{actual}' on the source; set wal_level = logical in postgresql.conf and restart PostgreSQL")]
     WalLevel { actual: String },
     #[error(
@@ -62,6 +66,8 @@ pub enum SourceError {
     },
     #[error("slot {slot} is in use by another process (pid {pid}); stop the other consumer, or set [source] slot to another name")]
     SlotBusy { slot: String, pid: i32 },
+    #[error(transparent)]
+    Connect(#[from] crate::pg::ConnectError),
     #[error("catalog query failed: {0}")]
     Sql(String),
 }
@@ -86,7 +92,8 @@ impl SourceError {
             | SlotPhysical { .. }
             | SlotAhead { .. }
             | SlotBusy { .. } => ExitCode::BadInput,
-            Server { .. } | Protocol(_) | Io(_) | Closed | Sql(_) => ExitCode::Failure,
+            Connect(e) => e.exit_code(),
+            Server { .. } | Protocol(_) | Io(_) | Closed | Silent(_) | Sql(_) => ExitCode::Failure,
         }
     }
 }
@@ -99,8 +106,26 @@ impl SourceError {
             SourceError::Unreachable { .. }
                 | SourceError::Io(_)
                 | SourceError::Closed
+                | SourceError::Silent(_)
                 | SourceError::SlotBusy { .. }
         ) || matches!(self, SourceError::Server { code, .. } if code.starts_with("08") || code.starts_with("57P") || code == "55006")
+    }
+
+    /// A failed SQL connection: the server's own errors classified as [`Self::from_sql`] does.
+    pub(crate) fn from_connect(
+        error: crate::pg::ConnectError,
+        info: &crate::pg::ConnInfo,
+    ) -> SourceError {
+        match error {
+            crate::pg::ConnectError::Postgres(e) => {
+                SourceError::from_sql(e, &info.describe(), info.user())
+            }
+            crate::pg::ConnectError::TimedOut { target, .. } => SourceError::Unreachable {
+                target,
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"),
+            },
+            other => SourceError::Connect(other),
+        }
     }
 
     pub(crate) fn from_sql(error: tokio_postgres::Error, target: &str, user: &str) -> SourceError {
@@ -110,6 +135,7 @@ impl SourceError {
                 return SourceError::AuthFailed {
                     user: user.to_string(),
                     target: target.to_string(),
+                    code: code.to_string(),
                     message: db.message().to_string(),
                 };
             }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::conn::{describe_target, ReplicationConnection};
+use super::conn::ReplicationConnection;
 use super::error::SourceError;
 use crate::base::position::EndLsn;
 use crate::base::table::{quote_ident, TableName};
@@ -21,7 +21,7 @@ pub struct SlotState {
 }
 
 pub struct SourceSpec<'a> {
-    pub config: &'a tokio_postgres::Config,
+    pub config: &'a crate::pg::ConnInfo,
     pub tables: &'a [TableName],
     pub publication: &'a str,
     pub slot: &'a str,
@@ -29,15 +29,14 @@ pub struct SourceSpec<'a> {
 
 /// Checks wal_level, the role, each table and the slot; creates or updates the publication.
 pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
-    let target = describe_target(spec.config);
-    let user = spec.config.get_user().unwrap_or("postgres").to_string();
+    let target = spec.config.describe();
+    let user = spec.config.user().to_string();
     let sql_err = |e: tokio_postgres::Error| SourceError::from_sql(e, &target, &user);
-    let (client, connection) = spec
+    let client = spec
         .config
-        .connect(tokio_postgres::NoTls)
+        .connect()
         .await
-        .map_err(sql_err)?;
-    let connection = tokio::spawn(connection);
+        .map_err(|e| SourceError::from_connect(e, spec.config))?;
 
     let row = client
         .query_one(
@@ -110,8 +109,6 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
             Some(SlotState { confirmed_flush })
         }
     };
-    drop(client);
-    let _ = connection.await;
     Ok(Prepared {
         server_version_num,
         slot,

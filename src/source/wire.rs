@@ -62,7 +62,8 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError>
 pub enum StreamMessage {
     /// CopyData: its payload.
     CopyData(Bytes),
-    /// The server ended the COPY (e.g. on shutdown).
+    /// The server ended the stream: CopyDone, or, when a walsender stops for
+    /// a server shutdown, CommandComplete straight away (walsender.c, WalSndDone).
     CopyDone,
     /// A notice: nothing to act on.
     Notice,
@@ -77,7 +78,7 @@ pub fn stream_message(mut message: BytesMut) -> StreamMessage {
             let _ = message.split_to(5);
             StreamMessage::CopyData(message.freeze())
         }
-        Some(b'c') => StreamMessage::CopyDone,
+        Some(b'c' | b'C') => StreamMessage::CopyDone,
         Some(b'N') => StreamMessage::Notice,
         Some(&tag) => StreamMessage::Other(tag, message),
         None => StreamMessage::Other(0, message),
@@ -129,14 +130,14 @@ pub fn parse_server_frame(mut data: Bytes) -> Result<ServerFrame, FrameError> {
 ///
 /// Logical slots advance `confirmed_flush_lsn` from the flush field; reporting
 /// one position for all three keeps the server's view exactly at what is durable.
-pub fn standby_status_update(flushed: EndLsn, now: PgTimestamp) -> Bytes {
+pub fn standby_status_update(flushed: EndLsn, now: PgTimestamp, reply_requested: bool) -> Bytes {
     let mut buf = BytesMut::with_capacity(34);
     buf.put_u8(b'r');
     buf.put_u64(flushed.as_u64());
     buf.put_u64(flushed.as_u64());
     buf.put_u64(flushed.as_u64());
     buf.put_i64(now.0);
-    buf.put_u8(0);
+    buf.put_u8(u8::from(reply_requested));
     buf.freeze()
 }
 
@@ -166,6 +167,13 @@ mod tests {
         let second = split_message(&mut buf).unwrap().unwrap();
         assert_eq!(stream_message(second), StreamMessage::CopyDone);
         assert_eq!(split_message(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn a_walsender_stopping_for_shutdown_ends_the_stream() {
+        // WalSndDone sends CommandComplete ("COPY 0") without a CopyDone first.
+        let done = BytesMut::from(&message(b'C', b"COPY 0\0")[..]);
+        assert_eq!(stream_message(done), StreamMessage::CopyDone);
     }
 
     #[test]
@@ -269,12 +277,15 @@ mod tests {
 
     #[test]
     fn status_update_reports_one_position() {
-        let update = standby_status_update(EndLsn(Lsn(0x10)), PgTimestamp(3));
+        let update = standby_status_update(EndLsn(Lsn(0x10)), PgTimestamp(3), false);
         assert_eq!(update.len(), 34);
         assert_eq!(update[0], b'r');
         for field in 0..3 {
             let start = 1 + field * 8;
             assert_eq!(&update[start..start + 8], &0x10u64.to_be_bytes());
         }
+        assert_eq!(update[33], 0);
+        let probe = standby_status_update(EndLsn(Lsn(0x10)), PgTimestamp(3), true);
+        assert_eq!(probe[33], 1, "asks the server to answer at once");
     }
 }

@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use tidemark::replay::scratch::ScratchServer;
 
+pub mod ledger;
+pub mod proxy;
+
 /// The cluster shared by every test in this binary.
 pub fn cluster() -> &'static ScratchServer {
     static CLUSTER: OnceLock<ScratchServer> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        ScratchServer::start(&[("max_prepared_transactions", "10")])
+        ScratchServer::start_listening(&[("max_prepared_transactions", "10")])
             .expect("starting the throwaway PostgreSQL cluster")
     })
 }
@@ -458,6 +461,30 @@ impl Wait<'_> {
         self.pause = (pause * 2).min(Duration::from_millis(100));
         pause
     }
+}
+
+/// Asserts that everything under `dir` is private: files 0600 or less, directories 0700.
+pub fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut checked = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        let mode = metadata.permissions().mode() & 0o777;
+        if metadata.is_dir() {
+            assert_eq!(
+                mode,
+                0o700,
+                "{} is a directory with mode {mode:o}",
+                path.display()
+            );
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "nothing under {}", dir.display());
 }
 
 /// Waits, blocking, until `condition` holds: for tests without a runtime.

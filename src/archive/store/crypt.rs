@@ -1,5 +1,7 @@
 //! Wraps a store so every object is encrypted on the way in and decrypted on
-//! the way out; without a key it still recognises encrypted objects and says so.
+//! the way out. With keys configured, an object that is not encrypted under
+//! one of them is refused by name; without keys, an encrypted object is
+//! recognised and named too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,16 +11,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{ObjectInfo, ObjectStore, StoreError};
-use crate::archive::crypt::{self, DecryptError, Key};
+use crate::archive::crypt::{self, DecryptError, Keyring};
 
 pub struct CryptStore {
     inner: Arc<dyn ObjectStore>,
-    key: Option<Arc<Key>>,
+    keys: Option<Arc<Keyring>>,
 }
 
 impl CryptStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, key: Option<Arc<Key>>) -> CryptStore {
-        CryptStore { inner, key }
+    pub fn new(inner: Arc<dyn ObjectStore>, keys: Option<Arc<Keyring>>) -> CryptStore {
+        CryptStore { inner, keys }
     }
 
     fn decrypt_error(object: &str, e: DecryptError) -> StoreError {
@@ -42,19 +44,19 @@ impl CryptStore {
         }
     }
 
-    /// Decrypts `data` if it is encrypted; cleartext objects pass through.
+    /// Decrypts `data` with the configured keys; without keys, only cleartext passes.
     fn open(&self, object: &str, data: Bytes) -> Result<Bytes, StoreError> {
-        let Some(found) = crypt::key_id_of(&data) else {
-            return Ok(data);
-        };
-        let Some(key) = &self.key else {
-            return Err(StoreError::Crypt(crypt::CryptError::NoKey {
-                object: object.to_string(),
-                found,
-            }));
+        let Some(keys) = &self.keys else {
+            return match crypt::key_id_of(&data) {
+                Some(found) => Err(StoreError::Crypt(crypt::CryptError::NoKey {
+                    object: object.to_string(),
+                    found,
+                })),
+                None => Ok(data),
+            };
         };
         let mut plain = Vec::with_capacity(data.len());
-        key.decrypt(object, &data[..], &mut plain)
+        keys.decrypt(object, &data[..], &mut plain)
             .map_err(|e| Self::decrypt_error(object, e))?;
         Ok(Bytes::from(plain))
     }
@@ -78,12 +80,14 @@ impl ObjectStore for CryptStore {
         data: Bytes,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        let data = match &self.key {
-            Some(k) => {
-                let k = k.clone();
+        let data = match &self.keys {
+            Some(keys) => {
+                let (keys, object) = (keys.clone(), key.to_string());
                 let sealed = tokio::task::spawn_blocking(move || {
                     let mut out = Vec::with_capacity(data.len() + 64);
-                    k.encrypt(&data[..], &mut out).map(|()| out)
+                    keys.current()
+                        .encrypt(&object, &data[..], &mut out)
+                        .map(|()| out)
                 })
                 .await
                 .expect("encrypting an object")
@@ -101,15 +105,16 @@ impl ObjectStore for CryptStore {
         path: &Path,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        let Some(k) = self.key.clone() else {
+        let Some(keys) = self.keys.clone() else {
             return self.inner.put_file(key, path, metadata).await;
         };
         let sealed = temp_beside(path)?;
         let (source, target) = (path.to_path_buf(), sealed.path().to_path_buf());
+        let object = key.to_string();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let input = std::io::BufReader::new(std::fs::File::open(source)?);
             let mut output = std::io::BufWriter::new(std::fs::File::create(target)?);
-            k.encrypt(input, &mut output)?;
+            keys.current().encrypt(&object, input, &mut output)?;
             std::io::Write::flush(&mut output)
         })
         .await
@@ -126,22 +131,22 @@ impl ObjectStore for CryptStore {
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
         let stored = temp_beside(path)?;
         self.inner.get_to_file(key, stored.path()).await?;
-        let mut head = [0u8; crypt::HEADER_LEN];
-        let encrypted = std::fs::File::open(stored.path())
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-            .ok()
-            .and_then(|()| crypt::key_id_of(&head));
-        let Some(found) = encrypted else {
+        let Some(keys) = self.keys.clone() else {
+            let mut head = [0u8; crypt::HEADER_LEN];
+            let encrypted = std::fs::File::open(stored.path())
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .ok()
+                .and_then(|()| crypt::key_id_of(&head));
+            if let Some(found) = encrypted {
+                return Err(StoreError::Crypt(crypt::CryptError::NoKey {
+                    object: key.to_string(),
+                    found,
+                }));
+            }
             std::fs::rename(stored.path(), path).map_err(|e| Self::decrypt_error(key, e.into()))?;
             return std::fs::metadata(path)
                 .map(|m| m.len())
                 .map_err(|e| Self::decrypt_error(key, e.into()));
-        };
-        let Some(k) = self.key.clone() else {
-            return Err(StoreError::Crypt(crypt::CryptError::NoKey {
-                object: key.to_string(),
-                found,
-            }));
         };
         let (source, target, object) = (
             stored.path().to_path_buf(),
@@ -151,7 +156,7 @@ impl ObjectStore for CryptStore {
         tokio::task::spawn_blocking(move || -> Result<u64, DecryptError> {
             let input = std::io::BufReader::new(std::fs::File::open(source)?);
             let mut output = std::io::BufWriter::new(std::fs::File::create(&target)?);
-            k.decrypt(&object, input, &mut output)?;
+            keys.decrypt(&object, input, &mut output)?;
             std::io::Write::flush(&mut output)?;
             Ok(std::fs::metadata(&target)?.len())
         })
@@ -177,6 +182,16 @@ impl ObjectStore for CryptStore {
     }
 
     fn key_id(&self) -> Option<String> {
-        self.key.as_ref().map(|k| k.id())
+        self.keys.as_ref().map(|k| k.current().id())
+    }
+
+    fn key_ids(&self) -> Vec<String> {
+        self.keys.as_ref().map(|k| k.ids()).unwrap_or_default()
+    }
+
+    async fn get_sealed(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        let data = self.inner.get(key).await?;
+        let sealed_by = crypt::key_id_of(&data);
+        Ok((self.open(key, data)?, sealed_by))
     }
 }

@@ -99,6 +99,14 @@ pub trait ObjectStore: Send + Sync {
     fn key_id(&self) -> Option<String> {
         None
     }
+    /// Every key id objects may be encrypted with: the current key's and previous ones'.
+    fn key_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The object, and the id of the key it was encrypted with (`None` if cleartext).
+    async fn get_sealed(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        Ok((self.get(key).await?, None))
+    }
 }
 
 /// Where and how to reach an S3-compatible store.
@@ -118,8 +126,8 @@ pub async fn open_configured(
         region: config.region.clone(),
         path_style: config.path_style,
     };
-    let key = crate::archive::crypt::Key::configured(config)?;
-    open_with_key(&config.url, &s3, key).await
+    let keys = crate::archive::crypt::Keyring::configured(config)?;
+    open_with_key(&config.url, &s3, keys).await
 }
 
 /// Opens the store an `[archive] url` names, without an encryption key.
@@ -127,12 +135,13 @@ pub async fn open(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, Sto
     open_with_key(url, s3, None).await
 }
 
-/// Opens the store, encrypting every object with `key` if one is given. Either
-/// way, an encrypted object read without the right key is a clear error.
+/// Opens the store, encrypting every object with the current key of `keys` if
+/// given, and reading only objects encrypted under one of them. Without keys,
+/// an encrypted object read is a clear error.
 pub async fn open_with_key(
     url: &str,
     s3: &S3Options,
-    key: Option<Arc<crate::archive::crypt::Key>>,
+    keys: Option<Arc<crate::archive::crypt::Keyring>>,
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let bad_url = || StoreError::BadUrl {
         url: url.to_string(),
@@ -148,7 +157,7 @@ pub async fn open_with_key(
     } else {
         return Err(bad_url());
     };
-    Ok(Arc::new(crypt::CryptStore::new(inner, key)))
+    Ok(Arc::new(crypt::CryptStore::new(inner, keys)))
 }
 
 #[cfg(feature = "s3")]

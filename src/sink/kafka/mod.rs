@@ -82,7 +82,7 @@ pub struct Feed {
     pub tables: Vec<TableName>,
     pub database: String,
     /// The source and capture's slot, for the initial snapshot.
-    pub source: tokio_postgres::Config,
+    pub source: crate::pg::ConnInfo,
     pub slot: String,
     /// Tells the log's owner the oldest segment the feed still needs.
     pub retain_from: watch::Sender<u64>,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::{FeedError, KafkaSink};
 use crate::base::position::EndLsn;
 use crate::base::table::{quote_ident, quote_literal, TableName};
-use crate::source::conn::{describe_target, ReplicationConnection};
+use crate::source::conn::ReplicationConnection;
 use crate::source::pgoutput::{Column, Relation};
 use crate::source::schema;
 use crate::source::setup;
@@ -28,22 +28,20 @@ const FETCH_ROWS: usize = 5000;
 
 /// Publishes every row of `tables`; returns the point C the log continues from.
 pub(super) fn publish(
-    source: &tokio_postgres::Config,
+    source: &crate::pg::ConnInfo,
     capture_slot: &str,
     tables: &[TableName],
     sink: &mut KafkaSink,
 ) -> Result<EndLsn, FeedError> {
     let runtime = sink.runtime.clone();
     let sql = |e: tokio_postgres::Error| {
-        FeedError::Source(SourceError::from_sql(
-            e,
-            &describe_target(source),
-            source.get_user().unwrap_or("postgres"),
-        ))
+        FeedError::Source(SourceError::from_sql(e, &source.describe(), source.user()))
     };
     let (client, conn, point, relations) = runtime.block_on(async {
-        let (client, connection) = source.connect(tokio_postgres::NoTls).await.map_err(sql)?;
-        tokio::spawn(connection);
+        let client = source
+            .connect()
+            .await
+            .map_err(|e| FeedError::Source(SourceError::from_connect(e, source)))?;
         let started = Instant::now();
         while client
             .query_opt(
