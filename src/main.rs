@@ -212,9 +212,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's first paragraph says what is wrong (a list of missing
+            // arguments runs over a few lines); usage and tips follow it.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: bad arguments");
-            eprintln!("{first}; see tidemark --help");
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}; see tidemark --help", first.join(" "));
             return ExitCode::from(tidemark::base::exit::ExitCode::BadInput.code());
         }
     };

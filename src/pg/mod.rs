@@ -263,9 +263,10 @@ impl ConnInfo {
 
     /// Names the cause of a failed SQL connection where a person can fix it.
     fn classify(&self, error: tokio_postgres::Error, attempt: Attempt) -> ConnectError {
-        let text = error.to_string();
+        // The driver says why in the error's source, not its own text.
+        let cause = std::error::Error::source(&error).map(ToString::to_string);
         if let Attempt::Tls { or_plain: false } = attempt {
-            if text.contains("server does not support TLS") {
+            if cause.is_some_and(|c| c.contains("server does not support TLS")) {
                 return ConnectError::ServerWithoutTls {
                     target: self.describe(),
                     mode: self.tls.mode.as_str(),

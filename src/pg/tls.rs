@@ -206,14 +206,15 @@ impl TlsSettings {
             Some(cert) if cert.given || cert.path.exists() => &cert.path,
             _ => return Ok(None),
         };
-        let chain = read_certificates(cert, "sslcert")?;
         let key_path = self.key.as_ref().ok_or_else(|| {
             TlsFileError(
                 "sslcert is set but sslkey is not; set sslkey to the client key file".into(),
             )
         })?;
+        // The key's mode first, as libpq does: a shared key is refused before anything is read.
         crate::base::files::refuse_if_shared(key_path)
             .map_err(|e| TlsFileError(format!("sslkey: {e}")))?;
+        let chain = read_certificates(cert, "sslcert")?;
         let key = read_private_key(key_path, self.key_password.as_deref().map(String::as_str))?;
         Ok(Some((chain, key)))
     }
