@@ -368,3 +368,25 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
     }
     assert_eq!(target.psql("SELECT count(*) FROM big"), "6000");
 }
+
+/// The scratch server compaction rebuilds in holds decrypted tables: it has
+/// no TCP listener and no password, only a socket in a 0700 directory.
+#[test]
+fn the_scratch_server_listens_only_on_a_private_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tidemark::replay::scratch::ScratchServer::start(&[]).unwrap();
+    assert_eq!(
+        scratch.psql("postgres", "SHOW listen_addresses").unwrap(),
+        ""
+    );
+    assert!(scratch.password().is_none());
+    let mode = std::fs::metadata(scratch.socket_dir())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", scratch.port())).is_err(),
+        "nothing listens on its port"
+    );
+}

@@ -104,6 +104,11 @@ impl ScratchServer {
         };
         remove_stale_clusters();
         let root = tempfile::Builder::new().prefix("tidemark-pg-").tempdir()?;
+        // The socket lives here: only its owner (and root) may enter.
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(root.path(), Some(uid), Some(gid))?;
         }
