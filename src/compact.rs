@@ -19,8 +19,8 @@ use crate::archive::snapshot;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
 use crate::base::exit::ExitCode;
-use crate::replay::apply::Target;
-use crate::replay::rebuild;
+use crate::replay::apply::{ApplyError, Target};
+use crate::replay::rebuild::{self, RebuildError};
 use crate::replay::scratch::ScratchServer;
 use crate::source::schema;
 
@@ -151,6 +151,7 @@ pub async fn compact(
 /// archive alone), then prunes by `retention` if it is set.
 pub async fn compact_periodically(
     uploader: Arc<crate::archive::uploader::Uploader>,
+    source: (crate::pg::ConnInfo, Vec<crate::base::table::TableName>),
     interval: std::time::Duration,
     retention: Option<crate::config::RetentionPolicy>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -168,15 +169,33 @@ pub async fn compact_periodically(
             }
         }
         .await;
-        if let Err(error) = result {
-            metrics::counter!(crate::telemetry::ERRORS, "kind" => "compaction").increment(1);
-            tracing::error!(%error, "compaction failed; the next interval retries");
+        match result {
+            // The archive alone cannot carry the table past this change: read the source again.
+            Err(CompactError::Rebuild(RebuildError::Apply(ApplyError::Inexact(inexact)))) => {
+                tracing::warn!(%inexact, "compaction cannot pass a schema change the stream does not carry; taking a new base snapshot from the source");
+                let (pg, tables) = &source;
+                if let Err(error) =
+                    crate::archive::uploader::take_base_snapshot(&uploader, pg, tables).await
+                {
+                    metrics::counter!(crate::telemetry::ERRORS, "kind" => "snapshot").increment(1);
+                    tracing::error!(%error, "the new base snapshot failed; the next interval retries");
+                }
+            }
+            Err(error) => {
+                metrics::counter!(crate::telemetry::ERRORS, "kind" => "compaction").increment(1);
+                tracing::error!(%error, "compaction failed; the next interval retries");
+            }
+            Ok(()) => {}
         }
         if let Some(policy) = &retention {
             if let Err(error) = uploader.prune(policy).await {
                 metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
                 tracing::error!(%error, "pruning failed; the next interval retries");
             }
+        }
+        if let Err(error) = crate::archive::orphans::delete_old(&**uploader.store()).await {
+            metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
+            tracing::error!(%error, "deleting orphans failed; the next interval retries");
         }
     }
 }

@@ -146,6 +146,10 @@ enum Command {
         /// With --force: allow the target to be the live source database.
         #[arg(long)]
         i_know_this_is_the_source: bool,
+        /// Restore past schema changes the stream cannot carry (a rewrite, a column
+        /// added without a schema note), naming the tables that may differ.
+        #[arg(long)]
+        allow_inexact: bool,
         /// Connections loading snapshot tables in parallel (default: one per CPU, at most 8).
         #[arg(long)]
         jobs: Option<usize>,
@@ -351,10 +355,11 @@ async fn run(command: Command) -> Result<(), OpError> {
             } else {
                 let verb = if dry_run { "Would delete" } else { "Deleted" };
                 println!(
-                    "{verb} {} snapshots and {} segments ({}); {} snapshots kept.",
+                    "{verb} {} snapshots and {} segments ({}), and {} orphans older than a day; {} snapshots kept.",
                     plan.deleted_snapshots.len(),
                     plan.deleted_segments,
                     bytesize::ByteSize(plan.deleted_bytes),
+                    plan.deleted_orphans.len(),
                     plan.kept_snapshots.len()
                 );
             }
@@ -370,6 +375,7 @@ async fn run(command: Command) -> Result<(), OpError> {
             data_only,
             force,
             i_know_this_is_the_source,
+            allow_inexact,
             jobs,
             json,
         } => {
@@ -385,6 +391,7 @@ async fn run(command: Command) -> Result<(), OpError> {
                 data_only,
                 force,
                 into_source: i_know_this_is_the_source,
+                allow_inexact,
                 jobs: jobs.unwrap_or_else(tidemark::replay::load::default_jobs),
             };
             // With --json, stdout carries only the JSON; progress goes to stderr.

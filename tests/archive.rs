@@ -408,6 +408,71 @@ async fn list_and_verify_see_the_archive_and_name_each_corruption() {
         assert!(stderr.contains(key.as_str()), "{stderr}");
         std::fs::write(&path, original).unwrap();
     }
+    // Older manifests are checked too, each against its own hash.
+    let mut manifests: Vec<String> = store
+        .list(manifest::PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 2, "{manifests:?}");
+    let older = dir.join(&manifests[0]);
+    let original = std::fs::read(&older).unwrap();
+    flip_bit(&older, original.len() / 2);
+    let (code, report, _) = verify(false);
+    assert_eq!(
+        code,
+        Some(1),
+        "a flipped bit in an older manifest went unnoticed: {report}"
+    );
+    assert!(
+        report["problems"].to_string().contains(&manifests[0]),
+        "{report}"
+    );
+    std::fs::write(&older, original).unwrap();
+    assert_eq!(
+        report["manifests_checked"].as_u64(),
+        Some(manifests.len() as u64)
+    );
+
+    // Objects no manifest lists are orphans: listed apart, deleted by prune once a day old.
+    let stale = dir.join("segments/leftover-of-a-killed-upload");
+    let fresh = dir.join("segments/upload-in-flight");
+    for path in [&stale, &fresh] {
+        std::fs::write(path, b"partial").unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let (code, report, _) = verify(false);
+    assert_eq!(code, Some(0), "orphans are not damage: {report}");
+    let orphans = report["orphans"].as_array().unwrap();
+    assert_eq!(orphans.len(), 2, "{report}");
+    assert!(orphans
+        .iter()
+        .any(|o| o["key"] == "segments/leftover-of-a-killed-upload"
+            && o["age_seconds"].as_u64().unwrap() >= 2 * 24 * 3600 - 60));
+    let out = harness::tidemark(&["prune", "--config", cfg, "--json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        pruned["deleted_orphans"].as_array().unwrap().len(),
+        1,
+        "{pruned}"
+    );
+    assert!(!stale.exists() && fresh.exists());
+    std::fs::remove_file(&fresh).unwrap();
+
     std::fs::remove_file(dir.join(&segment_key)).unwrap();
     let (code, report, _) = verify(false);
     assert_eq!(code, Some(1));

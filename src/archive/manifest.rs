@@ -46,6 +46,37 @@ pub struct SnapshotEntry {
     pub tables: Vec<TableObject>,
 }
 
+/// An object a manifest lists, with what it must be.
+pub struct Listed<'a> {
+    pub key: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+}
+
+impl Manifest {
+    /// Every object this manifest lists: each snapshot's schema and tables, and the segments.
+    pub fn objects(&self) -> impl Iterator<Item = Listed<'_>> {
+        let snapshots = self.snapshots.iter().flat_map(|s| {
+            std::iter::once(Listed {
+                key: &s.schema.key,
+                size: s.schema.size,
+                sha256: &s.schema.sha256,
+            })
+            .chain(s.tables.iter().map(|t| Listed {
+                key: &t.key,
+                size: t.size,
+                sha256: &t.sha256,
+            }))
+        });
+        let segments = self.segments.iter().map(|s| Listed {
+            key: &s.key,
+            size: s.size,
+            sha256: &s.sha256,
+        });
+        snapshots.chain(segments)
+    }
+}
+
 impl SnapshotEntry {
     /// The restore point the snapshot is.
     pub fn position(&self) -> Position {

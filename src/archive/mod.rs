@@ -15,6 +15,7 @@
 pub mod crypt;
 pub mod inventory;
 pub mod manifest;
+pub mod orphans;
 pub mod retention;
 pub mod snapshot;
 pub mod store;

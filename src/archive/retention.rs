@@ -30,6 +30,8 @@ pub struct PrunePlan {
     pub deleted_snapshots: Vec<EndLsn>,
     pub deleted_segments: usize,
     pub deleted_bytes: u64,
+    /// Objects no manifest lists, older than a day (`archive::orphans`).
+    pub deleted_orphans: Vec<super::orphans::Orphan>,
 }
 
 pub fn plan(manifest: &Manifest, policy: &RetentionPolicy, now: PgTimestamp) -> PrunePlan {
@@ -110,6 +112,7 @@ pub fn plan(manifest: &Manifest, policy: &RetentionPolicy, now: PgTimestamp) -> 
                 .sum::<u64>(),
         delete_snapshots,
         delete_segments,
+        deleted_orphans: Vec::new(),
     }
 }
 
@@ -149,11 +152,33 @@ pub const MANIFESTS_KEPT: usize = 16;
 
 /// Deletes the plan's objects, then manifests beyond the newest few. Call
 /// only after a manifest without the pruned entries is stored.
+///
+/// Older manifests that list a pruned object go first: every manifest kept
+/// stays whole (verify checks them all), and a crash midway leaves at worst
+/// objects no manifest lists, which are orphans.
 pub async fn delete(
     store: &dyn super::store::ObjectStore,
     plan: &PrunePlan,
 ) -> Result<usize, super::ArchiveError> {
+    let doomed: std::collections::BTreeSet<String> = plan.keys().into_iter().collect();
+    let mut manifests: Vec<(u64, String)> = store
+        .list(super::manifest::PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|o| Some((super::manifest::parse_key(&o.key)?.0, o.key)))
+        .collect();
+    manifests.sort();
+    manifests.pop();
     let mut deleted = 0;
+    for (_, key) in manifests {
+        let body = store.get(&key).await?;
+        let lists_doomed = super::manifest::Manifest::decode(&key, &body)
+            .is_ok_and(|m| m.objects().any(|o| doomed.contains(o.key)));
+        if lists_doomed {
+            store.delete(&key).await?;
+            deleted += 1;
+        }
+    }
     for key in plan.keys() {
         store.delete(&key).await?;
         deleted += 1;

@@ -366,6 +366,24 @@ fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
 }
 
 /// Takes a base snapshot if the archive has none, retrying while the source or store is unavailable.
+/// Reads every table from the source under a temporary slot's snapshot, and lists it.
+pub async fn take_base_snapshot(
+    uploader: &Uploader,
+    pg: &crate::pg::ConnInfo,
+    tables: &[crate::base::table::TableName],
+) -> Result<(), ArchiveError> {
+    let parallel = tables.len().clamp(1, 4);
+    let entry = super::snapshot::take(
+        pg,
+        tables,
+        uploader.store.clone(),
+        &uploader.log_dir,
+        parallel,
+    )
+    .await?;
+    uploader.add_snapshot(entry).await
+}
+
 pub async fn snapshot_when_missing(
     uploader: Arc<Uploader>,
     pg: crate::pg::ConnInfo,
@@ -377,16 +395,7 @@ pub async fn snapshot_when_missing(
             if !uploader.needs_snapshot().await? {
                 return Ok(());
             }
-            let parallel = tables.len().clamp(1, 4);
-            let entry = super::snapshot::take(
-                &pg,
-                &tables,
-                uploader.store.clone(),
-                &uploader.log_dir,
-                parallel,
-            )
-            .await?;
-            uploader.add_snapshot(entry).await
+            take_base_snapshot(&uploader, &pg, &tables).await
         }
         .await;
         match result {

@@ -1,6 +1,9 @@
-//! `tidemark verify`: re-reads every object the manifest lists and checks its
-//! size and SHA-256, the segment hash chain and LSN continuity; `--deep` also
-//! decodes every record and every snapshot row frame.
+//! `tidemark verify`: re-reads every object in the store. Every manifest is
+//! checked against its own hash and the configured keys; every object any of
+//! them lists, against its size and SHA-256; the current manifest's segment
+//! hash chain and LSN continuity too, and `--deep` decodes every record and
+//! every snapshot row frame. Objects no manifest lists are orphans, listed
+//! apart with their age.
 
 use std::path::Path;
 
@@ -24,6 +27,10 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// How many objects each encryption key id sealed (`cleartext` for none).
     pub key_ids: std::collections::BTreeMap<String, usize>,
+    /// Manifests checked: the current one and every older one still stored.
+    pub manifests_checked: usize,
+    /// Objects no manifest lists (an interrupted upload's leftovers); `prune` deletes old ones.
+    pub orphans: Vec<super::orphans::Orphan>,
     /// The chain from the oldest snapshot to the head: runs found, and gaps missing.
     pub continuity: Vec<Range>,
 }
@@ -64,6 +71,7 @@ pub async fn verify(
     // stops verify with its reason: nothing it lists can be checked.
     let (body, sealed_by) = store.get_sealed(&key).await?;
     report.count(body.len(), sealed_by);
+    report.manifests_checked += 1;
     let decoded = Manifest::decode(&key, &body)
         .and_then(|m| manifest::check_key_id(&key, &m, &store.key_ids()).map(|()| m));
     let manifest = match decoded {
@@ -130,6 +138,7 @@ pub async fn verify(
         }
     }
 
+    older_manifests(store, &key, manifest.clone(), &mut report).await?;
     report.continuity = continuity(&manifest);
     for range in report.continuity.iter().filter(|r| r.status == "missing") {
         report.problems.push(Problem {
@@ -140,6 +149,47 @@ pub async fn verify(
     }
     report.ok = report.problems.is_empty();
     Ok(report)
+}
+
+/// Checks every stored manifest but `current`, each object they list that it
+/// does not, and finds the orphans.
+async fn older_manifests(
+    store: &dyn ObjectStore,
+    current_key: &str,
+    current: Manifest,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let listed = store.list("").await?;
+    let mut seen: std::collections::BTreeSet<String> =
+        current.objects().map(|o| o.key.to_string()).collect();
+    let mut manifests = vec![current];
+    for object in listed
+        .iter()
+        .filter(|o| o.key != current_key && manifest::parse_key(&o.key).is_some())
+    {
+        let Some(body) = fetch(store, &object.key, report).await? else {
+            continue;
+        };
+        report.manifests_checked += 1;
+        let decoded = Manifest::decode(&object.key, &body)
+            .and_then(|m| manifest::check_key_id(&object.key, &m, &store.key_ids()).map(|()| m));
+        match decoded {
+            Ok(m) => manifests.push(m),
+            Err(e) => report.problems.push(Problem {
+                key: object.key.clone(),
+                problem: e.to_string(),
+            }),
+        }
+    }
+    for older in &manifests[1..] {
+        for object in older.objects() {
+            if seen.insert(object.key.to_string()) {
+                checked(store, object.key, object.size, object.sha256, report).await?;
+            }
+        }
+    }
+    report.orphans = super::orphans::find(&listed, &manifests);
+    Ok(())
 }
 
 impl Report {
@@ -362,11 +412,28 @@ impl std::fmt::Display for Report {
         for (id, objects) in &self.key_ids {
             writeln!(f, "KEY      {id}: {objects} objects")?;
         }
+        for orphan in &self.orphans {
+            let age = orphan.age_seconds.map_or("unknown age".to_string(), |s| {
+                format!(
+                    "{} old",
+                    humantime_serde::re::humantime::format_duration(
+                        std::time::Duration::from_secs(s)
+                    )
+                )
+            });
+            writeln!(
+                f,
+                "ORPHAN   {} ({}, {age}): no manifest lists it; `tidemark prune` deletes orphans older than a day",
+                orphan.key,
+                bytesize::ByteSize(orphan.size)
+            )?;
+        }
         let verdict = if self.ok { "OK" } else { "FAILED" };
         writeln!(
             f,
-            "{verdict}: {} objects, {} checked, {} problems{}",
+            "{verdict}: {} objects ({} manifests), {} checked, {} problems{}",
             self.objects_checked,
+            self.manifests_checked,
             bytesize::ByteSize(self.bytes_checked),
             self.problems.len(),
             self.manifest

@@ -62,6 +62,12 @@ pub struct Position {
     pub lsn: EndLsn,
 }
 
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.commit_time, self.lsn)
+    }
+}
+
 macro_rules! lsn_newtype_forms {
     ($($name:ident),*) => {$(
         impl $name {

@@ -77,6 +77,12 @@ impl Session {
             slot: source.slot.clone(),
         };
         let resume = writer.durable_ack();
+        if !prepared.notes_ddl {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| tracing::warn!(
+                "the role may not create event triggers, so schema changes are seen only as new columns: a restore across an ADD COLUMN, a RENAME or a type change of a watched table is refused (--allow-inexact overrides) until a base snapshot taken after it"
+            ));
+        }
         let slot_position = match prepared.slot {
             Some(slot) => slot.confirmed_flush,
             None => match setup::create_slot(&mut conn, &source.slot, setup::SlotKind::Permanent)

@@ -1,6 +1,7 @@
 //! What capture starts beside its own loop, under the supervisor: the Kafka
-//! feed, and for an archive the uploader, the base-snapshot task and the
-//! compactor. None of them ever holds up the capture loop.
+//! feed, and for an archive the uploader, the base-snapshot task, the
+//! compactor and the sequence sampler. None of them ever holds up the
+//! capture loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,8 +93,17 @@ pub(super) async fn start_archive(
         archive.compact_interval,
         cfg.retention.clone(),
     );
+    let source = (checked.pg.clone(), checked.tables.clone());
     tasks.spawn("compactor", move |stop| {
-        crate::compact::compact_periodically(compactor, interval, retention, stop)
+        crate::compact::compact_periodically(compactor, source, interval, retention, stop)
+    });
+    let (pg, tables, every) = (
+        checked.pg.clone(),
+        checked.tables.clone(),
+        archive.upload_interval,
+    );
+    tasks.spawn("sequence sampler", move |stop| {
+        sample_sequences(pg, tables, every, stop)
     });
     let seals = SealSchedule {
         sealed: Arc::new(Notify::new()),
@@ -104,6 +114,43 @@ pub(super) async fn start_archive(
         uploader::run(runner, sealed, interval, stop)
     });
     Ok((uploader, seals))
+}
+
+/// Samples the watched tables' sequences every `interval`, and writes a
+/// sample into the stream when one moved (`source::sequences`). A failure is
+/// logged and tried again next time: a missed sample only makes restore rely
+/// on the restored rows, as it must anyway.
+async fn sample_sequences(
+    pg: crate::pg::ConnInfo,
+    tables: Vec<crate::base::table::TableName>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    use crate::source::sequences;
+    let mut last = sequences::Sample::new();
+    let mut client = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if client.is_none() {
+            client = pg.connect().await.ok();
+        }
+        let Some(connected) = &client else { continue };
+        let sampled = match sequences::sample(connected, &tables).await {
+            Ok(sample) if sample == last => continue,
+            Ok(sample) => sequences::emit(connected, &sample).await.map(|()| sample),
+            Err(e) => Err(e),
+        };
+        match sampled {
+            Ok(sample) => last = sample,
+            Err(error) => {
+                tracing::warn!(%error, "sampling sequences failed; trying again");
+                client = None;
+            }
+        }
+    }
 }
 
 /// One last pass over what capture sealed on its way out.

@@ -1,29 +1,42 @@
-//! `tidemark prune`: delete what `[retention]` no longer needs, manifest first.
+//! `tidemark prune`: delete what `[retention]` no longer needs, manifest
+//! first, and orphans (objects no manifest lists) older than a day.
 
 use std::path::Path;
 
 use super::OpError;
-use crate::archive::manifest;
 use crate::archive::retention::{self, PrunePlan};
+use crate::archive::{manifest, orphans};
 use crate::base::position::PgTimestamp;
 
 /// What was deleted, or with `dry_run` what would be; `None` for an empty archive.
+/// Without `[retention]`, only orphans are deleted.
 pub async fn run(config: &Path, dry_run: bool) -> Result<Option<PrunePlan>, OpError> {
     let checked = super::load(config)?;
-    let policy = checked.config.retention.clone().ok_or_else(|| {
-        OpError::Usage(
-            "the config has no [retention] section; add one, e.g. window = \"7d\", daily = 7, weekly = 4, monthly = 6".into(),
-        )
-    })?;
     let store = super::open_archive(&checked.config).await?;
     let _lock = super::sole_writer(&checked.config.log.dir, "prunes after every compaction")?;
     let Some((_, latest)) = manifest::load_latest(&*store).await? else {
         return Ok(None);
     };
-    let plan = retention::plan(&latest, &policy, PgTimestamp::now());
+    let mut plan = match &checked.config.retention {
+        Some(policy) => retention::plan(&latest, policy, PgTimestamp::now()),
+        None => PrunePlan::default(),
+    };
     if !dry_run && !plan.is_empty() {
         manifest::update(&*store, |m| plan.apply_to(m)).await?;
         retention::delete(&*store, &plan).await?;
     }
+    plan.deleted_orphans = if dry_run {
+        let listed = store
+            .list("")
+            .await
+            .map_err(crate::archive::ArchiveError::from)?;
+        let manifests = orphans::kept_manifests(&*store, &listed).await?;
+        orphans::find(&listed, &manifests)
+            .into_iter()
+            .filter(|o| o.older_than(orphans::MIN_AGE))
+            .collect()
+    } else {
+        orphans::delete_old(&*store).await?
+    };
     Ok(Some(plan))
 }

@@ -6,8 +6,16 @@
 //! which the server parses with each column's own input function, so every
 //! type round-trips exactly. A TOASTed value the change left unchanged is left
 //! out of the UPDATE, so the target keeps the last full value.
+//!
+//! Schema changes follow the source's notes (`source::ddl`), applied at the
+//! DDL's own position: a column added with a default reads that default in
+//! the rows that existed before, a renamed column keeps its values. What the
+//! stream cannot carry (a rewrite, or a new column seen without a note, whose
+//! existing rows may read a default nobody told us) makes the table inexact
+//! from that transaction on, and the restore refuses it: never wrong rows in
+//! silence. `--allow-inexact` goes on, and says which tables.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::merge::TableBatch;
@@ -16,6 +24,7 @@ use crate::base::position::{CommitLsn, EndLsn, Lsn};
 use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::log::committed::{Change, TxnInfo, TxnSink};
 use crate::log::LogError;
+use crate::source::ddl::{self, ColumnChange, Note};
 use crate::source::pgoutput::{Column, OldTuple, Relation, Tuple, TupleValue};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,26 @@ pub enum ApplyError {
         column: String,
         oid: u32,
     },
+    #[error("{0}; restore to an earlier point, or to one after a base snapshot taken since (capture takes one when compaction meets this), or add --allow-inexact")]
+    Inexact(Inexact),
+}
+
+/// A table whose restored rows may differ from the source's from some transaction on.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Inexact {
+    pub table: TableName,
+    pub since: crate::base::position::Position,
+    pub why: String,
+}
+
+impl std::fmt::Display for Inexact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table {} cannot be restored exactly past {}: {}",
+            self.table, self.since, self.why
+        )
+    }
 }
 
 impl ApplyError {
@@ -41,6 +70,7 @@ impl ApplyError {
         match self {
             ApplyError::Log(e) => e.exit_code(),
             ApplyError::Target { .. } | ApplyError::UnknownType { .. } => ExitCode::Failure,
+            ApplyError::Inexact(_) => ExitCode::BadInput,
         }
     }
 }
@@ -100,6 +130,14 @@ pub struct Applier<E: Executor> {
     pub reached_target: bool,
     /// Advanced to each applied transaction's end, in WAL bytes past `bounds.after`.
     progress: indicatif::ProgressBar,
+    /// Go on past a change the stream cannot carry (and record it) instead of refusing.
+    allow_inexact: bool,
+    /// The tables that went inexact, when allowed.
+    pub inexact: Vec<Inexact>,
+    /// Tables rewritten in the current transaction (a rewrite note came first).
+    rewritten: HashSet<TableName>,
+    /// The newest sampled value of each sequence (`source::sequences`) within bounds.
+    pub sequences: crate::source::sequences::Sample,
 }
 
 const BATCH_BYTES: usize = 1 << 20;
@@ -127,7 +165,124 @@ impl<E: Executor> Applier<E> {
             last: None,
             reached_target: false,
             progress: indicatif::ProgressBar::hidden(),
+            allow_inexact: false,
+            inexact: Vec::new(),
+            rewritten: HashSet::new(),
+            sequences: Default::default(),
         }
+    }
+
+    /// Goes on past changes the stream cannot carry, recording them, instead of refusing.
+    pub fn allow_inexact(mut self, allow: bool) -> Self {
+        self.allow_inexact = allow;
+        self
+    }
+
+    /// Refuses the restore of `table` from `txn` on, or, when allowed, records it once.
+    fn inexact(&mut self, txn: &TxnInfo, table: &TableName, why: String) -> Result<(), ApplyError> {
+        let inexact = Inexact {
+            table: table.clone(),
+            since: crate::base::position::Position {
+                commit_time: txn.commit_time,
+                lsn: txn.end_lsn,
+            },
+            why,
+        };
+        if !self.allow_inexact {
+            return Err(ApplyError::Inexact(inexact));
+        }
+        if !self.inexact.iter().any(|i| &i.table == table) {
+            tracing::warn!(%inexact, "going on (--allow-inexact)");
+            self.inexact.push(inexact);
+        }
+        Ok(())
+    }
+
+    /// Applies a schema note at its place in the stream.
+    fn follow_note(&mut self, txn: &TxnInfo, note: &Note) -> Result<(), ApplyError> {
+        let table = note.table();
+        let Some(current) = self.tables.get(&table).cloned() else {
+            return Ok(());
+        };
+        let changes = match note.changes() {
+            Some(changes) => changes,
+            // Without the columns before, names are all there is: adds and drops
+            // are clear, but a column gone and one come may be a rename.
+            None => {
+                let added: Vec<_> = note
+                    .after
+                    .iter()
+                    .filter(|c| !current.iter().any(|(n, _)| *n == c.name))
+                    .cloned()
+                    .collect();
+                let dropped: Vec<_> = current
+                    .iter()
+                    .filter(|(n, _)| !note.after.iter().any(|c| &c.name == n))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if !added.is_empty() && !dropped.is_empty() {
+                    return self.inexact(txn, &table, format!(
+                        "columns {} went and {} came in one change, which may be a rename, and the note does not say",
+                        dropped.join(", "),
+                        added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                dropped
+                    .into_iter()
+                    .map(ColumnChange::Dropped)
+                    .chain(added.into_iter().map(ColumnChange::Added))
+                    .collect()
+            }
+        };
+        let quoted = table.quoted();
+        let mut sql = String::new();
+        for change in &changes {
+            match change {
+                ColumnChange::Added(column) => {
+                    let name = quote_ident(&column.name);
+                    sql += &format!("ALTER TABLE {quoted} ADD COLUMN {name} {}", column.type_sql);
+                    // Rows from before the DDL read the column's missing value.
+                    if let Some(missing) = &column.missing {
+                        sql += &format!(
+                            " DEFAULT {}::{};\nALTER TABLE {quoted} ALTER COLUMN {name} DROP DEFAULT",
+                            quote_literal(missing),
+                            column.type_sql
+                        );
+                    }
+                    sql += ";\n";
+                }
+                ColumnChange::Dropped(name) => {
+                    sql += &format!("ALTER TABLE {quoted} DROP COLUMN {};\n", quote_ident(name));
+                }
+                ColumnChange::Renamed { from, to } => {
+                    sql += &format!(
+                        "ALTER TABLE {quoted} RENAME COLUMN {} TO {};\n",
+                        quote_ident(from),
+                        quote_ident(to)
+                    );
+                }
+                ColumnChange::Retyped { name, type_sql } => {
+                    if self.rewritten.contains(&table) {
+                        continue;
+                    }
+                    // No rewrite: the stored values did not change, so the same cast is exact.
+                    let name = quote_ident(name);
+                    sql += &format!(
+                        "ALTER TABLE {quoted} ALTER COLUMN {name} TYPE {type_sql} USING {name}::{type_sql};\n"
+                    );
+                }
+            }
+        }
+        if !sql.is_empty() {
+            self.statement(txn, &table, &sql)?;
+        }
+        self.pending.remove(&table);
+        // Type oids are learnt from the next Relation message.
+        self.tables.insert(
+            table,
+            note.after.iter().map(|c| (c.name.clone(), 0)).collect(),
+        );
+        Ok(())
     }
 
     pub fn with_progress(mut self, bar: indicatif::ProgressBar) -> Self {
@@ -212,6 +367,42 @@ impl<E: Executor> Applier<E> {
         }
     }
 
+    /// A logical message in the stream: tidemark's schema notes are applied, others ignored.
+    fn follow_message(
+        &mut self,
+        txn: &TxnInfo,
+        prefix: &str,
+        content: &[u8],
+    ) -> Result<(), ApplyError> {
+        let unreadable = |message: String| ApplyError::Target {
+            xid: txn.xid,
+            commit_lsn: txn.commit_lsn,
+            message,
+        };
+        match prefix {
+            ddl::NOTE_PREFIX => {
+                let note = Note::parse(content).map_err(unreadable)?;
+                self.follow_note(txn, &note)
+            }
+            crate::source::sequences::PREFIX => {
+                let sample = crate::source::sequences::parse(content).map_err(unreadable)?;
+                self.sequences.extend(sample);
+                Ok(())
+            }
+            ddl::REWRITE_PREFIX => {
+                let rewrite: ddl::Rewrite =
+                    serde_json::from_slice(content).map_err(|e| unreadable(e.to_string()))?;
+                let table = TableName::new(rewrite.schema, rewrite.name);
+                if !self.tables.contains_key(&table) {
+                    return Ok(());
+                }
+                self.rewritten.insert(table.clone());
+                self.inexact(txn, &table, "it was rewritten (ALTER TYPE, a volatile default), and the rewritten values are not in the stream".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Brings the target table's columns in line with the relation, as the source's were.
     fn follow_schema(
         &mut self,
@@ -221,10 +412,40 @@ impl<E: Executor> Applier<E> {
     ) -> Result<(), ApplyError> {
         let current = self.tables.get(table).cloned().unwrap_or_default();
         let wanted: Vec<&Column> = relation.columns.iter().collect();
-        let same = current.len() == wanted.len()
+        let same_names = current.len() == wanted.len()
             && current.iter().zip(&wanted).all(|((n, _), c)| *n == c.name);
-        if same {
+        if same_names {
+            // A type that changed with no note: the old rows' values may have too.
+            let retyped: Vec<&str> = current
+                .iter()
+                .zip(&wanted)
+                .filter(|((_, oid), c)| *oid != 0 && *oid != c.type_oid)
+                .map(|((n, _), _)| n.as_str())
+                .collect();
+            if !retyped.is_empty() {
+                let why = format!(
+                    "column {} changed type, and no schema note says how its values were converted",
+                    retyped.join(", ")
+                );
+                self.inexact(txn, table, why)?;
+            }
+            self.tables.insert(
+                table.clone(),
+                wanted
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_oid))
+                    .collect(),
+            );
             return Ok(());
+        }
+        let added: Vec<&str> = wanted
+            .iter()
+            .filter(|c| !current.iter().any(|(n, _)| *n == c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !added.is_empty() {
+            let why = format!("column {} appeared with no schema note, so what the rows before it read there (a default?) is unknown", added.join(", "));
+            self.inexact(txn, table, why)?;
         }
         // Pending changes were made with the old columns.
         if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
@@ -366,6 +587,7 @@ impl<E: Executor> TxnSink for Applier<E> {
     type Error = ApplyError;
 
     fn begin(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        self.rewritten.clear();
         // Already in the snapshot: its commit record precedes the snapshot's point.
         if txn.commit_lsn.precedes(self.bounds.after) {
             self.in_bounds = false;
@@ -393,7 +615,9 @@ impl<E: Executor> TxnSink for Applier<E> {
                 vec![relation.clone()]
             }
             Change::Truncate { relations, .. } => relations.clone(),
-            Change::Message { .. } => return Ok(()),
+            Change::Message { prefix, content } => {
+                return self.follow_message(txn, prefix, content)
+            }
         };
         for relation in &relations {
             let table = relation.table();
@@ -494,8 +718,16 @@ mod tests {
     }
 
     fn run(changes: Vec<(TxnInfo, Change)>, until: Target) -> Vec<String> {
+        run_with(changes, until, false).unwrap().0
+    }
+
+    fn run_with(
+        changes: Vec<(TxnInfo, Change)>,
+        until: Target,
+        allow_inexact: bool,
+    ) -> Result<(Vec<String>, Vec<Inexact>), ApplyError> {
         let mut recorder = Recorder::default();
-        {
+        let inexact = {
             let tables = HashMap::from([(
                 TableName::new("public", "t"),
                 vec![("id".to_string(), 25), ("v".to_string(), 25)],
@@ -508,15 +740,81 @@ mod tests {
                 },
                 tables,
                 HashMap::new(),
-            );
+            )
+            .allow_inexact(allow_inexact);
             for (t, change) in changes {
-                applier.begin(&t).unwrap();
-                applier.change(&t, Lsn(0), change).unwrap();
-                applier.commit(&t).unwrap();
+                applier.begin(&t)?;
+                applier.change(&t, Lsn(0), change)?;
+                applier.commit(&t)?;
             }
-            applier.finish().unwrap();
+            applier.finish()?;
+            applier.inexact
+        };
+        Ok((recorder.0, inexact))
+    }
+
+    fn note(prefix: &str, json: &str) -> Change {
+        Change::Message {
+            prefix: prefix.into(),
+            content: bytes::Bytes::copy_from_slice(json.as_bytes()),
         }
-        recorder.0
+    }
+
+    #[test]
+    fn schema_notes_add_with_the_missing_value_and_rename_in_place() {
+        let note_json = r#"{"schema": "public", "name": "t",
+            "before": [{"attnum": 1, "name": "id", "type": "text"}, {"attnum": 2, "name": "v", "type": "text"}],
+            "after": [{"attnum": 1, "name": "id", "type": "text"}, {"attnum": 2, "name": "w", "type": "text"},
+                      {"attnum": 3, "name": "tier", "type": "text", "missing": "it's"}]}"#;
+        let rel = relation(&[("id", true), ("w", false), ("tier", false)], b'd');
+        let sql = run(
+            vec![
+                (txn(150, 160), note(ddl::NOTE_PREFIX, note_json)),
+                (
+                    txn(170, 180),
+                    Change::Insert {
+                        relation: rel,
+                        new: Tuple(vec![text("1"), text("a"), text("b")]),
+                    },
+                ),
+            ],
+            Target::Latest,
+        )
+        .join("");
+        assert!(sql.contains("RENAME COLUMN \"v\" TO \"w\""), "{sql}");
+        assert!(
+            sql.contains("ADD COLUMN \"tier\" text DEFAULT 'it''s'::text;\nALTER TABLE \"public\".\"t\" ALTER COLUMN \"tier\" DROP DEFAULT;"),
+            "{sql}"
+        );
+        // The Relation that follows matches the note: no drop, no second add.
+        assert!(!sql.contains("DROP COLUMN"), "{sql}");
+        assert_eq!(sql.matches("ADD COLUMN").count(), 1, "{sql}");
+    }
+
+    #[test]
+    fn what_the_stream_cannot_carry_is_refused_naming_the_table() {
+        let rewrite = || note(ddl::REWRITE_PREFIX, r#"{"schema": "public", "name": "t"}"#);
+        let refused = run_with(vec![(txn(150, 160), rewrite())], Target::Latest, false);
+        match refused {
+            Err(ApplyError::Inexact(inexact)) => {
+                assert_eq!(inexact.table, TableName::new("public", "t"));
+                assert_eq!(inexact.since.lsn, EndLsn(Lsn(160)));
+                assert!(ApplyError::Inexact(inexact)
+                    .to_string()
+                    .contains("--allow-inexact"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, inexact) =
+            run_with(vec![(txn(150, 160), rewrite())], Target::Latest, true).unwrap();
+        assert_eq!(inexact.len(), 1);
+        // A change past the target is never read, so nothing is refused.
+        let before = run_with(
+            vec![(txn(150, 160), rewrite())],
+            Target::Lsn(EndLsn(Lsn(140))),
+            false,
+        );
+        assert!(before.is_ok());
     }
 
     #[test]
@@ -584,17 +882,26 @@ mod tests {
     #[test]
     fn full_identity_deletes_one_matching_row_and_columns_follow_the_source() {
         let rel = relation(&[("id", true), ("v", true), ("extra", true)], b'f');
-        let sql = run(
+        let delete = || {
             vec![(
                 txn(150, 160),
                 Change::Delete {
-                    relation: rel,
+                    relation: rel.clone(),
                     old: OldTuple::Full(Tuple(vec![text("1"), TupleValue::Null, text("x")])),
                 },
-            )],
-            Target::Latest,
-        )
-        .join("");
+            )]
+        };
+        // A column that appears with no schema note: what older rows read there is unknown.
+        assert!(matches!(
+            run_with(delete(), Target::Latest, false),
+            Err(ApplyError::Inexact(_))
+        ));
+        let (sql, inexact) = run_with(delete(), Target::Latest, true).unwrap();
+        assert!(
+            inexact[0].why.contains("column extra appeared"),
+            "{inexact:?}"
+        );
+        let sql = sql.join("");
         assert!(
             sql.contains("ALTER TABLE \"public\".\"t\" ADD COLUMN \"extra\" type25;"),
             "{sql}"

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::apply::{Applier, ApplyError, Bounds, Executor, Target};
+use super::apply::{Applier, ApplyError, Bounds, Executor, Inexact, Target};
 use super::load::{self, ClientExecutor};
 use super::progress::{Phases, Unit};
 use crate::archive::inventory;
@@ -165,6 +165,10 @@ pub struct Rebuilt {
     pub load_seconds: f64,
     /// Wall time of fetching and replaying the segments.
     pub replay_seconds: f64,
+    /// With `allow_inexact`: the tables whose rows may differ from the source's, and since when.
+    pub inexact: Vec<Inexact>,
+    /// The newest sample of each owned sequence at or before the target.
+    pub sequences: crate::source::sequences::Sample,
 }
 
 /// Which tables a rebuild restores, and whether it creates them.
@@ -174,6 +178,8 @@ pub struct Scope {
     pub tables: Option<Vec<TableName>>,
     /// The tables exist already (`--data-only`): load into them as they are.
     pub data_only: bool,
+    /// Go on past a schema change the stream cannot carry, and report it, instead of refusing.
+    pub allow_inexact: bool,
 }
 
 /// The snapshot's schema, verified.
@@ -257,14 +263,25 @@ pub async fn rebuild_scoped(
         client,
         runtime: tokio::runtime::Handle::current(),
     };
-    let (transactions, changes) = replay(store, plan, &schema, work_dir, executor, phases).await?;
+    let replayed = replay(
+        store,
+        plan,
+        &schema,
+        work_dir,
+        executor,
+        phases,
+        scope.allow_inexact,
+    )
+    .await?;
     Ok(Rebuilt {
         schema,
-        transactions,
-        changes,
+        transactions: replayed.transactions,
+        changes: replayed.changes,
         rows_loaded,
         load_seconds,
         replay_seconds: replaying.elapsed().as_secs_f64(),
+        inexact: replayed.inexact,
+        sequences: replayed.sequences,
     })
 }
 
@@ -275,9 +292,27 @@ pub async fn count(
     plan: &Plan,
     tables: &[TableName],
     work_dir: &Path,
-) -> Result<(u64, u64), RebuildError> {
+    allow_inexact: bool,
+) -> Result<Replayed, RebuildError> {
     let schema = snapshot_schema(store, &plan.snapshot).await?.only(tables);
-    replay(store, plan, &schema, work_dir, Discard, &Phases::hidden()).await
+    replay(
+        store,
+        plan,
+        &schema,
+        work_dir,
+        Discard,
+        &Phases::hidden(),
+        allow_inexact,
+    )
+    .await
+}
+
+/// What a replay applied (or, counting, would apply).
+pub struct Replayed {
+    pub transactions: u64,
+    pub changes: u64,
+    pub inexact: Vec<Inexact>,
+    pub sequences: crate::source::sequences::Sample,
 }
 
 /// Runs the applier's SQL nowhere, for counting.
@@ -298,7 +333,7 @@ impl Executor for Discard {
 }
 
 /// Fetches the plan's segments and applies the in-bounds transactions on
-/// `schema`'s tables through `executor`. Returns (transactions, changes).
+/// `schema`'s tables through `executor`.
 async fn replay<E: Executor + Send + 'static>(
     store: &dyn ObjectStore,
     plan: &Plan,
@@ -306,7 +341,8 @@ async fn replay<E: Executor + Send + 'static>(
     work_dir: &Path,
     executor: E,
     phases: &Phases,
-) -> Result<(u64, u64), RebuildError> {
+    allow_inexact: bool,
+) -> Result<Replayed, RebuildError> {
     let segment_dir = tempfile::tempdir_in(work_dir).map_err(|source| {
         ArchiveError::from(crate::log::LogError::Dir {
             path: work_dir.to_path_buf(),
@@ -347,13 +383,19 @@ async fn replay<E: Executor + Send + 'static>(
         Unit::Bytes,
     );
     let dir = segment_dir.path().to_path_buf();
-    let applied = tokio::task::spawn_blocking(move || -> Result<(u64, u64), ApplyError> {
-        let mut applier =
-            Applier::new(executor, bounds, tables, type_names).with_progress(bar.clone());
+    let applied = tokio::task::spawn_blocking(move || -> Result<Replayed, ApplyError> {
+        let mut applier = Applier::new(executor, bounds, tables, type_names)
+            .with_progress(bar.clone())
+            .allow_inexact(allow_inexact);
         Assembler::run(&dir, &mut applier)?;
         applier.finish()?;
         bar.finish();
-        Ok((applier.applied_txns, applier.applied_changes))
+        Ok(Replayed {
+            transactions: applier.applied_txns,
+            changes: applier.applied_changes,
+            inexact: std::mem::take(&mut applier.inexact),
+            sequences: std::mem::take(&mut applier.sequences),
+        })
     })
     .await
     .expect("applying segments")?;

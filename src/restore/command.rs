@@ -13,6 +13,7 @@ use crate::base::exit::ExitCode;
 use crate::base::position::{EndLsn, PgTimestamp};
 use crate::base::table::TableName;
 use crate::pg::{ConnInfo, ConnectError};
+use crate::replay::apply::ApplyError;
 use crate::replay::apply::Target;
 use crate::replay::load;
 use crate::replay::progress::{Phases, Unit};
@@ -129,6 +130,8 @@ pub struct Request {
     pub into_source: bool,
     /// Connections loading snapshot tables at once.
     pub jobs: usize,
+    /// Restore past schema changes the stream cannot carry, and name the tables that may differ.
+    pub allow_inexact: bool,
 }
 
 impl Request {
@@ -144,6 +147,7 @@ impl Request {
             force: false,
             into_source: false,
             jobs: load::default_jobs(),
+            allow_inexact: false,
         }
     }
 }
@@ -172,6 +176,9 @@ pub struct Summary {
     pub load_seconds: f64,
     pub replay_seconds: f64,
     pub seconds: f64,
+    /// With --allow-inexact: tables whose rows may differ from the source's, and since when.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inexact: Vec<crate::replay::apply::Inexact>,
     /// Into live tables: where the rows it replaced were saved.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub safety_copies: Vec<SafetyCopy>,
@@ -186,6 +193,7 @@ impl Summary {
         self.load_seconds = rebuilt.load_seconds;
         self.replay_seconds = rebuilt.replay_seconds;
         self.seconds = started.elapsed().as_secs_f64();
+        self.inexact = rebuilt.inexact.clone();
     }
 }
 
@@ -220,6 +228,7 @@ fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
         changes: 0,
         seconds: 0.0,
         safety_copies: Vec::new(),
+        inexact: Vec::new(),
     }
 }
 
@@ -256,12 +265,14 @@ pub async fn run(
     };
     let mut summary = summarize(&plan, &tables);
     if request.dry_run {
-        let (transactions, changes) = rebuild::count(store, &plan, &tables, work_dir).await?;
-        summary.transactions = transactions;
-        summary.changes = changes;
+        let counted =
+            rebuild::count(store, &plan, &tables, work_dir, request.allow_inexact).await?;
+        summary.transactions = counted.transactions;
+        summary.changes = counted.changes;
+        summary.inexact = counted.inexact;
         summary.estimated_seconds = Some(
             summary.snapshot_bytes as f64 / REFERENCE_LOAD_BYTES_PER_S
-                + changes as f64 / REFERENCE_CHANGES_PER_S,
+                + counted.changes as f64 / REFERENCE_CHANGES_PER_S,
         );
         return Ok(summary);
     }
@@ -294,8 +305,22 @@ pub async fn run(
     let scope = Scope {
         tables: Some(tables.clone()),
         data_only: request.data_only,
+        allow_inexact: request.allow_inexact,
     };
-    let rebuilt = rebuild::rebuild_scoped(store, &plan, &clients, work_dir, &scope, phases).await?;
+    let rebuilt =
+        match rebuild::rebuild_scoped(store, &plan, &clients, work_dir, &scope, phases).await {
+            Ok(rebuilt) => rebuilt,
+            // Refused: the tables this restore made hold rows that may be wrong; none stay.
+            Err(refusal @ RebuildError::Apply(ApplyError::Inexact(_))) => {
+                for table in &tables {
+                    client
+                        .batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", table.quoted()))
+                        .await?;
+                }
+                return Err(refusal.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
     writeln!(
         out,
         "Replayed {} transactions ({} changes); building indexes and constraints...",
@@ -316,7 +341,7 @@ pub async fn run(
         }
     }
     let restored = schema.only(&tables);
-    let mut finishing = restored.sequence_values_sql();
+    let mut finishing = restored.sequence_values_sql(&rebuilt.sequences);
     if !request.data_only {
         finishing.splice(0..0, restored.post_data_sql());
     }
@@ -327,6 +352,9 @@ pub async fn run(
     }
     bar.finish();
     summary.record(&rebuilt, started);
+    for inexact in &summary.inexact {
+        writeln!(out, "Not exact (--allow-inexact): {inexact}")?;
+    }
     Ok(summary)
 }
 

@@ -126,6 +126,7 @@ pub async fn replace_rows(
         let scope = Scope {
             tables: Some(tables.to_vec()),
             data_only: false,
+            allow_inexact: request.allow_inexact,
         };
         let rebuilt =
             rebuild::rebuild_scoped(store, plan, &clients, work_dir, &scope, phases).await?;

@@ -5,9 +5,11 @@
 //! publication and slot.
 
 pub mod conn;
+pub mod ddl;
 pub mod error;
 pub mod pgoutput;
 pub mod schema;
+pub mod sequences;
 pub mod setup;
 pub mod wire;
 

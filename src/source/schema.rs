@@ -401,19 +401,30 @@ impl SchemaSet {
 }
 
 impl SchemaSet {
-    /// Moves each owned sequence past the largest value its column holds.
-    pub fn sequence_values_sql(&self) -> Vec<String> {
+    /// Moves each owned sequence to its sampled value at the target, or past
+    /// the largest value its column holds, whichever is higher.
+    pub fn sequence_values_sql(&self, sampled: &crate::source::sequences::Sample) -> Vec<String> {
         self.tables
             .iter()
             .flat_map(|t| {
                 t.sequences.iter().map(move |seq| {
+                    let sample = sampled.get(&format!("{}.{}", seq.schema, seq.name));
+                    let table = t.table_name().quoted();
+                    let column_max = format!(
+                        "coalesce((SELECT max({}) FROM {table}), 1)",
+                        quote_ident(&seq.column)
+                    );
+                    let (value, called) = match sample {
+                        Some(v) => (format!("greatest({column_max}, {v})"), "true".to_string()),
+                        None => (column_max, format!("(SELECT count(*) > 0 FROM {table})")),
+                    };
                     format!(
-                        "SELECT setval('{}.{}', coalesce((SELECT max({}) FROM {}), 1), (SELECT count(*) > 0 FROM {}))",
-                        quote_ident(&seq.schema).replace('\'', "''"),
-                        quote_ident(&seq.name).replace('\'', "''"),
-                        quote_ident(&seq.column),
-                        t.table_name().quoted(),
-                        t.table_name().quoted()
+                        "SELECT setval({}, {value}, {called})",
+                        quote_literal(&format!(
+                            "{}.{}",
+                            quote_ident(&seq.schema),
+                            quote_ident(&seq.name)
+                        ))
                     )
                 })
             })

@@ -10,6 +10,8 @@ use crate::base::table::{quote_ident, TableName};
 /// What the source looks like once checked and provisioned.
 pub struct Prepared {
     pub server_version_num: i32,
+    /// Whether schema changes are noted in the stream (`source::ddl`): the role may create event triggers.
+    pub notes_ddl: bool,
     /// `None` when the slot does not exist yet.
     pub slot: Option<SlotState>,
     pub wal_sender_timeout_ms: u64,
@@ -43,7 +45,8 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
             "SELECT current_setting('wal_level'), current_setting('server_version_num')::int,
                     current_user::text, current_database()::text,
                     (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
-                    current_setting('wal_sender_timeout')",
+                    current_setting('wal_sender_timeout'),
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
             &[],
         )
         .await
@@ -71,6 +74,18 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
     ensure_publication(&client, spec.publication, spec.tables)
         .await
         .map_err(sql_err)?;
+    // Event triggers need a superuser (PostgreSQL 15).
+    let notes_ddl = row.get::<_, bool>(6);
+    if notes_ddl {
+        client
+            .batch_execute(&format!(
+                "{}{}",
+                super::ddl::INSTALL_SQL,
+                super::ddl::remember_sql(spec.tables)
+            ))
+            .await
+            .map_err(sql_err)?;
+    }
 
     let slot = client
         .query_opt(
@@ -111,6 +126,7 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
     };
     Ok(Prepared {
         server_version_num,
+        notes_ddl,
         slot,
         wal_sender_timeout_ms,
     })

@@ -172,10 +172,12 @@ impl ObjectStore for LocalStore {
                         .to_string_lossy()
                         .into_owned();
                     if key.starts_with(&prefix) {
+                        let metadata = entry.metadata()?;
                         out.push(ObjectInfo {
                             key,
-                            size: entry.metadata()?.len(),
+                            size: metadata.len(),
                             metadata: BTreeMap::new(),
+                            modified: metadata.modified().ok(),
                         });
                     }
                 }
@@ -201,8 +203,8 @@ impl ObjectStore for LocalStore {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = self.path(key);
-        let size = match tokio::fs::metadata(&path).await {
-            Ok(m) => m.len(),
+        let (size, modified) = match tokio::fs::metadata(&path).await {
+            Ok(m) => (m.len(), m.modified().ok()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.error("head", key, e)),
         };
@@ -214,6 +216,7 @@ impl ObjectStore for LocalStore {
             key: key.to_string(),
             size,
             metadata,
+            modified,
         }))
     }
 

@@ -67,6 +67,8 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub metadata: BTreeMap<String, String>,
+    /// When the store last wrote it, if the store says.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 #[async_trait]

@@ -303,6 +303,9 @@ impl ObjectStore for S3Store {
                     key: key[strip..].to_string(),
                     size: object.size().unwrap_or(0).max(0) as u64,
                     metadata: BTreeMap::new(),
+                    modified: object
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
             }
         }
@@ -337,6 +340,9 @@ impl ObjectStore for S3Store {
                     .metadata()
                     .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                     .unwrap_or_default(),
+                modified: output
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
             })),
             Err(e) => match self.error("head", key, e) {
                 StoreError::NotFound { .. } => Ok(None),
