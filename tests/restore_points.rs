@@ -1,5 +1,6 @@
 //! The main restore correctness test: a workload covering many types, TOAST,
-//! keyless rows, deletes, a truncate, ADD and DROP COLUMN, a compaction, and a
+//! keyless rows, deletes, a truncate, ADD and DROP COLUMN, ADD COLUMN with a
+//! default and RENAME COLUMN (schema notes), a compaction, and a
 //! streamed 100 MB transaction plus an aborted one. At each quiesce point the
 //! test records the time and every table's md5; restoring to each point's
 //! time (and to some LSNs) gives the same md5s.
@@ -70,6 +71,17 @@ fn steps() -> Vec<Vec<String>> {
             "BEGIN; INSERT INTO bulk SELECT g, repeat(md5(g::text), 32) FROM generate_series(100001, 200000) g; ROLLBACK".into(),
             "UPDATE bulk SET payload = 'touched' WHERE id % 10000 = 0".into(),
         ],
+        // Migrations the stream alone cannot carry: older rows read the new
+        // column's default, and the renamed column keeps its values.
+        vec![
+            "ALTER TABLE codes ADD COLUMN weight int NOT NULL DEFAULT 3".into(),
+            "UPDATE codes SET weight = 4 WHERE code = 'after'".into(),
+        ],
+        vec![
+            "ALTER TABLE codes RENAME COLUMN label TO title".into(),
+            "ALTER TABLE accounts ADD COLUMN tier text DEFAULT 'basic'".into(),
+            "UPDATE accounts SET tier = 'gold' WHERE org = 'org1'".into(),
+        ],
     ]
 }
 
@@ -132,7 +144,7 @@ fn every_quiesce_point_restores_exactly() {
         }
         points.push(point(&fx));
     }
-    fx.psql("INSERT INTO codes VALUES ('after', 'the last point') ON CONFLICT (code) DO UPDATE SET label = 'changed later'");
+    fx.psql("INSERT INTO codes VALUES ('after', 'the last point') ON CONFLICT (code) DO UPDATE SET title = 'changed later'");
     fx.wait_caught_up(Duration::from_secs(180));
     assert_eq!(capture.take().unwrap().stop(), 0);
     assert!(points.len() >= 10);
