@@ -52,6 +52,58 @@ pub struct Config {
     pub retention: Option<RetentionPolicy>,
     /// With it, capture also publishes every committed change to Kafka.
     pub kafka: Option<KafkaConfig>,
+    /// When `status` calls protection degraded (warning) or stopped (critical).
+    #[serde(default)]
+    pub alerts: AlertThresholds,
+}
+
+/// `[alerts]`: the thresholds `status` judges by.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertThresholds {
+    #[serde(default = "default_rpo_warning", with = "humantime_serde")]
+    pub rpo_warning: std::time::Duration,
+    #[serde(default = "default_rpo_critical", with = "humantime_serde")]
+    pub rpo_critical: std::time::Duration,
+    #[serde(default = "default_slot_lag_warning")]
+    pub slot_lag_warning: ByteSize,
+    #[serde(default = "default_slot_lag_critical")]
+    pub slot_lag_critical: ByteSize,
+    /// The newest base snapshot's age.
+    #[serde(default = "default_snapshot_warning", with = "humantime_serde")]
+    pub snapshot_warning: std::time::Duration,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds {
+            rpo_warning: default_rpo_warning(),
+            rpo_critical: default_rpo_critical(),
+            slot_lag_warning: default_slot_lag_warning(),
+            slot_lag_critical: default_slot_lag_critical(),
+            snapshot_warning: default_snapshot_warning(),
+        }
+    }
+}
+
+fn default_rpo_warning() -> std::time::Duration {
+    std::time::Duration::from_secs(120)
+}
+
+fn default_rpo_critical() -> std::time::Duration {
+    std::time::Duration::from_secs(15 * 60)
+}
+
+fn default_slot_lag_warning() -> ByteSize {
+    ByteSize::gib(1)
+}
+
+fn default_slot_lag_critical() -> ByteSize {
+    ByteSize::gib(10)
+}
+
+fn default_snapshot_warning() -> std::time::Duration {
+    std::time::Duration::from_secs(2 * 24 * 3600)
 }
 
 /// `[kafka] time_format`: how timestamps, dates and times are written.
@@ -172,6 +224,10 @@ pub struct ArchiveConfig {
     /// Capture builds a new base snapshot from the archive this often.
     #[serde(default = "default_compact_interval", with = "humantime_serde")]
     pub compact_interval: std::time::Duration,
+    /// While the source commits nothing, capture commits a heartbeat this
+    /// often, so the restore window follows the source's clock.
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: std::time::Duration,
     /// An S3-compatible endpoint (MinIO, Ceph, ...); AWS when absent.
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -206,6 +262,10 @@ pub struct RetentionPolicy {
 
 fn default_upload_interval() -> std::time::Duration {
     std::time::Duration::from_secs(1)
+}
+
+fn default_heartbeat_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 fn default_compact_interval() -> std::time::Duration {
@@ -315,6 +375,12 @@ impl Config {
                 return Err(invalid(
                     String::new(),
                     "[archive] takes encryption_key_file or encryption_key_env, not both".into(),
+                ));
+            }
+            if archive.heartbeat_interval.is_zero() {
+                return Err(invalid(
+                    String::new(),
+                    "[archive] heartbeat_interval must be above zero, e.g. \"10s\"".into(),
                 ));
             }
             if archive.upload_interval.is_zero() {

@@ -201,6 +201,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Is protection working now: capture, the slot, the archive's RPO, the
+    /// newest snapshot; judged against [alerts]. Exit 0 when healthy, 1 otherwise.
+    Status {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -462,15 +471,20 @@ async fn run(command: Command) -> Result<(), OpError> {
             print_report(json, &report);
             ops::verify::problems(&report)
         }
+        Command::Status { config, json } => {
+            let status = ops::status::run(&config).await?;
+            print_report(json, &status);
+            ops::status::unhealthy(&status)
+        }
     }
 }
 
-/// Where progress goes: stdout, or stderr when stdout carries JSON.
 /// `--target`: a connection string; the password best comes from PGPASSWORD or ~/.pgpass.
 fn parse_target_url(url: &str) -> Result<tidemark::pg::ConnInfo, OpError> {
     tidemark::pg::ConnInfo::parse(url).map_err(|e| OpError::Usage(format!("--target: {e}")))
 }
 
+/// Where progress goes: stdout, or stderr when stdout carries JSON.
 fn progress_out(json: bool) -> Box<dyn Write> {
     if json {
         Box::new(std::io::stderr())

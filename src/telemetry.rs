@@ -110,6 +110,11 @@ impl Progress {
         self.captured_us.fetch_max(time.0, Ordering::Relaxed);
     }
 
+    /// The commit time of the newest transaction captured (0 before the first).
+    pub fn captured_at(&self) -> PgTimestamp {
+        PgTimestamp(self.captured_us.load(Ordering::Relaxed))
+    }
+
     pub fn archived(&self, time: PgTimestamp) {
         self.archived_us.fetch_max(time.0, Ordering::Relaxed);
     }

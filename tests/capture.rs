@@ -275,3 +275,62 @@ fn metrics_move_while_capture_runs_and_show_no_secret() {
     assert!(!after.contains("postgres://"));
     assert_eq!(capture.stop(), 0);
 }
+
+/// `status` reads the log dir, the archive and the source: healthy while
+/// capture streams, critical once it stops.
+#[test]
+fn status_says_healthy_while_capture_streams_and_critical_when_it_stops() {
+    let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY)");
+    let config = fx.config(
+        &["public.t"],
+        &format!(
+            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
+            fx.archive_url()
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    fx.wait_base_snapshot(&config);
+    fx.psql("INSERT INTO t VALUES (1)");
+    fx.wait_caught_up(Duration::from_secs(30));
+    let status = || {
+        let out = harness::tidemark(
+            &["status", "--config", config.to_str().unwrap(), "--json"],
+            &[],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), json)
+    };
+    let (code, json) = status();
+    assert_eq!(code, Some(0), "{json}");
+    assert_eq!(json["health"], "ok", "{json}");
+    let names: Vec<&str> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "capture",
+            "slot_lag",
+            "rpo",
+            "snapshot_age",
+            "verify",
+            "drill"
+        ]
+    );
+    assert_eq!(json["capture"]["running"], true);
+    assert_eq!(json["capture"]["slot"], fx.slot());
+    assert!(
+        json["archive"]["rpo_seconds"].as_f64().unwrap() < 120.0,
+        "{json}"
+    );
+    assert!(json["archive"]["latest"]["lsn"].is_string(), "{json}");
+    assert_eq!(capture.stop(), 0);
+    let (code, json) = status();
+    assert_eq!(code, Some(1), "{json}");
+    assert_eq!(json["health"], "critical");
+    assert_eq!(json["checks"][0]["status"], "critical", "{json}");
+    assert_eq!(json["capture"]["running"], false);
+}

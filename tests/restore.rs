@@ -532,3 +532,48 @@ fn a_restored_sequence_continues_where_the_source_had_it() {
         "the restored sequence continues after the source's last value"
     );
 }
+
+/// A quiet source still moves the window: capture commits a heartbeat, so a
+/// time after the last change is a restore point, giving the last change's state.
+#[test]
+fn the_window_follows_a_quiet_source() {
+    let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY)");
+    let config = fx.config(
+        &["public.t"],
+        &format!(
+            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\nheartbeat_interval = \"1s\"\n",
+            fx.archive_url()
+        ),
+    );
+    let capture = fx.start_capture(&config);
+    fx.wait_base_snapshot(&config);
+    fx.psql("INSERT INTO t SELECT generate_series(1, 5)");
+    let quiet = fx.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    let want = fx.md5("t");
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the window to pass a quiet moment",
+        || {
+            let out = harness::tidemark(
+                &["list", "--config", config.to_str().unwrap(), "--json"],
+                &[],
+            );
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            list["window"]["latest"]["time"]
+                .as_str()
+                .is_some_and(|t| t > quiet.as_str())
+        },
+    );
+    assert_eq!(capture.stop(), 0);
+    let db = format!("{}_quiet", fx.db);
+    fx.psql(&format!("CREATE DATABASE {db}"));
+    let (code, stdout, stderr) =
+        restore(&config, &["--to", &quiet, "--target", &fx.cluster.url(&db)]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        fx.cluster.psql(&db, &harness::table_md5_sql("t")).unwrap(),
+        want
+    );
+}

@@ -97,14 +97,14 @@ pub(super) async fn start_archive(
     tasks.spawn("compactor", move |stop| {
         crate::compact::compact_periodically(compactor, source, interval, retention, stop)
     });
-    let (pg, tables, every) = (
-        checked.pg.clone(),
-        checked.tables.clone(),
-        archive.upload_interval,
-    );
-    tasks.spawn("sequence sampler", move |stop| {
-        sample_sequences(pg, tables, every, stop)
-    });
+    let beat = Beat {
+        pg: checked.pg.clone(),
+        tables: checked.tables.clone(),
+        sample_every: archive.upload_interval,
+        quiet_after: archive.heartbeat_interval,
+        progress: progress.clone(),
+    };
+    tasks.spawn("heartbeat", move |stop| beat.run(stop));
     let seals = SealSchedule {
         sealed: Arc::new(Notify::new()),
         interval: archive.upload_interval,
@@ -116,40 +116,52 @@ pub(super) async fn start_archive(
     Ok((uploader, seals))
 }
 
-/// Samples the watched tables' sequences every `interval`, and writes a
-/// sample into the stream when one moved (`source::sequences`). A failure is
-/// logged and tried again next time: a missed sample only makes restore rely
-/// on the restored rows, as it must anyway.
-async fn sample_sequences(
+/// What capture writes into the stream itself (`source::sequences`): a
+/// sample of the watched tables' sequences when one moved, and a heartbeat
+/// when nothing has committed for `quiet_after`. A failure is logged and
+/// tried again next time: a missed sample only makes restore rely on the
+/// restored rows, and a missed heartbeat only leaves the window where it was.
+struct Beat {
     pg: crate::pg::ConnInfo,
     tables: Vec<crate::base::table::TableName>,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    use crate::source::sequences;
-    let mut last = sequences::Sample::new();
-    let mut client = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        if client.is_none() {
-            client = pg.connect().await.ok();
-        }
-        let Some(connected) = &client else { continue };
-        let sampled = match sequences::sample(connected, &tables).await {
-            Ok(sample) if sample == last => continue,
-            Ok(sample) => sequences::emit(connected, &sample).await.map(|()| sample),
-            Err(e) => Err(e),
-        };
-        match sampled {
-            Ok(sample) => last = sample,
-            Err(error) => {
-                tracing::warn!(%error, "sampling sequences failed; trying again");
+    sample_every: Duration,
+    quiet_after: Duration,
+    progress: Arc<Progress>,
+}
+
+impl Beat {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        use crate::source::sequences;
+        let mut last = sequences::Sample::new();
+        let mut client = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.sample_every) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            if client.is_none() {
+                client = self.pg.connect().await.ok();
+            }
+            let Some(connected) = &client else { continue };
+            let wrote = match sequences::sample(connected, &self.tables).await {
+                Ok(sample) if sample != last => sequences::emit(connected, &sample)
+                    .await
+                    .map(|()| last = sample),
+                Ok(_) if self.quiet() => sequences::heartbeat(connected).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(error) = wrote {
+                tracing::warn!(%error, "writing a sequence sample or heartbeat failed; trying again");
                 client = None;
             }
         }
+    }
+
+    /// Whether nothing was captured for `quiet_after` (by the server's clock, as commit times are).
+    fn quiet(&self) -> bool {
+        let since = crate::base::position::PgTimestamp::now().0 - self.progress.captured_at().0;
+        since >= self.quiet_after.as_micros() as i64
     }
 }
 

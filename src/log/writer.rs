@@ -265,6 +265,26 @@ pub fn lock_dir(dir: &Path) -> Result<File, LogError> {
     }
 }
 
+/// Whether a process holds the log dir's lock (a capture runs), asked of
+/// /proc/locks rather than by trying the lock: trying would race a capture
+/// that starts at that instant.
+pub fn lock_held(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = std::fs::metadata(dir.join("LOCK")).map(|m| m.ino()) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    // Lines read "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; the 6th field is dev:inode.
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields
+                .get(5)
+                .and_then(|f| f.rsplit(':').next())
+                .is_some_and(|i| i == inode.to_string())
+    })
+}
+
 fn create_segment(
     dir: &Path,
     seq: u64,

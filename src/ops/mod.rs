@@ -15,6 +15,7 @@ pub mod log;
 pub mod prune;
 pub mod quickstart;
 pub mod restore;
+pub mod status;
 pub mod verify;
 
 use std::path::Path;

@@ -59,6 +59,23 @@ pub async fn emit(
         .map(|_| ())
 }
 
+/// The prefix of a heartbeat: a transaction of its own, committed while the
+/// source is quiet, whose commit time moves the restore window on.
+pub const HEARTBEAT_PREFIX: &str = "tidemark.heartbeat";
+
+/// Commits a heartbeat. Every transaction that committed on a watched table
+/// before it is in the stream before it, so restoring to any time up to its
+/// commit time is exact.
+pub async fn heartbeat(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(true, $1, '')",
+            &[&HEARTBEAT_PREFIX],
+        )
+        .await
+        .map(|_| ())
+}
+
 pub fn parse(content: &[u8]) -> Result<Sample, String> {
     serde_json::from_slice(content)
         .map_err(|e| format!("a sequence sample that does not parse: {e}"))

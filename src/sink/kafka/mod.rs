@@ -434,10 +434,6 @@ impl TxnSink for KafkaSink {
         self.skipping = self.skip_through.is_some_and(|lsn| txn.end_lsn <= lsn);
         self.index = 1;
         self.order.clear();
-        if !self.skipping && self.encoder.format().transaction_metadata {
-            let event = self.encoder.begin(txn);
-            self.publish(event)?;
-        }
         Ok(())
     }
 
@@ -449,6 +445,12 @@ impl TxnSink for KafkaSink {
         let events = self
             .encoder
             .change(txn, lsn, &change, &mut index, &mut self.order);
+        // BEGIN goes out with the first event: a transaction with none (capture's
+        // own heartbeats and samples) is not announced, as pgoutput sends no empty ones.
+        if self.index == 1 && !events.is_empty() && self.encoder.format().transaction_metadata {
+            let event = self.encoder.begin(txn);
+            self.publish(event)?;
+        }
         self.index = index;
         for event in events {
             self.publish(event)?;
@@ -458,7 +460,7 @@ impl TxnSink for KafkaSink {
 
     fn commit(&mut self, txn: &TxnInfo) -> Result<(), FeedError> {
         if !self.skipping {
-            if self.encoder.format().transaction_metadata {
+            if self.encoder.format().transaction_metadata && self.index > 1 {
                 let event = self.encoder.end(txn, self.index - 1, &self.order);
                 self.publish(event)?;
             }
