@@ -41,19 +41,37 @@ pub const PRUNE_SECONDS: &str = "tidemark_prune_seconds";
 pub const KAFKA_EVENTS: &str = "tidemark_kafka_events_total";
 pub const KAFKA_DELIVERED_LSN: &str = "tidemark_kafka_delivered_lsn";
 
-/// Starts the exporter on `listen`. Must run inside the tokio runtime.
-pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
-    let (recorder, exporter) = PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .build()
-        .map_err(|e| TelemetryError::Listen {
-            addr: listen,
-            reason: e.to_string(),
-        })?;
-    // Only the first install in a process takes effect (tests may run several).
-    if metrics::set_global_recorder(recorder).is_ok() {
-        tokio::spawn(exporter);
-    }
+/// What `/status` answers: the status as JSON, and whether it is critical.
+pub type StatusFn = std::sync::Arc<
+    dyn Fn()
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = (serde_json::Value, bool)> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Starts the HTTP server on `listen`: `/metrics` (Prometheus), and with
+/// `status`, `/status` (its JSON) and `/healthz` (200, or 503 when critical).
+/// Must run inside the tokio runtime.
+pub fn install(listen: SocketAddr, status: Option<StatusFn>) -> Result<(), TelemetryError> {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let listen_error = |e: std::io::Error| TelemetryError::Listen {
+        addr: listen,
+        reason: e.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_error)?;
+    // Only the first recorder in a process takes effect (tests may run several).
+    let handle = HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone();
+    tokio::spawn(serve(listener, handle, status));
     describe_gauge!(
         SLOT_LAG_BYTES,
         Unit::Bytes,
@@ -89,6 +107,64 @@ pub fn install(listen: SocketAddr) -> Result<(), TelemetryError> {
         "Time to build a snapshot by compaction"
     );
     Ok(())
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    status: Option<StatusFn>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, status) = (metrics.clone(), status.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (metrics, status) = (metrics.clone(), status.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        answer(request.uri().path(), &metrics, status).await,
+                    )
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    path: &str,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+    status: Option<StatusFn>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let respond = |code: u16, kind: &str, body: String| {
+        hyper::Response::builder()
+            .status(code)
+            .header("content-type", kind)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    match (path, status) {
+        ("/metrics", _) => respond(200, "text/plain; version=0.0.4", metrics.render()),
+        ("/status", Some(status)) => {
+            let (json, _) = status().await;
+            respond(200, "application/json", json.to_string())
+        }
+        ("/healthz", Some(status)) => {
+            let (json, critical) = status().await;
+            let code = if critical { 503 } else { 200 };
+            respond(code, "application/json", json["health"].to_string())
+        }
+        _ => respond(
+            404,
+            "text/plain",
+            "not found: try /metrics, /status or /healthz\n".into(),
+        ),
+    }
 }
 
 /// Commit times seen by capture and by the archive, for the head-age gauge;

@@ -848,3 +848,46 @@ async fn the_archived_schema_rebuilds_constraints_indexes_and_policies() {
     };
     assert_eq!(catalog(&target), catalog(&fx));
 }
+
+/// `/healthz` follows the archive: an S3 outage (a proxy the test owns goes
+/// dark) lets the RPO pass `rpo_critical` and it answers 503; once S3 is
+/// back, the backlog uploads and it answers 200 again. `/status` carries the JSON.
+#[tokio::test]
+async fn healthz_turns_503_during_an_s3_outage_and_back() {
+    let fx = Fixture::new(SCHEMA);
+    let s3 = harness::s3();
+    let bucket = s3.bucket().await;
+    let s3_port: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = harness::proxy::Proxy::start(s3_port);
+    let config = fx.config(
+        &["public.payments"],
+        &format!(
+            "\n[archive]\nurl = \"s3://{bucket}/db\"\nendpoint = \"http://127.0.0.1:{}\"\nregion = \"us-east-1\"\npath_style = true\nupload_interval = \"200ms\"\nheartbeat_interval = \"1s\"\n\n[alerts]\nrpo_warning = \"3s\"\nrpo_critical = \"6s\"\n",
+            proxy.port()
+        ),
+    );
+    let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
+    fx.wait_base_snapshot(&config);
+    let port = harness::metrics_port(&config);
+    let healthz = || harness::http_get(port, "/healthz").map(|(code, _)| code);
+    harness::wait_for(Duration::from_secs(30), "/healthz to answer 200", || {
+        healthz() == Some(200)
+    });
+    let (code, body) = harness::http_get(port, "/status").unwrap();
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["health"], "ok", "{status}");
+
+    proxy.black_hole();
+    workload(&fx, 1, 50);
+    harness::wait_for(Duration::from_secs(60), "/healthz to answer 503", || {
+        healthz() == Some(503)
+    });
+    proxy.mend();
+    harness::wait_for(
+        Duration::from_secs(60),
+        "/healthz to answer 200 again",
+        || healthz() == Some(200),
+    );
+    assert_eq!(capture.stop(), 0);
+}

@@ -281,13 +281,7 @@ fn metrics_move_while_capture_runs_and_show_no_secret() {
 #[test]
 fn status_says_healthy_while_capture_streams_and_critical_when_it_stops() {
     let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY)");
-    let config = fx.config(
-        &["public.t"],
-        &format!(
-            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
-            fx.archive_url()
-        ),
-    );
+    let config = fx.config_with_archive(&["public.t"], "");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
     fx.psql("INSERT INTO t VALUES (1)");

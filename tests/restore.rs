@@ -365,13 +365,7 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
 #[tokio::test]
 async fn a_prepared_transaction_counts_from_its_commit_prepared() {
     let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY)");
-    let config = fx.config(
-        &["public.t"],
-        &format!(
-            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
-            fx.archive_url()
-        ),
-    );
+    let config = fx.config_with_archive(&["public.t"], "");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
     fx.psql("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'p1'");
@@ -407,13 +401,7 @@ async fn a_prepared_transaction_counts_from_its_commit_prepared() {
 #[test]
 fn a_forced_restore_killed_at_any_instant_leaves_the_table_whole() {
     let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let config = fx.config(
-        &["public.t"],
-        &format!(
-            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
-            fx.archive_url()
-        ),
-    );
+    let config = fx.config_with_archive(&["public.t"], "");
     fx.psql("INSERT INTO t SELECT g, repeat('r', 50) FROM generate_series(1, 20000) g");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
@@ -501,13 +489,7 @@ fn a_forced_restore_killed_at_any_instant_leaves_the_table_whole() {
 #[test]
 fn a_restored_sequence_continues_where_the_source_had_it() {
     let fx = Fixture::new("CREATE TABLE t (id serial PRIMARY KEY, v text)");
-    let config = fx.config(
-        &["public.t"],
-        &format!(
-            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
-            fx.archive_url()
-        ),
-    );
+    let config = fx.config_with_archive(&["public.t"], "");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
     fx.psql("INSERT INTO t (v) SELECT 'row' FROM generate_series(1, 10)");
@@ -538,13 +520,7 @@ fn a_restored_sequence_continues_where_the_source_had_it() {
 #[test]
 fn the_window_follows_a_quiet_source() {
     let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY)");
-    let config = fx.config(
-        &["public.t"],
-        &format!(
-            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\nheartbeat_interval = \"1s\"\n",
-            fx.archive_url()
-        ),
-    );
+    let config = fx.config_with_archive(&["public.t"], "heartbeat_interval = \"1s\"\n");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
     fx.psql("INSERT INTO t SELECT generate_series(1, 5)");

@@ -104,11 +104,7 @@ fn md5(fx: &Fixture, db: Option<&str>) -> String {
 #[test]
 fn migrations_restore_exactly_or_are_refused_by_name() {
     let fx = Fixture::new(SCHEMA);
-    let archive = format!(
-        "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\ncompact_interval = \"2s\"\n",
-        fx.archive_url()
-    );
-    let config = fx.config(&["public.docs"], &archive);
+    let config = fx.config_with_archive(&["public.docs"], "compact_interval = \"2s\"\n");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
 
@@ -221,11 +217,7 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
 #[test]
 fn a_column_added_without_a_schema_note_is_refused() {
     let fx = Fixture::new(SCHEMA);
-    let archive = format!(
-        "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
-        fx.archive_url()
-    );
-    let config = fx.config(&["public.docs"], &archive);
+    let config = fx.config_with_archive(&["public.docs"], "");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
     fx.psql("DROP EVENT TRIGGER tidemark_ddl");

@@ -257,6 +257,18 @@ pub async fn store_next(
     Ok(key)
 }
 
+/// Every manifest in the store, oldest first, by sequence.
+pub async fn list_keys(store: &dyn ObjectStore) -> Result<Vec<(u64, String)>, ArchiveError> {
+    let mut keys: Vec<(u64, String)> = store
+        .list(PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|o| Some((parse_key(&o.key)?.0, o.key)))
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
 /// The current manifest: the one with the highest sequence, verified.
 pub async fn load_latest(
     store: &dyn ObjectStore,

@@ -161,13 +161,7 @@ pub async fn delete(
     plan: &PrunePlan,
 ) -> Result<usize, super::ArchiveError> {
     let doomed: std::collections::BTreeSet<String> = plan.keys().into_iter().collect();
-    let mut manifests: Vec<(u64, String)> = store
-        .list(super::manifest::PREFIX)
-        .await?
-        .into_iter()
-        .filter_map(|o| Some((super::manifest::parse_key(&o.key)?.0, o.key)))
-        .collect();
-    manifests.sort();
+    let mut manifests = super::manifest::list_keys(store).await?;
     manifests.pop();
     let mut deleted = 0;
     for (_, key) in manifests {
@@ -191,13 +185,7 @@ pub async fn delete(
 pub async fn trim_manifests(
     store: &dyn super::store::ObjectStore,
 ) -> Result<usize, super::ArchiveError> {
-    let mut keys: Vec<(u64, String)> = store
-        .list(super::manifest::PREFIX)
-        .await?
-        .into_iter()
-        .filter_map(|o| Some((super::manifest::parse_key(&o.key)?.0, o.key)))
-        .collect();
-    keys.sort();
+    let keys = super::manifest::list_keys(store).await?;
     let excess = keys.len().saturating_sub(MANIFESTS_KEPT + 1);
     for (_, key) in keys.iter().take(excess) {
         store.delete(key).await?;

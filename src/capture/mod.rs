@@ -24,6 +24,7 @@ mod tasks;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use self::session::Session;
@@ -180,7 +181,7 @@ async fn capture(
                 writer = returned;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return Ok(writer.durable_ack()),
+                    _ = shutdown.wait_for(|stop| *stop).map(drop) => return Ok(writer.durable_ack()),
                 }
             }
             Err((error, _)) => return Err(error),

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use super::session::Session;
@@ -110,7 +111,7 @@ impl Session {
                     pump.next_status = pump.next_status.min(pump.last_status + MIN_STATUS_GAP);
                 }
                 _ = tokio::time::sleep_until(pump.next_status.into()) => {}
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.wait_for(|stop| *stop).map(drop) => return Ok(()),
             }
         }
     }

@@ -18,7 +18,23 @@ pub async fn run(config: &Path) -> Result<EndLsn, OpError> {
                 ))
             })?;
     }
-    crate::telemetry::install(checked.config.metrics.listen)?;
+    let path = config.to_path_buf();
+    let status: crate::telemetry::StatusFn = std::sync::Arc::new(move || {
+        let path = path.clone();
+        Box::pin(async move {
+            match super::status::run(&path).await {
+                Ok(status) => (
+                    serde_json::to_value(&status).unwrap_or_default(),
+                    status.health == super::status::Health::Critical,
+                ),
+                Err(e) => (
+                    serde_json::json!({"health": "critical", "error": e.to_string()}),
+                    true,
+                ),
+            }
+        })
+    });
+    crate::telemetry::install(checked.config.metrics.listen, Some(status))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_stop_signal().await;

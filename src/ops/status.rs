@@ -44,6 +44,9 @@ pub struct ArchiveStatus {
     pub last_upload_at: Option<PgTimestamp>,
     pub last_snapshot_at: Option<PgTimestamp>,
     pub bytes: u64,
+    /// Why the archive could not be read, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,10 +74,17 @@ pub async fn run(config: &Path) -> Result<Status, OpError> {
     let archive = match &checked.config.archive {
         Some(_) => {
             let store = super::open_archive(&checked.config).await?;
-            let latest = manifest::load_latest(&*store).await?;
-            Some(archive_status(
-                latest.as_ref().map(|(k, m)| (k.as_str(), m)),
-            ))
+            // An unreachable store is a finding, not a hang: the RPO is then unknown.
+            let latest =
+                tokio::time::timeout(ARCHIVE_READ_LIMIT, manifest::load_latest(&*store)).await;
+            Some(match latest {
+                Ok(Ok(latest)) => archive_status(latest.as_ref().map(|(k, m)| (k.as_str(), m))),
+                Ok(Err(e)) => unreachable_archive(e.to_string()),
+                Err(_) => unreachable_archive(format!(
+                    "no answer within {} s",
+                    ARCHIVE_READ_LIMIT.as_secs()
+                )),
+            })
         }
         None => None,
     };
@@ -91,6 +101,20 @@ pub async fn run(config: &Path) -> Result<Status, OpError> {
     Ok(judge(&checked, running, slot, archive, kafka_watermark))
 }
 
+/// How long `status` waits for the archive's manifest.
+const ARCHIVE_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn unreachable_archive(why: String) -> ArchiveStatus {
+    ArchiveStatus {
+        latest: None,
+        rpo_seconds: None,
+        last_upload_at: None,
+        last_snapshot_at: None,
+        bytes: 0,
+        unreachable: Some(why),
+    }
+}
+
 /// Capture holds the log dir's lock while it runs.
 fn capture_running(checked: &Checked) -> bool {
     crate::log::writer::lock_held(&checked.config.log.dir)
@@ -98,14 +122,17 @@ fn capture_running(checked: &Checked) -> bool {
 
 async fn read_slot(checked: &Checked) -> Result<Slot, String> {
     let client = checked.pg.connect().await.map_err(|e| e.to_string())?;
-    let row = client
-        .query_opt(
-            "SELECT active, confirmed_flush_lsn::text,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&checked.config.source.slot],
-        )
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&checked.config.source.slot];
+    let query = client.query_opt(
+        "SELECT active, confirmed_flush_lsn::text,
+                pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+         FROM pg_replication_slots WHERE slot_name = $1",
+        &params,
+    );
+    // A server that takes the query and never answers must not hang status.
+    let row = tokio::time::timeout(checked.pg.connect_timeout(), query)
         .await
+        .map_err(|_| "the source did not answer in time".to_string())?
         .map_err(|e| e.to_string())?;
     Ok(match row {
         None => Slot {
@@ -132,6 +159,7 @@ fn archive_status(latest: Option<(&str, &manifest::Manifest)>) -> ArchiveStatus 
         last_upload_at: manifest.map(|m| m.created_at),
         last_snapshot_at: manifest.and_then(|m| m.snapshots.iter().map(|s| s.time).max()),
         bytes: manifest.map_or(0, |m| m.objects().map(|o| o.size).sum()),
+        unreachable: None,
     }
 }
 
@@ -237,7 +265,10 @@ fn judge(
                     status: Health::Critical,
                     value: Value::Null,
                     threshold: json!(rpo_warn),
-                    message: "the archive has no restore point yet (no base snapshot)".into(),
+                    message: match &archive.unreachable {
+                        Some(why) => format!("the archive cannot be read ({why}), so nothing newer is known to be restorable"),
+                        None => "the archive has no restore point yet (no base snapshot)".into(),
+                    },
                 },
             });
             let snap_warn = alerts.snapshot_warning.as_secs_f64();

@@ -78,6 +78,16 @@ impl Fixture {
         self.config_with_url(&self.url(), tables, extra)
     }
 
+    /// A config watching `tables` that archives into this test's local
+    /// directory every 200 ms; `extra` is more of the `[archive]` section.
+    pub fn config_with_archive(&self, tables: &[&str], extra: &str) -> PathBuf {
+        let archive = format!(
+            "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n{extra}",
+            self.archive_url()
+        );
+        self.config(tables, &archive)
+    }
+
     pub fn config_with_url(&self, url: &str, tables: &[&str], extra: &str) -> PathBuf {
         let path = self.dir.path().join("tidemark.toml");
         let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
@@ -258,15 +268,28 @@ pub fn metrics_port(config: &Path) -> u16 {
 
 /// GET /metrics from a capture, as text.
 pub fn scrape(port: u16) -> String {
+    http_get(port, "/metrics")
+        .map(|(_, body)| body)
+        .expect("reading /metrics")
+}
+
+/// GETs `path` from capture's HTTP server: the status code and the body; `None` if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
 }
 
 /// The value of the first sample whose line starts with `series` (name plus labels).

@@ -29,8 +29,15 @@ impl S3Store {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.path_style);
+        // A store that takes packets and answers none (a black-holed link) must
+        // fail an attempt, so the retry loop sees an outage instead of a hang.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .build();
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(options.path_style)
+            .timeout_config(timeouts);
         if let Some(endpoint) = &options.endpoint {
             config = config.endpoint_url(endpoint);
         }
