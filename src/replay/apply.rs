@@ -429,13 +429,7 @@ impl<E: Executor> Applier<E> {
                 );
                 self.inexact(txn, table, why)?;
             }
-            self.tables.insert(
-                table.clone(),
-                wanted
-                    .iter()
-                    .map(|c| (c.name.clone(), c.type_oid))
-                    .collect(),
-            );
+            self.remember_columns(table, &wanted);
             return Ok(());
         }
         let added: Vec<&str> = wanted
@@ -486,6 +480,12 @@ impl<E: Executor> Applier<E> {
                 quote_ident(&column.name)
             );
         }
+        self.remember_columns(table, &wanted);
+        Ok(())
+    }
+
+    /// The target table's columns are now the relation's.
+    fn remember_columns(&mut self, table: &TableName, wanted: &[&Column]) {
         self.tables.insert(
             table.clone(),
             wanted
@@ -493,7 +493,6 @@ impl<E: Executor> Applier<E> {
                 .map(|c| (c.name.clone(), c.type_oid))
                 .collect(),
         );
-        Ok(())
     }
 }
 
