@@ -455,6 +455,17 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
+impl Drop for Capture {
+    /// A test that fails midway must not leave its capture running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.pid, libc::SIGKILL);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A wait for an event outside the test (a slot position, a metric, the
 /// archive's window): its deadline, and the pause before the next look,
 /// short at first so the event is seen soon after it happens.
