@@ -409,7 +409,17 @@ impl Capture {
     /// lands while a delayed syscall is held can be lost, so it is said again
     /// each second until capture has heard it (a second SIGTERM is harmless).
     pub fn stop(mut self) -> i32 {
-        let mut wait = Wait::new(Duration::from_secs(60), "capture to stop");
+        // On a timeout the panic names the event and the capture's own account of it.
+        let tail: String = {
+            let logs = self.logs();
+            let start = logs.len().saturating_sub(3000);
+            logs.get(start..).unwrap_or_default().to_string()
+        };
+        let what = format!(
+            "capture (pid {}) to stop; its log when asked:\n{tail}",
+            self.pid
+        );
+        let mut wait = Wait::new(Duration::from_secs(60), &what);
         loop {
             signal(self.pid, libc::SIGTERM);
             let resend = Instant::now() + Duration::from_secs(1);
