@@ -314,10 +314,10 @@ pub fn tidemark(args: &[&str], more: &[&str]) -> Output {
 
 /// A running `tidemark capture`.
 pub struct Capture {
-    /// The process started: tidemark, or strace running it.
     pub child: Child,
-    /// tidemark's own pid.
     pid: u32,
+    /// strace, attached to slow its fsyncs down.
+    tracer: Option<Child>,
     /// When it was started, by the wall clock the server shares.
     pub started: std::time::SystemTime,
     pub stderr: PathBuf,
@@ -329,29 +329,50 @@ impl Capture {
     }
 
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Capture {
-        Capture::spawn(config, env, &[])
+        Capture::spawn(config, env)
     }
 
     /// Starts capture with every fdatasync held for `delay` before it runs
     /// (strace's fault injection), so the log's written end runs visibly
     /// ahead of its fsynced end.
     pub fn start_with_slow_fsync(config: &Path, delay: Duration) -> Capture {
+        let mut capture = Capture::spawn(config, &[]);
+        // strace attaches to the running capture (rather than starting it), so
+        // it can let go again before the stop: a SIGTERM that has to pass
+        // strace's delay injection was seen lost under load.
         let inject = format!("inject=fdatasync:delay_enter={}", delay.as_micros());
-        let wrapper = [
-            "strace",
-            "-f",
-            "--seccomp-bpf",
-            "-e",
-            "trace=fdatasync",
-            "-e",
-            &inject,
-            "-o",
-            "/dev/null",
-        ];
-        Capture::spawn(config, &[], &wrapper)
+        let tracer = Command::new("strace")
+            .args([
+                "-f",
+                "-e",
+                "trace=fdatasync",
+                "-e",
+                &inject,
+                "-o",
+                "/dev/null",
+                "-p",
+            ])
+            .arg(capture.pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting strace (scripts/setup.sh --dev installs it)");
+        let status = format!("/proc/{}/status", capture.pid);
+        wait_for(Duration::from_secs(10), "strace to attach", || {
+            std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("TracerPid:"))
+                        .map(|v| v.trim() != "0")
+                })
+                .unwrap_or(false)
+        });
+        capture.tracer = Some(tracer);
+        capture
     }
 
-    fn spawn(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Capture {
+    fn spawn(config: &Path, env: &[(&str, &str)]) -> Capture {
         let stderr = config.with_extension(format!(
             "capture-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -359,16 +380,7 @@ impl Capture {
         let stderr = unique(stderr);
         let file = std::fs::File::create(&stderr).unwrap();
         let started = std::time::SystemTime::now();
-        let binary = env!("CARGO_BIN_EXE_tidemark");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(binary);
-                command
-            }
-            None => Command::new(binary),
-        };
-        let child = command
+        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(["capture", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -376,26 +388,11 @@ impl Capture {
             .stderr(file)
             .spawn()
             .expect("starting tidemark capture");
-        let pid = if wrapper.is_empty() {
-            child.id()
-        } else {
-            let children = format!("/proc/{0}/task/{0}/children", child.id());
-            let mut pid = None;
-            wait_for(
-                Duration::from_secs(10),
-                "the wrapped capture to start",
-                || {
-                    pid = std::fs::read_to_string(&children)
-                        .ok()
-                        .and_then(|text| text.split_whitespace().next()?.parse().ok());
-                    pid.is_some()
-                },
-            );
-            pid.unwrap()
-        };
+        let pid = child.id();
         Capture {
             child,
             pid,
+            tracer: None,
             started,
             stderr,
         }
@@ -420,6 +417,11 @@ impl Capture {
             self.pid
         );
         let mut wait = Wait::new(Duration::from_secs(60), &what);
+        if let Some(mut tracer) = self.tracer.take() {
+            // Attached with -p, strace detaches on SIGINT and leaves capture running.
+            signal(tracer.id(), libc::SIGINT);
+            let _ = tracer.wait();
+        }
         loop {
             signal(self.pid, libc::SIGTERM);
             let resend = Instant::now() + Duration::from_secs(1);
@@ -468,6 +470,10 @@ pub fn signal(pid: u32, sig: i32) {
 impl Drop for Capture {
     /// A test that fails midway must not leave its capture running.
     fn drop(&mut self) {
+        if let Some(mut tracer) = self.tracer.take() {
+            let _ = tracer.kill();
+            let _ = tracer.wait();
+        }
         if let Ok(None) = self.child.try_wait() {
             signal(self.pid, libc::SIGKILL);
             let _ = self.child.kill();
