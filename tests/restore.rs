@@ -495,10 +495,21 @@ fn a_restored_sequence_continues_where_the_source_had_it() {
     fx.psql("INSERT INTO t (v) SELECT 'row' FROM generate_series(1, 10)");
     // Values handed out and never stored: only the sample knows them.
     fx.psql("SELECT nextval('t_id_seq') FROM generate_series(1, 5)");
-    let before = fx.current_wal_lsn();
-    harness::wait_for(Duration::from_secs(30), "the sample in the stream", || {
-        fx.confirmed_flush().is_some_and(|c| c > before)
-    });
+    let sample = br#""public.t_id_seq":15"#;
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the sample of 15 in the log",
+        || {
+            let Ok(mut reader) = tidemark::log::LogReader::open(&fx.log_dir()) else {
+                return false;
+            };
+            let mut seen = false;
+            while let Ok(Some((_, record))) = reader.next_record() {
+                seen |= record.data.windows(sample.len()).any(|w| w == sample);
+            }
+            seen
+        },
+    );
     fx.wait_caught_up(Duration::from_secs(30));
     assert_eq!(capture.stop(), 0);
     let db = format!("{}_seq", fx.db);
