@@ -171,21 +171,18 @@ impl TlsSettings {
                     ));
                 }
             }
-            RootCert::Given(path) => {
+            RootCert::Given(path) | RootCert::Default(Some(path)) => {
+                // A named file must be there; libpq's default one is used only if it is.
+                if matches!(self.root_cert, RootCert::Default(_)) && !path.exists() {
+                    return Ok(None);
+                }
                 for cert in read_certificates(path, "sslrootcert")? {
                     store.add(cert).map_err(|e| {
                         TlsFileError(format!("{} holds a certificate rustls cannot use as a root ({e}); check sslrootcert", path.display()))
                     })?;
                 }
             }
-            RootCert::Default(Some(path)) if path.exists() => {
-                for cert in read_certificates(path, "sslrootcert")? {
-                    store.add(cert).map_err(|e| {
-                        TlsFileError(format!("{} holds a certificate rustls cannot use as a root ({e}); fix or remove it", path.display()))
-                    })?;
-                }
-            }
-            RootCert::Default(_) => return Ok(None),
+            RootCert::Default(None) => return Ok(None),
         }
         Ok(Some(store))
     }

@@ -116,17 +116,13 @@ impl ReplicationConnection {
         frontend::startup_message(params.iter().copied(), &mut conn.write)?;
         conn.flush().await?;
         match conn.authenticate(config, &user, &target).await {
-            Err(SourceError::AuthFailed { code, message, .. })
-                if info
-                    .plain_refused(attempt, Some((&code, &message)))
-                    .is_some() =>
-            {
-                Err(info
-                    .plain_refused(attempt, Some((&code, &message)))
-                    .map_or(SourceError::Closed, SourceError::Connect))
-            }
-            Err(e) => Err(e),
             Ok(()) => Ok(conn),
+            Err(e) => Err(match &e {
+                SourceError::AuthFailed { code, message, .. } => info
+                    .plain_refused(attempt, Some((code, message)))
+                    .map_or(e, SourceError::Connect),
+                _ => e,
+            }),
         }
     }
 
