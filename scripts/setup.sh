@@ -6,7 +6,8 @@
 #                           (quickstart, compaction's scratch server, bench) and
 #                           the C libraries the release build links.
 #   scripts/setup.sh --dev  also what only the tests need: moto (S3), tansu
-#                           (a Kafka-protocol broker, a long build) and kafka-python.
+#                           (a Kafka-protocol broker, a long build), kafka-python
+#                           and aiosmtpd (an SMTP server for the alert tests).
 set -euo pipefail
 
 dev=false
@@ -62,5 +63,10 @@ if $dev; then
   python3 -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check "kafka-python==$KAFKA_PYTHON_VERSION"
   command -v tansu >/dev/null || { echo "setup: tansu is missing after install; is ~/.cargo/bin on PATH?" >&2; exit 1; }
+
+  # A real SMTP server for the alert tests.
+  AIOSMTPD_VERSION=1.4.6
+  python3 -c "import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != '$AIOSMTPD_VERSION')" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
 fi
 echo "setup: ready$($dev && echo ' (with the test tools)')"

@@ -19,6 +19,7 @@ use crate::archive::snapshot;
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
 use crate::base::exit::ExitCode;
+use crate::log::audit::{AuditLog, Outcome};
 use crate::replay::apply::{ApplyError, Target};
 use crate::replay::rebuild::{self, RebuildError};
 use crate::replay::scratch::ScratchServer;
@@ -53,6 +54,20 @@ pub struct Compacted {
     pub snapshot: SnapshotEntry,
     pub transactions: u64,
     pub changes: u64,
+}
+
+impl Compacted {
+    /// What the audit log says of it.
+    pub fn audit_details(&self, took: std::time::Duration) -> serde_json::Value {
+        serde_json::json!({
+            "lsn": self.snapshot.lsn,
+            "time": self.snapshot.time,
+            "transactions": self.transactions,
+            "changes": self.changes,
+            "bytes": self.snapshot.tables.iter().map(|t| t.size).sum::<u64>(),
+            "seconds": took.as_secs_f64(),
+        })
+    }
 }
 
 /// Builds a snapshot at the end of the chain after the newest snapshot; `None` if there is nothing new.
@@ -161,14 +176,29 @@ pub async fn compact_periodically(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
+        let audit = AuditLog::in_dir(uploader.log_dir());
+        let started = std::time::Instant::now();
         let result = async {
             let manifest = uploader.manifest().await?;
             match compact(uploader.store().clone(), &manifest, uploader.log_dir()).await? {
-                Some(done) => Ok::<_, CompactError>(uploader.add_snapshot(done.snapshot).await?),
-                None => Ok(()),
+                Some(done) => {
+                    let details = done.audit_details(started.elapsed());
+                    uploader.add_snapshot(done.snapshot).await?;
+                    Ok::<_, CompactError>(Some(details))
+                }
+                None => Ok(None),
             }
         }
         .await;
+        match &result {
+            Ok(Some(details)) => audit.record("compact", Outcome::Ok, details.clone()),
+            Ok(None) => {}
+            Err(e) => audit.record(
+                "compact",
+                Outcome::Failed,
+                serde_json::json!({ "error": e.to_string() }),
+            ),
+        }
         match result {
             // The archive alone cannot carry the table past this change: read the source again.
             Err(CompactError::Rebuild(RebuildError::Apply(ApplyError::Inexact(inexact)))) => {
@@ -185,17 +215,34 @@ pub async fn compact_periodically(
                 metrics::counter!(crate::telemetry::ERRORS, "kind" => "compaction").increment(1);
                 tracing::error!(%error, "compaction failed; the next interval retries");
             }
-            Ok(()) => {}
+            Ok(_) => {}
         }
         if let Some(policy) = &retention {
-            if let Err(error) = uploader.prune(policy).await {
-                metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
-                tracing::error!(%error, "pruning failed; the next interval retries");
+            match uploader.prune(policy).await {
+                Ok(plan) if plan.is_empty() => {}
+                Ok(plan) => audit.record("prune", Outcome::Ok, serde_json::json!(plan)),
+                Err(error) => {
+                    metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
+                    tracing::error!(%error, "pruning failed; the next interval retries");
+                    audit.record(
+                        "prune",
+                        Outcome::Failed,
+                        serde_json::json!({ "error": error.to_string() }),
+                    );
+                }
             }
         }
-        if let Err(error) = crate::archive::orphans::delete_old(&**uploader.store()).await {
-            metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
-            tracing::error!(%error, "deleting orphans failed; the next interval retries");
+        match crate::archive::orphans::delete_old(&**uploader.store()).await {
+            Ok(deleted) if deleted.is_empty() => {}
+            Ok(deleted) => audit.record(
+                "prune",
+                Outcome::Ok,
+                serde_json::json!({ "deleted_orphans": deleted }),
+            ),
+            Err(error) => {
+                metrics::counter!(crate::telemetry::ERRORS, "kind" => "prune").increment(1);
+                tracing::error!(%error, "deleting orphans failed; the next interval retries");
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `restore`, with `sink` (the Kafka feed) and `inspect` reading the log too.
 //! See `docs/architecture.md`.
 
+pub mod alert;
 pub mod archive;
 pub mod base;
 #[cfg(feature = "bench")]

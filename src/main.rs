@@ -201,6 +201,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Alert channels: `alerts test` sends one test notification through each.
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsAction,
+    },
+    /// The audit log of operations (restore, verify, prune, ...), oldest first.
+    /// Exits 1 if its hash chain does not hold.
+    Audit {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+        /// Only entries at or after this time (RFC 3339 with a zone).
+        #[arg(long)]
+        since: Option<PgTimestamp>,
+        /// A JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Is protection working now: capture, the slot, the archive's RPO, the
     /// newest snapshot; judged against [alerts]. Exit 0 when healthy, 1 otherwise.
     Status {
@@ -209,6 +226,16 @@ enum Command {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsAction {
+    /// Send one test notification through every configured channel; exit 1
+    /// naming the channels that failed.
+    Test {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -470,6 +497,26 @@ async fn run(command: Command) -> Result<(), OpError> {
             let report = ops::verify::run(&config, deep).await?;
             print_report(json, &report);
             ops::verify::problems(&report)
+        }
+        Command::Alerts {
+            action: AlertsAction::Test { config },
+        } => {
+            let channels = ops::alerts::test(&config).await?;
+            println!("Sent a test notification through: {}.", channels.join(", "));
+            Ok(())
+        }
+        Command::Audit {
+            config,
+            since,
+            json,
+        } => {
+            let entries = ops::audit::run(&config, since)?;
+            if json {
+                print_json(&entries);
+            } else {
+                print!("{}", ops::audit::print(&entries));
+            }
+            Ok(())
         }
         Command::Status { config, json } => {
             let status = ops::status::run(&config).await?;

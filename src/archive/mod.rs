@@ -12,8 +12,10 @@
 //!   end. A break is reported as a gap, never bridged.
 //! - A local segment is deleted only after a manifest listing it is stored.
 
+pub mod audit;
 pub mod crypt;
 pub mod inventory;
+pub mod last_upload;
 pub mod manifest;
 pub mod orphans;
 pub mod retention;

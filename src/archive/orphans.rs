@@ -30,7 +30,7 @@ impl Orphan {
 }
 
 /// The objects of `listed` (every object in the store) that are neither a
-/// manifest nor listed by one of `manifests`.
+/// manifest, nor an audit batch, nor listed by one of `manifests`.
 pub fn find(listed: &[ObjectInfo], manifests: &[Manifest]) -> Vec<Orphan> {
     let kept: BTreeSet<&str> = manifests
         .iter()
@@ -39,7 +39,11 @@ pub fn find(listed: &[ObjectInfo], manifests: &[Manifest]) -> Vec<Orphan> {
     let now = SystemTime::now();
     listed
         .iter()
-        .filter(|o| manifest::parse_key(&o.key).is_none() && !kept.contains(o.key.as_str()))
+        .filter(|o| {
+            manifest::parse_key(&o.key).is_none()
+                && !o.key.starts_with(super::audit::PREFIX)
+                && !kept.contains(o.key.as_str())
+        })
         .map(|o| Orphan {
             key: o.key.clone(),
             size: o.size,

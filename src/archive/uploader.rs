@@ -15,6 +15,7 @@
 //! and every restore plan report it; a restore never bridges it.
 
 use crate::base::retry::Retry;
+use crate::log::audit::{AuditLog, Outcome};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -252,6 +253,7 @@ impl Uploader {
     async fn commit(&self, next: &mut Manifest) -> Result<(), ArchiveError> {
         let key = manifest::store_next(&*self.store, next).await?;
         tracing::debug!(manifest = %key, "manifest stored");
+        super::last_upload::record(&self.log_dir, &key, next);
         if next.sequence.is_multiple_of(TRIM_EVERY) {
             super::retention::trim_manifests(&*self.store).await?;
         }
@@ -373,15 +375,31 @@ pub async fn take_base_snapshot(
     tables: &[crate::base::table::TableName],
 ) -> Result<(), ArchiveError> {
     let parallel = tables.len().clamp(1, 4);
-    let entry = super::snapshot::take(
-        pg,
-        tables,
-        uploader.store.clone(),
-        &uploader.log_dir,
-        parallel,
-    )
-    .await?;
-    uploader.add_snapshot(entry).await
+    let taken = async {
+        let entry = super::snapshot::take(
+            pg,
+            tables,
+            uploader.store.clone(),
+            &uploader.log_dir,
+            parallel,
+        )
+        .await?;
+        let details = serde_json::json!({
+            "lsn": entry.lsn,
+            "time": entry.time,
+            "method": entry.method,
+            "tables": tables,
+            "bytes": entry.tables.iter().map(|t| t.size).sum::<u64>(),
+        });
+        uploader.add_snapshot(entry).await.map(|()| details)
+    }
+    .await;
+    let details = match &taken {
+        Ok(details) => details.clone(),
+        Err(e) => serde_json::json!({ "tables": tables, "error": e.to_string() }),
+    };
+    AuditLog::in_dir(&uploader.log_dir).record("snapshot", Outcome::of(&taken), details);
+    taken.map(drop)
 }
 
 pub async fn snapshot_when_missing(

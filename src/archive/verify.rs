@@ -33,9 +33,11 @@ pub struct Report {
     pub orphans: Vec<super::orphans::Orphan>,
     /// The chain from the oldest snapshot to the head: runs found, and gaps missing.
     pub continuity: Vec<Range>,
+    /// Archived audit-log batches whose chain was checked.
+    pub audit_batches: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Problem {
     pub key: String,
     pub problem: String,
@@ -139,6 +141,9 @@ pub async fn verify(
     }
 
     older_manifests(store, &key, manifest.clone(), &mut report).await?;
+    let (audit_problems, audit_batches) = super::audit::check(store).await?;
+    report.audit_batches = audit_batches;
+    report.problems.extend(audit_problems);
     report.continuity = continuity(&manifest);
     for range in report.continuity.iter().filter(|r| r.status == "missing") {
         report.problems.push(Problem {

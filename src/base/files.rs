@@ -1,6 +1,7 @@
-//! The rule for secret files we read: only their owner may read them, as
-//! PostgreSQL and ssh insist. (Files we write are private because `main`
-//! sets the umask to 077, as the postmaster does.)
+//! Files: the rule for secret files we read (only their owner may read
+//! them, as PostgreSQL and ssh insist), and the one way we replace a small
+//! state file. Files we write are private because `main` sets the umask to
+//! 077, as the postmaster does.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -18,6 +19,24 @@ pub fn refuse_if_shared(path: &Path) -> Result<(), String> {
             path.display(),
             path.display()
         ));
+    }
+    Ok(())
+}
+
+/// Replaces the file at `path` with `contents` so that a crash leaves the old
+/// or the new contents, never a mix: a temporary file, fsynced, renamed over
+/// it, and the directory fsynced.
+pub fn replace_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -8,5 +8,6 @@ pub mod exit;
 pub mod files;
 pub mod position;
 pub mod retry;
+pub mod secret;
 pub mod table;
 mod text;

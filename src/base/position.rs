@@ -55,7 +55,7 @@ pub struct EndLsn(pub Lsn);
 
 /// A restore point: a position between transactions, and the commit time of
 /// the last transaction that ends at or before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     #[serde(rename = "time")]
     pub commit_time: PgTimestamp,

@@ -20,6 +20,7 @@
 //! - A segment is sealed by appending a Seal record that holds its index,
 //!   then fsyncing; a sealed segment is never written again.
 
+pub mod audit;
 pub mod committed;
 pub mod openings;
 pub mod reader;

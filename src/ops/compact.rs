@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
+use serde_json::json;
+
 use super::OpError;
 use crate::archive::manifest;
 use crate::compact::Compacted;
+use crate::log::audit::Outcome;
 
 /// The compaction done, or `None` when there was nothing to compact.
 pub async fn run(config: &Path) -> Result<Option<Compacted>, OpError> {
@@ -12,13 +15,24 @@ pub async fn run(config: &Path) -> Result<Option<Compacted>, OpError> {
     let store = super::open_archive(&checked.config).await?;
     let log_dir = &checked.config.log.dir;
     let _lock = super::sole_writer(log_dir, "compacts every [archive] compact_interval")?;
-    let Some((_, latest)) = manifest::load_latest(&*store).await? else {
-        return Ok(None);
+    let started = std::time::Instant::now();
+    let done = async {
+        let Some((_, latest)) = manifest::load_latest(&*store).await? else {
+            return Ok(None);
+        };
+        let Some(done) = crate::compact::compact(store.clone(), &latest, log_dir).await? else {
+            return Ok(None);
+        };
+        let entry = done.snapshot.clone();
+        manifest::update(&*store, |m| m.snapshots.push(entry)).await?;
+        Ok::<_, OpError>(Some(done))
+    }
+    .await;
+    let details = match &done {
+        Ok(Some(done)) => done.audit_details(started.elapsed()),
+        Ok(None) => json!({ "compacted": false }),
+        Err(e) => json!({ "error": e.to_string() }),
     };
-    let Some(done) = crate::compact::compact(store.clone(), &latest, log_dir).await? else {
-        return Ok(None);
-    };
-    let entry = done.snapshot.clone();
-    manifest::update(&*store, |m| m.snapshots.push(entry)).await?;
-    Ok(Some(done))
+    super::audit::record(&checked, "compact", Outcome::of(&done), details).await;
+    done
 }

@@ -3,7 +3,10 @@
 use std::io::Write;
 use std::path::Path;
 
+use serde_json::json;
+
 use super::OpError;
+use crate::log::audit::Outcome;
 use crate::replay::progress::Phases;
 use crate::restore::drill::{self, Report};
 
@@ -15,7 +18,7 @@ pub async fn run(
     let checked = super::load(config)?;
     let store = super::open_archive(&checked.config).await?;
     let phases = Phases::on_stderr();
-    Ok(drill::run(
+    let report = drill::run(
         &*store,
         &checked.pg,
         target,
@@ -23,7 +26,25 @@ pub async fn run(
         progress,
         &phases,
     )
-    .await?)
+    .await;
+    let (outcome, details) = match &report {
+        Ok(r) => (
+            if r.pass { Outcome::Ok } else { Outcome::Failed },
+            json!({
+                "target": target.describe(),
+                "lsn": r.lsn,
+                "tables": r.tables,
+                "rto_seconds": r.rto_seconds,
+                "rpo_seconds": r.rpo_seconds,
+            }),
+        ),
+        Err(e) => (
+            Outcome::Failed,
+            json!({ "target": target.describe(), "error": e.to_string() }),
+        ),
+    };
+    super::audit::record(&checked, "drill", outcome, details).await;
+    Ok(report?)
 }
 
 /// The failure a report with differences is: exit 1.

@@ -4,6 +4,8 @@
 //! `exit_code()` says whether a person must fix the input (2) or something
 //! failed while running (1).
 
+pub mod alerts;
+pub mod audit;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod capture;
@@ -15,6 +17,7 @@ pub mod log;
 pub mod prune;
 pub mod quickstart;
 pub mod restore;
+pub mod schedule;
 pub mod status;
 pub mod verify;
 

@@ -7,18 +7,12 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::schedule::{self, Job, LastRun};
 use super::OpError;
-use crate::archive::{inventory, manifest};
+pub use crate::alert::Health;
+use crate::archive::{inventory, last_upload, manifest};
 use crate::base::position::{EndLsn, PgTimestamp, Position};
 use crate::config::Checked;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Ok,
-    Warning,
-    Critical,
-}
 
 #[derive(Debug, Serialize)]
 pub struct Check {
@@ -55,9 +49,9 @@ pub struct Status {
     pub checks: Vec<Check>,
     pub capture: CaptureStatus,
     pub archive: Option<ArchiveStatus>,
-    /// The last scheduled verify and drill; `null` until one is scheduled and has run.
-    pub verify: Option<Value>,
-    pub drill: Option<Value>,
+    /// The last scheduled verify and drill; `null` until one has run.
+    pub verify: Option<LastRun>,
+    pub drill: Option<LastRun>,
 }
 
 /// What the source says of the slot: whether a walsender holds it, and its position.
@@ -77,13 +71,14 @@ pub async fn run(config: &Path) -> Result<Status, OpError> {
             // An unreachable store is a finding, not a hang: the RPO is then unknown.
             let latest =
                 tokio::time::timeout(ARCHIVE_READ_LIMIT, manifest::load_latest(&*store)).await;
+            let log_dir = &checked.config.log.dir;
             Some(match latest {
                 Ok(Ok(latest)) => archive_status(latest.as_ref().map(|(k, m)| (k.as_str(), m))),
-                Ok(Err(e)) => unreachable_archive(e.to_string()),
-                Err(_) => unreachable_archive(format!(
-                    "no answer within {} s",
-                    ARCHIVE_READ_LIMIT.as_secs()
-                )),
+                Ok(Err(e)) => unreachable_archive(e.to_string(), log_dir),
+                Err(_) => unreachable_archive(
+                    format!("no answer within {} s", ARCHIVE_READ_LIMIT.as_secs()),
+                    log_dir,
+                ),
             })
         }
         None => None,
@@ -104,11 +99,14 @@ pub async fn run(config: &Path) -> Result<Status, OpError> {
 /// How long `status` waits for the archive's manifest.
 const ARCHIVE_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn unreachable_archive(why: String) -> ArchiveStatus {
+/// The store cannot be read: what this host last stored there still bounds the RPO.
+fn unreachable_archive(why: String, log_dir: &Path) -> ArchiveStatus {
+    let last = last_upload::read(log_dir);
+    let latest = last.as_ref().and_then(|l| l.latest);
     ArchiveStatus {
-        latest: None,
-        rpo_seconds: None,
-        last_upload_at: None,
+        latest,
+        rpo_seconds: latest.map(|p| seconds_between(p.commit_time, PgTimestamp::now())),
+        last_upload_at: last.map(|l| l.at),
         last_snapshot_at: None,
         bytes: 0,
         unreachable: Some(why),
@@ -258,7 +256,10 @@ fn judge(
                     status: level(rpo, rpo_warn, Some(alerts.rpo_critical.as_secs_f64())),
                     value: json!(rpo),
                     threshold: json!(rpo_warn),
-                    message: format!("the archive restores up to {rpo:.0} s ago"),
+                    message: match &archive.unreachable {
+                        Some(why) => format!("the archive cannot be read ({why}); what this host last stored there restores up to {rpo:.0} s ago"),
+                        None => format!("the archive restores up to {rpo:.0} s ago"),
+                    },
                 },
                 None => Check {
                     name: "rpo",
@@ -275,26 +276,36 @@ fn judge(
             let age = archive
                 .last_snapshot_at
                 .map(|t| seconds_between(t, PgTimestamp::now()));
+            // An unreadable store is the rpo check's finding; the snapshot's age is then unknown.
+            let unknown = if archive.unreachable.is_some() {
+                Health::Ok
+            } else {
+                Health::Critical
+            };
             checks.push(Check {
                 name: "snapshot_age",
-                status: age.map_or(Health::Critical, |a| level(a, snap_warn, None)),
+                status: age.map_or(unknown, |a| level(a, snap_warn, None)),
                 value: json!(age),
                 threshold: json!(snap_warn),
                 message: match age {
                     Some(a) => format!("the newest base snapshot is {:.1} h old", a / 3600.0),
+                    None if archive.unreachable.is_some() => {
+                        "unknown while the archive cannot be read".into()
+                    }
                     None => "the archive has no base snapshot".into(),
                 },
             });
         }
     }
-    for name in ["verify", "drill"] {
-        checks.push(Check {
-            name,
-            status: Health::Ok,
-            value: Value::Null,
-            threshold: Value::Null,
-            message: format!("no scheduled {name} is configured"),
-        });
+    let log_dir = &checked.config.log.dir;
+    let schedules = &checked.config.schedule;
+    let verify = schedule::last(log_dir, Job::Verify);
+    let drill = schedule::last(log_dir, Job::Drill);
+    for (job, every, last) in [
+        (Job::Verify, &schedules.verify, &verify),
+        (Job::Drill, &schedules.drill, &drill),
+    ] {
+        checks.push(scheduled_check(job, every.as_ref(), last.as_ref()));
     }
     if let Some(watermark) = kafka_watermark {
         let confirmed = slot.as_ref().and_then(|s| s.confirmed);
@@ -329,8 +340,42 @@ fn judge(
             slot_lag_bytes: lag,
         },
         archive,
-        verify: None,
-        drill: None,
+        verify,
+        drill,
+    }
+}
+
+/// A failed scheduled run is critical until a later one passes.
+fn scheduled_check(
+    job: Job,
+    every: Option<&crate::config::Schedule>,
+    last: Option<&LastRun>,
+) -> Check {
+    let name = job.name();
+    let (status, message) = match (every, last) {
+        (None, _) => (Health::Ok, format!("no scheduled {name} is configured")),
+        (Some(every), None) => (Health::Ok, format!("scheduled {every}; it has not run yet")),
+        (Some(_), Some(last)) if last.ok => (
+            Health::Ok,
+            format!(
+                "the last scheduled {name} at {} passed: {}",
+                last.last_at, last.message
+            ),
+        ),
+        (Some(_), Some(last)) => (
+            Health::Critical,
+            format!(
+                "the last scheduled {name} at {} FAILED: {}",
+                last.last_at, last.message
+            ),
+        ),
+    };
+    Check {
+        name,
+        status,
+        value: json!(last.map(|l| l.ok)),
+        threshold: Value::Null,
+        message,
     }
 }
 

@@ -13,6 +13,7 @@ use tidemark::replay::scratch::ScratchServer;
 
 pub mod ledger;
 pub mod proxy;
+pub mod receivers;
 
 /// The cluster shared by every test in this binary.
 pub fn cluster() -> &'static ScratchServer {

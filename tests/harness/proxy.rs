@@ -1,7 +1,9 @@
 //! A TCP proxy the test owns, to cut the network between tidemark and
 //! PostgreSQL: `reset` breaks every link at once (both ends see it close),
 //! `black_hole` stops passing bytes without closing anything (a cable pulled,
-//! a firewall dropping packets), and `mend` lets traffic through again.
+//! a firewall dropping packets), `refuse` closes every link and every new
+//! connection at once (a server that is down), and `mend` lets traffic
+//! through again.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -18,6 +20,8 @@ pub struct Proxy {
 struct State {
     /// While set, bytes are held and new connections are taken but never answered.
     dark: AtomicBool,
+    /// While set, every connection is closed as soon as it is taken.
+    refusing: AtomicBool,
     /// Links opened before the last reset or mend are closed.
     generation: AtomicU64,
     links: Mutex<Vec<TcpStream>>,
@@ -53,10 +57,17 @@ impl Proxy {
         self.state.dark.store(true, Ordering::SeqCst);
     }
 
+    /// Closes every link, and every new connection as soon as it is taken.
+    pub fn refuse(&self) {
+        self.state.refusing.store(true, Ordering::SeqCst);
+        self.close_links();
+    }
+
     /// Lets traffic through again; links held in the dark are closed, as their peers gave up.
     pub fn mend(&self) {
         self.close_links();
         self.state.dark.store(false, Ordering::SeqCst);
+        self.state.refusing.store(false, Ordering::SeqCst);
     }
 
     fn close_links(&self) {
@@ -69,6 +80,10 @@ impl Proxy {
 
 fn link(client: TcpStream, target_port: u16, state: &Arc<State>) {
     let generation = state.generation.load(Ordering::SeqCst);
+    if state.refusing.load(Ordering::SeqCst) {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
     let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
         return;
     };

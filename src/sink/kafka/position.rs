@@ -75,18 +75,7 @@ impl Watermark {
     }
 
     pub fn store(&self, lsn: EndLsn) -> std::io::Result<()> {
-        let temp = self.path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
-            writeln!(file, "{lsn}")?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&temp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::base::files::replace_durably(&self.path, format!("{lsn}\n").as_bytes())
     }
 }
 

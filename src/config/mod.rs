@@ -12,6 +12,12 @@ use crate::base::exit::ExitCode;
 use crate::base::table::TableName;
 use crate::pg::ConnInfo;
 
+pub mod alerts;
+pub mod schedule;
+
+pub use alerts::{AlertsConfig, EmailConfig};
+pub use schedule::{Schedule, ScheduleConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {}: {source}; pass an existing file with --config", path.display())]
@@ -52,58 +58,12 @@ pub struct Config {
     pub retention: Option<RetentionPolicy>,
     /// With it, capture also publishes every committed change to Kafka.
     pub kafka: Option<KafkaConfig>,
-    /// When `status` calls protection degraded (warning) or stopped (critical).
+    /// When `status` calls protection degraded (warning) or stopped (critical), and whom to tell.
     #[serde(default)]
-    pub alerts: AlertThresholds,
-}
-
-/// `[alerts]`: the thresholds `status` judges by.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertThresholds {
-    #[serde(default = "default_rpo_warning", with = "humantime_serde")]
-    pub rpo_warning: std::time::Duration,
-    #[serde(default = "default_rpo_critical", with = "humantime_serde")]
-    pub rpo_critical: std::time::Duration,
-    #[serde(default = "default_slot_lag_warning")]
-    pub slot_lag_warning: ByteSize,
-    #[serde(default = "default_slot_lag_critical")]
-    pub slot_lag_critical: ByteSize,
-    /// The newest base snapshot's age.
-    #[serde(default = "default_snapshot_warning", with = "humantime_serde")]
-    pub snapshot_warning: std::time::Duration,
-}
-
-impl Default for AlertThresholds {
-    fn default() -> Self {
-        AlertThresholds {
-            rpo_warning: default_rpo_warning(),
-            rpo_critical: default_rpo_critical(),
-            slot_lag_warning: default_slot_lag_warning(),
-            slot_lag_critical: default_slot_lag_critical(),
-            snapshot_warning: default_snapshot_warning(),
-        }
-    }
-}
-
-fn default_rpo_warning() -> std::time::Duration {
-    std::time::Duration::from_secs(120)
-}
-
-fn default_rpo_critical() -> std::time::Duration {
-    std::time::Duration::from_secs(15 * 60)
-}
-
-fn default_slot_lag_warning() -> ByteSize {
-    ByteSize::gib(1)
-}
-
-fn default_slot_lag_critical() -> ByteSize {
-    ByteSize::gib(10)
-}
-
-fn default_snapshot_warning() -> std::time::Duration {
-    std::time::Duration::from_secs(2 * 24 * 3600)
+    pub alerts: AlertsConfig,
+    /// Verify and drill runs the capture daemon makes by itself.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
 }
 
 /// `[kafka] time_format`: how timestamps, dates and times are written.
@@ -416,6 +376,32 @@ impl Config {
                 ));
             }
         }
+        config
+            .alerts
+            .check()
+            .map_err(|message| invalid(String::new(), message))?;
+        let schedule = &config.schedule;
+        if (schedule.verify.is_some() || schedule.drill.is_some()) && config.archive.is_none() {
+            return Err(invalid(
+                String::new(),
+                "[schedule] needs an [archive] to verify and drill; add one or remove [schedule]"
+                    .into(),
+            ));
+        }
+        match (&schedule.drill, &schedule.drill_target) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    String::new(),
+                    "[schedule] drill needs drill_target, the URL of a scratch database to restore into".into(),
+                ))
+            }
+            (_, Some(target)) => {
+                target
+                    .parse()
+                    .map_err(|message| invalid(String::new(), message.replace("[source] url", "[schedule] drill_target")))?;
+            }
+            (None, None) => {}
+        }
         if config.retention.is_some() && config.archive.is_none() {
             return Err(invalid(
                 String::new(),
@@ -448,7 +434,16 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-const SECTIONS: &[&str] = &["source", "log", "archive", "metrics", "retention", "kafka"];
+const SECTIONS: &[&str] = &[
+    "source",
+    "log",
+    "archive",
+    "metrics",
+    "retention",
+    "kafka",
+    "alerts",
+    "schedule",
+];
 
 /// Applies `TIDEMARK_<SECTION>_<KEY>=value`; the value is TOML if it parses as TOML, else a string.
 fn apply_env(
@@ -523,7 +518,7 @@ dir = "/tmp/tm"
 
     #[test]
     fn the_example_config_is_valid() {
-        let text = include_str!("../config/tidemark.toml");
+        let text = include_str!("../../config/tidemark.toml");
         let checked = load(text, &[]).unwrap();
         assert_eq!(checked.tables.len(), 2);
         assert_eq!(checked.pg.database(), "app");
@@ -531,7 +526,7 @@ dir = "/tmp/tm"
 
     #[test]
     fn the_example_kafka_section_is_valid_and_its_secrets_stay_hidden() {
-        let example = include_str!("../config/tidemark.toml");
+        let example = include_str!("../../config/tidemark.toml");
         let start = example.find("# [kafka]").unwrap();
         let end = example.find("[metrics]").unwrap();
         let kafka: String = example[start..end]
@@ -602,5 +597,33 @@ dir = "/tmp/tm"
         let error = load(&bad, &[]).unwrap_err().to_string();
         assert!(error.contains("[source] url"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn alerts_and_schedule_are_checked_without_showing_a_url() {
+        let with = |extra: &str| load(&format!("{GOOD}{extra}"), &[]);
+        let checked = with(
+            "\n[alerts]\nwebhook_url = \"https://hooks.example/T0/xyzzy\"\nrepeat = \"30m\"\n",
+        )
+        .unwrap();
+        assert_eq!(checked.config.alerts.repeat.as_secs(), 1800);
+        assert!(!format!("{checked:?}").contains("xyzzy"));
+        let cases = [
+            ("\n[alerts]\nwebhook_url = \"ftp://hooks.example/xyzzy\"\n", "must start with https://"),
+            ("\n[alerts]\nslack_webhook_url = \"xyzzy\"\n", "is not a URL"),
+            ("\n[alerts]\nrpo_warning = \"1h\"\nrpo_critical = \"1m\"\n", "below its warning"),
+            ("\n[alerts.email]\nsmtp_url = \"smtp://xyzzy:pw@mail\"\nfrom = \"a@b.c\"\nto = []\n", "to is empty"),
+            ("\n[alerts.email]\nsmtp_url = \"http://mail\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n", "smtp://host"),
+            ("\n[alerts.email]\nsmtp_url = \"smtp://mail\"\nfrom = \"not an address\"\nto = [\"d@e.f\"]\n", "not a mail address"),
+            ("\n[schedule]\nverify = \"every 1h\"\n", "needs an [archive]"),
+            ("\n[archive]\nurl = \"file:///a\"\n\n[schedule]\ndrill = \"0 6 * * *\"\n", "drill needs drill_target"),
+            ("\n[archive]\nurl = \"file:///a\"\n\n[schedule]\nverify = \"daily\"\n", "five-field cron"),
+        ];
+        for (extra, expected) in cases {
+            let error = with(extra).unwrap_err().to_string();
+            assert!(error.contains(expected), "{extra}: {error}");
+            assert!(!error.contains("xyzzy"), "{error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
     }
 }
