@@ -26,8 +26,9 @@ packages=(
   pkg-config
 )
 
-# Only the tests: strace holds fsyncs back in the ack test.
-$dev && packages+=(strace)
+# Only the tests: strace holds fsyncs back in the ack test; prometheus brings
+# promtool, which checks docs/prometheus-alerts.yml.
+$dev && packages+=(strace prometheus)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -40,6 +40,14 @@ pub const COMPACTION_SECONDS: &str = "tidemark_compaction_seconds";
 pub const PRUNE_SECONDS: &str = "tidemark_prune_seconds";
 pub const KAFKA_EVENTS: &str = "tidemark_kafka_events_total";
 pub const KAFKA_DELIVERED_LSN: &str = "tidemark_kafka_delivered_lsn";
+pub const ALERTS_SENT: &str = "tidemark_alerts_sent_total";
+pub const ALERT_DELIVERY_FAILURES: &str = "tidemark_alert_delivery_failures_total";
+pub const SCHEDULED_LAST_OK: &str = "tidemark_scheduled_last_ok";
+pub const SCHEDULED_LAST_RUN: &str = "tidemark_scheduled_last_run_timestamp_seconds";
+pub const DRILL_RTO_SECONDS: &str = "tidemark_drill_rto_seconds";
+pub const DRILL_RPO_SECONDS: &str = "tidemark_drill_rpo_seconds";
+pub const HEALTH: &str = "tidemark_health";
+pub const CHECK_STATUS: &str = "tidemark_check_status";
 
 /// What `/status` answers: the status as JSON, and whether it is critical.
 pub type StatusFn = std::sync::Arc<
@@ -97,6 +105,38 @@ pub fn install(listen: SocketAddr, status: Option<StatusFn>) -> Result<(), Telem
     );
     describe_counter!(ERRORS, "Errors, by kind");
     describe_counter!(KAFKA_EVENTS, "Events handed to the Kafka producer");
+    describe_gauge!(
+        HEALTH,
+        "The daemon's last judged health: 0 ok, 1 warning, 2 critical"
+    );
+    describe_gauge!(
+        CHECK_STATUS,
+        "Each status check's last judgement, by check: 0 ok, 1 warning, 2 critical"
+    );
+    describe_counter!(ALERTS_SENT, "Alert notices delivered, by channel");
+    describe_counter!(
+        ALERT_DELIVERY_FAILURES,
+        "Failed alert delivery attempts, by channel"
+    );
+    describe_gauge!(
+        SCHEDULED_LAST_OK,
+        "Whether the last scheduled run passed (1) or failed (0), by job"
+    );
+    describe_gauge!(
+        SCHEDULED_LAST_RUN,
+        Unit::Seconds,
+        "When the last scheduled run finished, in seconds since the epoch, by job"
+    );
+    describe_gauge!(
+        DRILL_RTO_SECONDS,
+        Unit::Seconds,
+        "The last scheduled drill's restore time"
+    );
+    describe_gauge!(
+        DRILL_RPO_SECONDS,
+        Unit::Seconds,
+        "How long the last scheduled drill waited for the archive to cover its point"
+    );
     describe_gauge!(
         KAFKA_DELIVERED_LSN,
         "The Kafka feed's watermark: every transaction ending here or before is in the broker"

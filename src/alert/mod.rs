@@ -23,9 +23,6 @@ use crate::base::retry::Retry;
 use crate::config::AlertsConfig;
 use crate::log::audit::{AuditLog, Outcome};
 
-pub const ALERTS_SENT: &str = "tidemark_alerts_sent_total";
-pub const ALERT_DELIVERY_FAILURES: &str = "tidemark_alert_delivery_failures_total";
-
 /// How many times a notice is tried on one channel before it is given up.
 const DELIVERY_ATTEMPTS: usize = 6;
 
@@ -232,11 +229,12 @@ async fn deliver(
     loop {
         match channel.send(notice, http).await {
             Ok(()) => {
-                metrics::counter!(ALERTS_SENT, "channel" => channel.name()).increment(1);
+                metrics::counter!(crate::telemetry::ALERTS_SENT, "channel" => channel.name())
+                    .increment(1);
                 return Ok(());
             }
             Err(error) => {
-                metrics::counter!(ALERT_DELIVERY_FAILURES, "channel" => channel.name())
+                metrics::counter!(crate::telemetry::ALERT_DELIVERY_FAILURES, "channel" => channel.name())
                     .increment(1);
                 if attempt == DELIVERY_ATTEMPTS {
                     tracing::error!(%error, alert = %notice.alert, "the alert was not delivered; giving up on this channel");

@@ -16,9 +16,6 @@ use crate::alert::tracker::Tracker;
 use crate::alert::{Alerter, Notice, Severity, SourceLabel, State};
 use crate::config::Checked;
 
-pub const HEALTH: &str = "tidemark_health";
-pub const CHECK_STATUS: &str = "tidemark_check_status";
-
 const TRACKER_FILE: &str = "alerts.json";
 
 fn source_label(checked: &Checked) -> SourceLabel {
@@ -98,10 +95,11 @@ pub async fn watch(
                 continue;
             }
         };
-        metrics::gauge!(HEALTH).set(gauge(status.health));
+        metrics::gauge!(crate::telemetry::HEALTH).set(gauge(status.health));
         let before = tracker.clone();
         for check in &status.checks {
-            metrics::gauge!(CHECK_STATUS, "check" => check.name).set(gauge(check.status));
+            metrics::gauge!(crate::telemetry::CHECK_STATUS, "check" => check.name)
+                .set(gauge(check.status));
             let Some(change) =
                 tracker.observe(check.name, check.status, chrono::Utc::now(), alerts.repeat)
             else {

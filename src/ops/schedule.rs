@@ -11,11 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Checked, Schedule};
 
-pub const LAST_OK: &str = "tidemark_scheduled_last_ok";
-pub const LAST_RUN: &str = "tidemark_scheduled_last_run_timestamp_seconds";
-pub const DRILL_RTO: &str = "tidemark_drill_rto_seconds";
-pub const DRILL_RPO: &str = "tidemark_drill_rpo_seconds";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
     Verify,
@@ -81,11 +76,16 @@ pub async fn run_periodically(
             _ = stop.wait_for(|stop| *stop) => return,
         };
         let labels = [("job", job.name())];
-        metrics::gauge!(LAST_OK, &labels).set(if result.ok { 1.0 } else { 0.0 });
-        metrics::gauge!(LAST_RUN, &labels).set(Utc::now().timestamp() as f64);
+        metrics::gauge!(crate::telemetry::SCHEDULED_LAST_OK, &labels).set(if result.ok {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!(crate::telemetry::SCHEDULED_LAST_RUN, &labels)
+            .set(Utc::now().timestamp() as f64);
         if let (Some(rto), Some(rpo)) = (result.rto_seconds, result.rpo_seconds) {
-            metrics::gauge!(DRILL_RTO).set(rto);
-            metrics::gauge!(DRILL_RPO).set(rpo);
+            metrics::gauge!(crate::telemetry::DRILL_RTO_SECONDS).set(rto);
+            metrics::gauge!(crate::telemetry::DRILL_RPO_SECONDS).set(rpo);
         }
         if result.ok {
             tracing::info!(job = job.name(), message = %result.message, "scheduled run passed");
