@@ -56,6 +56,8 @@ pub enum QuickstartError {
     Output(#[from] std::io::Error),
     #[error("capture did not store a base snapshot within a minute")]
     NoSnapshot,
+    #[error("capture stopped before the archive held the whole story")]
+    CaptureStopped,
     #[error("the restored tables differ from the source at the restore point: {0}")]
     Mismatch(String),
 }
@@ -69,7 +71,9 @@ impl QuickstartError {
             Capture(e) => e.exit_code(),
             Archive(e) => e.exit_code(),
             Rebuild(e) => e.exit_code(),
-            Sql(_) | Connect(_) | Output(_) | NoSnapshot | Mismatch(_) => ExitCode::Failure,
+            Sql(_) | Connect(_) | Output(_) | NoSnapshot | CaptureStopped | Mismatch(_) => {
+                ExitCode::Failure
+            }
         }
     }
 }
@@ -95,7 +99,21 @@ async fn table_md5(
 }
 
 /// Runs the whole story in `dir`; `kept` says whether the dir outlives the run.
-pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), QuickstartError> {
+/// Reports the status of the config at a path, as `tidemark status` prints it.
+pub type StatusReport = Box<
+    dyn FnOnce(
+            std::path::PathBuf,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>
+        + Send,
+>;
+
+/// Tells the story; ends with `status` while capture still protects the source.
+pub async fn run(
+    dir: &Path,
+    kept: bool,
+    status: StatusReport,
+    out: &mut impl Write,
+) -> Result<(), QuickstartError> {
     writeln!(
         out,
         "1. Starting a throwaway PostgreSQL cluster (wal_level = logical)..."
@@ -211,8 +229,23 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.send_replace(true);
-    capture.await.expect("capture task")?;
+    // Capture keeps running; the restore needs the archive past the disaster.
+    let wal_end: crate::base::position::Lsn = wal_end.parse().expect("the server prints LSNs");
+    loop {
+        let archived = manifest::load_latest(&*store)
+            .await?
+            .and_then(|(_, m)| m.segments.last().map(|s| s.end_lsn.0))
+            .is_some_and(|end| end >= wal_end);
+        if archived {
+            break;
+        }
+        if capture.is_finished() {
+            stop.send_replace(true);
+            capture.await.expect("capture task")?;
+            return Err(QuickstartError::CaptureStopped);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     writeln!(
         out,
@@ -248,16 +281,22 @@ pub async fn run(dir: &Path, kept: bool, out: &mut impl Write) -> Result<(), Qui
         }
     }
     if !mismatches.is_empty() {
+        stop.send_replace(true);
+        capture.await.expect("capture task")?;
         return Err(QuickstartError::Mismatch(mismatches.join(", ")));
     }
     writeln!(
         out,
         "Done: every table was restored exactly as it was before the disaster."
     )?;
+    writeln!(out, "6. And protection goes on; tidemark status says so:")?;
+    write!(out, "{}", status(config_path.clone()).await)?;
+    stop.send_replace(true);
+    capture.await.expect("capture task")?;
     if kept {
         writeln!(
             out,
-            "Look around: tidemark list --config {0}; tidemark verify --deep --config {0}",
+            "Look around: tidemark status --config {0}; tidemark list --config {0}; tidemark verify --deep --config {0}",
             config_path.display()
         )?;
     } else {

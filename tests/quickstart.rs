@@ -20,6 +20,13 @@ fn quickstart_restores_the_moment_before_the_disaster() {
         "{stdout}"
     );
     assert!(stdout.contains("Done: every table was restored exactly"));
+    // It ends with status, taken while capture still protects the source.
+    let report = stdout
+        .split("6. And protection goes on; tidemark status says so:")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(report.contains("tidemark: OK"), "{stdout}");
+    assert!(report.contains("capture is streaming"), "{stdout}");
 
     // The log, the archive and the config it wrote are private.
     for made in ["log", "archive", "tidemark.toml"] {

@@ -20,5 +20,13 @@ pub async fn run(dir: Option<PathBuf>, out: &mut impl Write) -> Result<(), OpErr
             temp.path().to_path_buf()
         }
     };
-    Ok(crate::quickstart::run(&dir, kept, out).await?)
+    let status: crate::quickstart::StatusReport = Box::new(|config| {
+        Box::pin(async move {
+            match super::status::run(&config).await {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("status: {e}\n"),
+            }
+        })
+    });
+    Ok(crate::quickstart::run(&dir, kept, status, out).await?)
 }

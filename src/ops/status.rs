@@ -219,7 +219,7 @@ fn judge(
             value: json!(lag),
             threshold: json!(lag_warn),
             message: format!(
-                "the slot holds {} of WAL capture has not confirmed",
+                "the slot holds {} of WAL that capture has not confirmed yet",
                 bytesize::ByteSize(lag)
             ),
         },
