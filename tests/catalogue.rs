@@ -234,6 +234,50 @@ fn cases(w: &World) -> Vec<Case> {
         ),
         case(
             "config",
+            "an alert webhook that is not http(s)",
+            capture(w.config("webhook.toml", |t| {
+                t + &format!("\n[alerts]\nwebhook_url = \"ftp://hooks.example/{SECRET}\"\n")
+            })),
+            2,
+            "[alerts] webhook_url must start with https://",
+        ),
+        case(
+            "config",
+            "a scheduled drill without a target",
+            capture(w.config("drill.toml", |t| t + "\n[schedule]\ndrill = \"every 1h\"\n")),
+            2,
+            "[schedule] drill needs drill_target",
+        ),
+        case(
+            "config",
+            "a schedule that is neither cron nor every",
+            capture(w.config("cron.toml", |t| t + "\n[schedule]\nverify = \"daily\"\n")),
+            2,
+            "five-field cron expression",
+        ),
+        case(
+            "arguments",
+            "alerts test with no channel configured",
+            args(&["alerts", "test", "--config", &w.good()]),
+            2,
+            "[alerts] names no channel",
+        ),
+        case(
+            "config",
+            "an SMTP password variable that is not set",
+            args(&[
+                "alerts",
+                "test",
+                "--config",
+                &w.config("smtp.toml", |t| {
+                    t + "\n[alerts.email]\nsmtp_url = \"smtp://127.0.0.1:1\"\nusername = \"tm\"\npassword_env = \"TIDEMARK_UNSET_SMTP_PASSWORD\"\nfrom = \"tm@example.com\"\nto = [\"oncall@example.com\"]\n"
+                }),
+            ]),
+            2,
+            "password_env names TIDEMARK_UNSET_SMTP_PASSWORD, which is not set",
+        ),
+        case(
+            "config",
             "a log bound below two segments",
             capture(w.config("maxsize.toml", |t| {
                 t.replace("[log]\n", "[log]\nmax_size = \"1MiB\"\n")

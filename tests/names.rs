@@ -102,7 +102,7 @@ async fn awkward_names_are_captured_archived_and_restored_exactly() {
         let parts: Vec<&str> = path.split('/').collect();
         let depth_ok = match parts[0] {
             "manifests" | "segments" => parts.len() == 2,
-            "snapshots" => parts.len() == 3,
+            "snapshots" | "audit" => parts.len() == 3,
             _ => false,
         };
         assert!(depth_ok && !parts.contains(&".."), "object at {path}");

@@ -155,6 +155,7 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
     let webhook_rpo = notices(&hooks.json(webhook), "rpo", hooks_before);
     assert!(webhook_rpo.len() > 3, "no retry seen: {webhook_rpo:?}");
     let body = hooks.json(webhook).last().cloned().unwrap();
+    println!("the last webhook notice: {body}");
     assert_eq!(body["source"]["database"], fx.db.as_str(), "{body}");
     for key in [
         "alert",
@@ -446,7 +447,10 @@ async fn scheduled_checks_and_the_audit_log() {
         .iter()
         .map(|b| std::fs::read_to_string(b).unwrap())
         .collect();
-    assert!(archived.contains("\"operation\":\"restore\""), "{archived}");
+    for operation in ["restore", "verify"] {
+        let line = format!("\"operation\":\"{operation}\"");
+        assert!(archived.contains(&line), "no {operation} in {archived}");
+    }
     for text in [&local, &archived] {
         assert!(
             !text.contains(password),
@@ -507,4 +511,50 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files.sort();
     files
+}
+
+/// A start with other tables than the last start leaves a `tables.change`
+/// line naming what was added and removed.
+#[test]
+fn a_change_of_the_watched_tables_is_audited() {
+    let fx = Fixture::new(&format!(
+        "{SCHEMA}; CREATE TABLE refunds (id int PRIMARY KEY)"
+    ));
+    for tables in [&["public.payments"][..], &["public.refunds"][..]] {
+        let config = fx.config(tables, "");
+        let capture = fx.start_capture(&config);
+        fx.wait_streaming(&capture);
+        assert_eq!(capture.stop(), 0);
+    }
+    let config = fx.config(&["public.refunds"], "");
+    let out = harness::tidemark(
+        &["audit", "--config", config.to_str().unwrap(), "--json"],
+        &[],
+    );
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let operations: Vec<&str> = entries
+        .iter()
+        .map(|e| e["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            "capture.start",
+            "capture.stop",
+            "tables.change",
+            "capture.start",
+            "capture.stop"
+        ]
+    );
+    let change = &entries[2]["details"];
+    assert_eq!(
+        change["added"],
+        serde_json::json!(["public.refunds"]),
+        "{change}"
+    );
+    assert_eq!(
+        change["removed"],
+        serde_json::json!(["public.payments"]),
+        "{change}"
+    );
 }

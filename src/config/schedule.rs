@@ -31,19 +31,23 @@ impl TryFrom<String> for Schedule {
     fn try_from(text: String) -> Result<Schedule, String> {
         if let Some(period) = text.trim().strip_prefix("every ") {
             let period = humantime::parse_duration(period.trim()).map_err(|e| {
-                format!("{text:?}: {e}; write a duration like \"every 20s\" or \"every 6h\"")
+                format!(
+                    "[schedule] {text:?}: {e}; write a duration like \"every 20s\" or \"every 6h\""
+                )
             })?;
             if period.is_zero() {
-                return Err(format!("{text:?}: the period must be above zero"));
+                return Err(format!(
+                    "[schedule] {text:?}: the period must be above zero"
+                ));
             }
             return Ok(Schedule::Every(period));
         }
         if text.split_whitespace().count() != 5 {
-            return Err(format!("{text:?} is neither \"every <duration>\" nor a five-field cron expression like \"0 6 * * *\""));
+            return Err(format!("[schedule] {text:?} is neither \"every <duration>\" nor a five-field cron expression like \"0 6 * * *\""));
         }
-        let cron = text
-            .parse::<croner::Cron>()
-            .map_err(|e| format!("{text:?} is not a cron expression ({e}); e.g. \"0 6 * * *\""))?;
+        let cron = text.parse::<croner::Cron>().map_err(|e| {
+            format!("[schedule] {text:?} is not a cron expression ({e}); e.g. \"0 6 * * *\"")
+        })?;
         Ok(Schedule::Cron(Box::new(cron), text))
     }
 }

@@ -25,15 +25,23 @@ pub async fn record(checked: &Checked, operation: &str, outcome: Outcome, detail
     let Some(archive) = &checked.config.archive else {
         return;
     };
+    // A command's own output says what went wrong with the archive; the
+    // lines wait in the log dir, and the daemon (or the next command) ships them.
     let shipped = tokio::time::timeout(SHIP_LIMIT, async {
-        match crate::archive::store::open_configured(archive).await {
-            Ok(store) => crate::archive::audit::ship_or_warn(&*store, log_dir).await,
-            Err(error) => tracing::warn!(%error, "the audit log stays local until the next try"),
-        }
+        let store = crate::archive::store::open_configured(archive)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::archive::audit::ship(&*store, log_dir)
+            .await
+            .map_err(|e| e.to_string())
     })
     .await;
-    if shipped.is_err() {
-        tracing::warn!("the archive is slow; the audit log stays local until the next try");
+    match shipped {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "the audit log stays local until the next try"),
+        Err(_) => {
+            tracing::debug!("the archive is slow; the audit log stays local until the next try")
+        }
     }
 }
 

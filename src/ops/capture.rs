@@ -48,7 +48,14 @@ pub async fn run(config: &Path) -> Result<EndLsn, OpError> {
         tracing::info!("stop requested; finishing");
         let _ = signalled.send(true);
     });
-    record_start(&checked).await;
+    // A log dir that cannot be made is capture's own error to name, before any audit line.
+    std::fs::create_dir_all(&checked.config.log.dir).map_err(|source| {
+        crate::log::LogError::Dir {
+            path: checked.config.log.dir.clone(),
+            source,
+        }
+    })?;
+    record_start(&checked);
     let watchers = start_watchers(config, &checked, &stopped)?;
     let result = crate::capture::run(&checked, stopped).await;
     let _ = stop.send(true);
@@ -68,10 +75,11 @@ const WATCHERS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Audits the start, and a change of the watched tables or the publication
 /// since the last start.
-async fn record_start(checked: &Checked) {
+fn record_start(checked: &Checked) {
     let cfg = &checked.config;
     let now = json!({ "publication": cfg.source.publication, "tables": checked.tables });
-    let previous = AuditLog::in_dir(&cfg.log.dir)
+    let audit = AuditLog::in_dir(&cfg.log.dir);
+    let previous = audit
         .read()
         .unwrap_or_default()
         .into_iter()
@@ -100,13 +108,14 @@ async fn record_start(checked: &Checked) {
                 "added": new.iter().filter(|t| !old.contains(t)).collect::<Vec<_>>(),
                 "removed": old.iter().filter(|t| !new.contains(t)).collect::<Vec<_>>(),
             });
-            super::audit::record(checked, "tables.change", Outcome::Ok, details).await;
+            audit.record("tables.change", Outcome::Ok, details);
         }
     }
     let mut details = now;
     details["slot"] = json!(cfg.source.slot);
     details["pid"] = json!(std::process::id());
-    super::audit::record(checked, "capture.start", Outcome::Ok, details).await;
+    // Local only: a store that is down must not delay the start; the shipper sends it.
+    audit.record("capture.start", Outcome::Ok, details);
 }
 
 /// Starts what runs beside capture: the alert loop,
