@@ -154,8 +154,19 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
     // The webhook took the warning on a retry: the first attempt was answered 503.
     let webhook_rpo = notices(&hooks.json(webhook), "rpo", hooks_before);
     assert!(webhook_rpo.len() > 3, "no retry seen: {webhook_rpo:?}");
+    let critical = hooks.json(webhook)[hooks_before..]
+        .iter()
+        .find(|b| b["alert"] == "rpo" && b["severity"] == "critical")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        critical["threshold"], 12.0,
+        "the critical threshold: {critical}"
+    );
     let body = hooks.json(webhook).last().cloned().unwrap();
-    println!("the last webhook notice: {body}");
+    for notice in &hooks.json(webhook)[hooks_before..] {
+        println!("webhook notice: {notice}");
+    }
     assert_eq!(body["source"]["database"], fx.db.as_str(), "{body}");
     for key in [
         "alert",

@@ -174,6 +174,15 @@ fn level(value: f64, warning: f64, critical: Option<f64>) -> Health {
     }
 }
 
+/// The threshold a notice names: the critical one once it is passed, else the warning one.
+fn crossed<T: PartialOrd + Serialize>(value: T, warning: T, critical: T) -> Value {
+    if value >= critical {
+        json!(critical)
+    } else {
+        json!(warning)
+    }
+}
+
 fn judge(
     checked: &Checked,
     running: bool,
@@ -217,7 +226,7 @@ fn judge(
             name: "slot_lag",
             status: level(lag as f64, lag_warn as f64, Some(lag_crit as f64)),
             value: json!(lag),
-            threshold: json!(lag_warn),
+            threshold: crossed(lag, lag_warn, lag_crit),
             message: format!(
                 "the slot holds {} of WAL that capture has not confirmed yet",
                 bytesize::ByteSize(lag)
@@ -250,12 +259,13 @@ fn judge(
         }
         Some(archive) => {
             let rpo_warn = alerts.rpo_warning.as_secs_f64();
+            let rpo_crit = alerts.rpo_critical.as_secs_f64();
             checks.push(match archive.rpo_seconds {
                 Some(rpo) => Check {
                     name: "rpo",
-                    status: level(rpo, rpo_warn, Some(alerts.rpo_critical.as_secs_f64())),
+                    status: level(rpo, rpo_warn, Some(rpo_crit)),
                     value: json!(rpo),
-                    threshold: json!(rpo_warn),
+                    threshold: crossed(rpo, rpo_warn, rpo_crit),
                     message: match &archive.unreachable {
                         Some(why) => format!("the archive cannot be read ({why}); what this host last stored there restores up to {rpo:.0} s ago"),
                         None => format!("the archive restores up to {rpo:.0} s ago"),
@@ -319,7 +329,7 @@ fn judge(
                 level(b as f64, lag_warn as f64, Some(lag_crit as f64))
             }),
             value: json!(behind),
-            threshold: json!(lag_warn),
+            threshold: behind.map_or(json!(lag_warn), |b| crossed(b, lag_warn, lag_crit)),
             message: match behind {
                 Some(b) => format!(
                     "Kafka has every change but the last {}",
