@@ -13,7 +13,7 @@ use super::{
     capture_config, capture_toml, current_lsn, median, peak_rss_mib, reset_peak_rss, BenchError,
     Options, Scenario, Server,
 };
-use crate::base::position::{EndLsn, Lsn};
+use crate::base::position::EndLsn;
 use crate::telemetry::Progress;
 
 const DB: &str = "tidemark_bench_drain";
@@ -178,13 +178,7 @@ pub async fn tidemark(
     let peak_rss_mib = peak_rss_mib();
     stop.send_replace(true);
     task.await.expect("the capture task")?;
-    let (mut log_bytes, mut stored_bytes) = (0, 0);
-    for (_, path) in crate::log::segment::list(log_dir).map_err(std::io::Error::other)? {
-        let raw = std::fs::read(&path)?;
-        log_bytes += raw.len() as u64;
-        stored_bytes +=
-            zstd::encode_all(&raw[..], crate::archive::uploader::SEGMENT_ZSTD_LEVEL)?.len() as u64;
-    }
+    let (log_bytes, stored_bytes) = log_sizes(log_dir)?;
     Ok(Drained {
         seconds,
         log_bytes,
@@ -193,34 +187,45 @@ pub async fn tidemark(
     })
 }
 
-fn recvlogical(
-    server: &Server,
+/// `pg_recvlogical`'s arguments: read `slot` to `end`, with plugin `options`, into `file`.
+fn recvlogical_args(
+    conninfo: &str,
     slot: &str,
-    end: EndLsn,
-    file: &Path,
+    end: &str,
+    file: &str,
     options: &[&str],
-) -> Result<f64, BenchError> {
-    let started = Instant::now();
-    let conninfo = server.conninfo(DB);
-    let end = end.to_string();
-    let file = file.display().to_string();
-    let mut args = vec![
+) -> Vec<String> {
+    let mut args: Vec<String> = [
         "-d",
-        &conninfo,
+        conninfo,
         "--slot",
         slot,
         "--start",
         "-E",
-        &end,
+        end,
         "--no-loop",
         "-f",
-        &file,
-    ];
+        file,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for option in options {
-        args.extend(["-o", option]);
+        args.extend(["-o".to_string(), option.to_string()]);
     }
-    server.run_tool("pg_recvlogical", &args)?;
-    Ok(started.elapsed().as_secs_f64())
+    args
+}
+
+/// The segment log's bytes in `log_dir`, and the same compressed as the archive stores them.
+fn log_sizes(log_dir: &Path) -> Result<(u64, u64), BenchError> {
+    let (mut log_bytes, mut stored_bytes) = (0, 0);
+    for (_, path) in crate::log::segment::list(log_dir).map_err(std::io::Error::other)? {
+        let raw = std::fs::read(&path)?;
+        log_bytes += raw.len() as u64;
+        stored_bytes +=
+            zstd::encode_all(&raw[..], crate::archive::uploader::SEGMENT_ZSTD_LEVEL)?.len() as u64;
+    }
+    Ok((log_bytes, stored_bytes))
 }
 
 pub async fn run(
@@ -235,6 +240,7 @@ pub async fn run(
     let tables = tables(scenario);
     let wal2json_tables = tables.join(",");
     let mut rounds = Vec::new();
+    let conninfo = server.conninfo(DB);
     for round in 0..options.rounds {
         let slots = [
             format!("tm_{round}"),
@@ -252,43 +258,58 @@ pub async fn run(
         let start = current_lsn(&client).await?;
         let end = backlog(server, scenario, changes, round as u64).await?;
         let json_file = options.work_dir.join("wal2json.out");
-        let mut tidemark_run = None;
-        let (mut recvlogical_s, mut wal2json_s) = (0.0, 0.0);
+        let log_dir = options.work_dir.join("drain-log");
+        let (mut tidemark_run, mut recvlogical_run, mut wal2json_run) = (None, None, None);
+        let end_text = end.to_string();
         // Alternate who reads the WAL first (from disk rather than the page cache).
         for step in 0..3 {
             match (step + round) % 3 {
                 0 => {
-                    let run = CaptureRun {
-                        db: DB,
-                        tables: &tables,
-                        slot: &slots[0],
-                        extra: String::new(),
-                        until: |p| &p.durable,
-                    };
-                    let log_dir = options.work_dir.join("drain-log");
-                    tidemark_run = Some(tidemark(server, &run, end, &log_dir).await?);
+                    if log_dir.exists() {
+                        std::fs::remove_dir_all(&log_dir)?;
+                    }
+                    std::fs::create_dir_all(&log_dir)?;
+                    let config = options.work_dir.join("drain.toml");
+                    std::fs::write(
+                        &config,
+                        capture_toml(server, DB, &tables, &slots[0], &log_dir, ""),
+                    )?;
+                    tidemark_run =
+                        Some(super::spawned::capture(server, DB, &config, &slots[0], end).await?);
                 }
                 1 => {
-                    recvlogical_s = recvlogical(
-                        server,
+                    let args = recvlogical_args(
+                        &conninfo,
                         &slots[1],
-                        end,
-                        Path::new("/dev/null"),
+                        &end_text,
+                        "/dev/null",
                         &["proto_version=1", "publication_names=tidemark_bench"],
-                    )?;
+                    );
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    recvlogical_run =
+                        Some(super::spawned::recvlogical(server, DB, &slots[1], &args).await?);
                 }
                 _ => {
-                    wal2json_s = recvlogical(
-                        server,
+                    let add_tables = format!("add-tables={wal2json_tables}");
+                    let args = recvlogical_args(
+                        &conninfo,
                         &slots[2],
-                        end,
-                        &json_file,
-                        &["format-version=2", &format!("add-tables={wal2json_tables}")],
-                    )?;
+                        &end_text,
+                        &json_file.display().to_string(),
+                        &["format-version=2", &add_tables],
+                    );
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    wal2json_run =
+                        Some(super::spawned::recvlogical(server, DB, &slots[2], &args).await?);
                 }
             }
         }
-        let drained = tidemark_run.expect("tidemark ran");
+        let (drained, recvlogical_run, wal2json_run) = (
+            tidemark_run.expect("tidemark ran"),
+            recvlogical_run.expect("pg_recvlogical ran"),
+            wal2json_run.expect("wal2json ran"),
+        );
+        let (log_bytes, stored_bytes) = log_sizes(&log_dir)?;
         let wal2json_bytes = std::fs::metadata(&json_file)?.len();
         std::fs::remove_file(&json_file)?;
         for slot in &slots {
@@ -300,19 +321,24 @@ pub async fn run(
             changes,
             wal_bytes: end.0.bytes_since(start.0),
             tidemark_seconds: drained.seconds,
-            pg_recvlogical_seconds: recvlogical_s,
-            wal2json_seconds: wal2json_s,
-            log_bytes: drained.log_bytes,
-            stored_bytes: drained.stored_bytes,
+            pg_recvlogical_seconds: recvlogical_run.seconds,
+            wal2json_seconds: wal2json_run.seconds,
+            walsender_busy: drained.walsender_busy,
+            pg_recvlogical_walsender_busy: recvlogical_run.walsender_busy,
+            log_bytes,
+            stored_bytes,
             wal2json_bytes,
             peak_rss_mib: drained.peak_rss_mib,
         };
+        let busy = |b: Option<f64>| b.map_or("?".to_string(), |b| format!("{b:.2}"));
         writeln!(
             out,
-            "  round {}: tidemark {:.2}s, pg_recvlogical {:.2}s, wal2json {:.2}s",
+            "  round {}: tidemark {:.2}s (walsender busy {}), pg_recvlogical {:.2}s (walsender busy {}), wal2json {:.2}s",
             rounds.len() + 1,
             round.tidemark_seconds,
+            busy(round.walsender_busy),
             round.pg_recvlogical_seconds,
+            busy(round.pg_recvlogical_walsender_busy),
             round.wal2json_seconds
         )?;
         rounds.push(round);
@@ -352,47 +378,11 @@ pub async fn big_transaction(server: &Server, options: &Options) -> Result<f64, 
         &config,
         capture_toml(server, BIG_DB, &["public.big"], "big", &log_dir, ""),
     )?;
-    // This very binary, even if a newer build has replaced the file since.
-    let mut child = server
-        .command("/proc/self/exe")
-        .args(["capture", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let pid = child.id().to_string();
-    let mut peak = 0.0;
-    loop {
-        peak = super::peak_rss_mib_of(&pid).max(peak);
-        let confirmed: Option<String> = client
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'big'",
-                &[],
-            )
-            .await?
-            .get(0);
-        if confirmed
-            .and_then(|l| l.parse::<Lsn>().ok())
-            .is_some_and(|l| l >= end.0)
-        {
-            break;
-        }
-        if let Some(status) = child.try_wait()? {
-            return Err(BenchError::Tool {
-                tool: "tidemark capture".into(),
-                detail: format!("exited ({status}) before draining the transaction"),
-            });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
+    let run = super::spawned::capture(server, BIG_DB, &config, "big", end).await?;
     std::fs::remove_dir_all(&log_dir)?;
     drop(client);
     server.drop_database(BIG_DB).await?;
-    Ok(peak)
+    Ok(run.peak_rss_mib)
 }
 
 /// Events per second from a pgbench backlog through capture into Kafka.

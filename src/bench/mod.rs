@@ -20,6 +20,7 @@ pub mod drain;
 pub mod latency;
 pub mod report;
 pub mod restore;
+pub mod spawned;
 
 use std::path::{Path, PathBuf};
 

@@ -16,9 +16,13 @@ use super::Options;
 pub struct DrainRound {
     pub changes: u64,
     pub wal_bytes: u64,
+    /// A `tidemark capture` process, from its start until the slot confirmed the backlog's end.
     pub tidemark_seconds: f64,
     pub pg_recvlogical_seconds: f64,
     pub wal2json_seconds: f64,
+    /// The walsender's CPU share of one core while serving tidemark, and pg_recvlogical.
+    pub walsender_busy: Option<f64>,
+    pub pg_recvlogical_walsender_busy: Option<f64>,
     /// The segment log's bytes, and the same compressed as the archive stores them.
     pub log_bytes: u64,
     pub stored_bytes: u64,
@@ -38,6 +42,11 @@ pub struct DrainResult {
     pub ratio_vs_wal2json: f64,
     pub bytes_ratio_vs_wal2json: f64,
     pub peak_rss_mib: f64,
+    /// Median share of one core the walsender spent serving tidemark, and pg_recvlogical.
+    pub walsender_busy: Option<f64>,
+    pub pg_recvlogical_walsender_busy: Option<f64>,
+    /// The lowest and highest per-round ratio against pg_recvlogical.
+    pub ratio_vs_pg_recvlogical_spread: [f64; 2],
     pub rounds: Vec<DrainRound>,
 }
 
@@ -58,9 +67,31 @@ impl DrainResult {
                 r.stored_bytes as f64 / r.wal2json_bytes as f64
             }),
             peak_rss_mib: rounds.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
+            walsender_busy: median_some(rounds.iter().map(|r| r.walsender_busy)),
+            pg_recvlogical_walsender_busy: median_some(
+                rounds.iter().map(|r| r.pg_recvlogical_walsender_busy),
+            ),
+            ratio_vs_pg_recvlogical_spread: spread(
+                rounds
+                    .iter()
+                    .map(|r| r.pg_recvlogical_seconds / r.tidemark_seconds),
+            ),
             rounds,
         }
     }
+}
+
+/// The median of the values that are there.
+fn median_some(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let present: Vec<f64> = values.flatten().collect();
+    (!present.is_empty()).then(|| super::median(&present))
+}
+
+/// The lowest and the highest value.
+fn spread(values: impl Iterator<Item = f64>) -> [f64; 2] {
+    values.fold([f64::INFINITY, f64::NEG_INFINITY], |[lo, hi], v| {
+        [lo.min(v), hi.max(v)]
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -217,6 +248,10 @@ impl Results {
             drained.then_some(capture.bytes_ratio_vs_wal2json),
         );
         let p99 = self.latency.get("2000").map(|l| l.durable_p99_ms);
+        let busy = capture
+            .scenarios
+            .get("pgbench")
+            .and_then(|d| d.walsender_busy);
         let copy = self.restore.as_ref().map(|r| r.ratio_vs_copy);
         let rss = Some(self.memory.capture_peak_rss_mib);
         let big_mib = self.memory.big_transaction_mib;
@@ -233,6 +268,13 @@ impl Results {
             vs_json,
             "×",
             |m| m >= 1.0,
+        );
+        check(
+            "walsender busy serving capture (pgbench)",
+            "≥ 0.90",
+            busy,
+            "",
+            |m| m >= 0.9,
         );
         check(
             "stored bytes vs wal2json's file",
@@ -343,18 +385,23 @@ impl Results {
                 if t.met { "yes" } else { "**no**" }
             );
         }
-        let _ = writeln!(md, "\n## Capture drain\n\n![throughput]({throughput})\n\n| scenario | tidemark changes/s | MB/s of WAL | pg_recvlogical changes/s | wal2json changes/s | ×pg_recvlogical | ×wal2json | bytes ÷ wal2json |\n|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## Capture drain\n\nA `tidemark capture` process, timed until the slot's `confirmed_flush_lsn` reaches the backlog's end; walsender busy is its CPU time over its lifetime (`/proc/<pid>/stat`), as a share of one core.\n\n![throughput]({throughput})\n\n| scenario | tidemark changes/s | MB/s of WAL | pg_recvlogical changes/s | wal2json changes/s | ×pg_recvlogical (spread) | ×wal2json | bytes ÷ wal2json | walsender busy: tidemark / pg_recvlogical |\n|---|---|---|---|---|---|---|---|---|");
+        let busy = |b: Option<f64>| b.map_or("?".to_string(), |b| format!("{b:.2}"));
         for (name, d) in &self.capture.scenarios {
             let _ = writeln!(
                 md,
-                "| {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.3} |",
+                "| {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.2} ({:.2}–{:.2}) | {:.2} | {:.3} | {} / {} |",
                 d.changes_per_s,
                 d.mb_per_s,
                 d.pg_recvlogical_changes_per_s,
                 d.wal2json_changes_per_s,
                 d.ratio_vs_pg_recvlogical,
+                d.ratio_vs_pg_recvlogical_spread[0],
+                d.ratio_vs_pg_recvlogical_spread[1],
                 d.ratio_vs_wal2json,
-                d.bytes_ratio_vs_wal2json
+                d.bytes_ratio_vs_wal2json,
+                busy(d.walsender_busy),
+                busy(d.pg_recvlogical_walsender_busy)
             );
         }
         let _ = writeln!(md, "\n## Latency\n\n![latency]({latency})\n\n| offered tx/s | achieved | durable p50 / p95 / p99 ms | in the store p50 / p95 / p99 ms | in Kafka p50 / p99 ms |\n|---|---|---|---|---|");

@@ -1,0 +1,172 @@
+//! What users run, measured the way PostgreSQL sees it: a `tidemark capture`
+//! process of its own (this very binary), timed from its start until the
+//! slot's `confirmed_flush_lsn` reaches the backlog's end, with its peak RSS
+//! and how busy the walsender serving it was. `pg_recvlogical` is timed the
+//! same way (start to exit: it confirms its end position before it exits),
+//! with its walsender's busy share beside it.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{BenchError, Server};
+use crate::base::position::{EndLsn, Lsn};
+
+/// How often the slot is read while a drain runs.
+const POLL: Duration = Duration::from_millis(10);
+
+pub struct SpawnedRun {
+    pub seconds: f64,
+    pub peak_rss_mib: f64,
+    /// The walsender's CPU time over its lifetime, as a share of one core.
+    pub walsender_busy: Option<f64>,
+}
+
+/// The slot's confirmed position and the pid of the walsender holding it.
+async fn read_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<(Option<Lsn>, Option<i32>), BenchError> {
+    let row = client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let confirmed: Option<String> = row.get(0);
+    Ok((confirmed.and_then(|l| l.parse().ok()), row.get(1)))
+}
+
+/// A process's CPU seconds (user + system) and its age, from /proc.
+fn cpu_and_age(pid: i32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces, in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // stat(5): utime is field 14, stime 15, starttime 22; `fields` starts at field 3.
+    let (utime, stime, start) = (ticks(11)?, ticks(12)?, ticks(19)?);
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(((utime + stime) / hz, uptime - start / hz))
+}
+
+/// The last reading of the walsender serving `slot`: its busy share.
+#[derive(Default)]
+struct WalsenderWatch {
+    busy: Option<f64>,
+}
+
+impl WalsenderWatch {
+    fn sample(&mut self, pid: Option<i32>) {
+        if let Some((cpu, age)) = pid.and_then(cpu_and_age) {
+            if age > 0.0 {
+                self.busy = Some(cpu / age);
+            }
+        }
+    }
+}
+
+fn signal_stop(child: &Child) {
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Runs `tidemark capture --config <config>` until the slot confirms `end`.
+pub async fn capture(
+    server: &Server,
+    db: &str,
+    config: &Path,
+    slot: &str,
+    end: EndLsn,
+) -> Result<SpawnedRun, BenchError> {
+    let client = server.connect(db).await?;
+    let log = config.with_extension("log");
+    let started = Instant::now();
+    // This very binary, even if a newer build has replaced the file since.
+    let mut child = server
+        .command("/proc/self/exe")
+        .args(["capture", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let pid = child.id().to_string();
+    let (mut peak, mut walsender) = (0.0f64, WalsenderWatch::default());
+    loop {
+        peak = super::peak_rss_mib_of(&pid).max(peak);
+        let (confirmed, active) = read_slot(&client, slot).await?;
+        walsender.sample(active);
+        if confirmed.is_some_and(|l| l >= end.0) {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(BenchError::Tool {
+                tool: "tidemark capture".into(),
+                detail: format!(
+                    "exited ({status}) before the slot confirmed {end}: {}",
+                    said.lines().last().unwrap_or_default()
+                ),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    signal_stop(&child);
+    child.wait()?;
+    Ok(SpawnedRun {
+        seconds,
+        peak_rss_mib: peak,
+        walsender_busy: walsender.busy,
+    })
+}
+
+/// Runs `pg_recvlogical` with `args` on `slot` until it exits at its end position.
+pub async fn recvlogical(
+    server: &Server,
+    db: &str,
+    slot: &str,
+    args: &[&str],
+) -> Result<SpawnedRun, BenchError> {
+    let client = server.connect(db).await?;
+    let started = Instant::now();
+    let mut child = server
+        .tool("pg_recvlogical")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut walsender = WalsenderWatch::default();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let (_, active) = read_slot(&client, slot).await?;
+        walsender.sample(active);
+        tokio::time::sleep(POLL).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        let mut said = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut said);
+        }
+        return Err(BenchError::Tool {
+            tool: "pg_recvlogical".into(),
+            detail: said.trim().to_string(),
+        });
+    }
+    Ok(SpawnedRun {
+        seconds,
+        peak_rss_mib: 0.0,
+        walsender_busy: walsender.busy,
+    })
+}
