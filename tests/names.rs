@@ -4,7 +4,6 @@
 
 mod harness;
 
-use std::path::Path;
 use std::time::Duration;
 
 use harness::Fixture;
@@ -35,23 +34,6 @@ const TABLES: [&str; 4] = [
 
 fn md5_in(fx: &Fixture, db: &str, table: &str) -> String {
     fx.cluster.psql(db, &harness::table_md5_sql(table)).unwrap()
-}
-
-/// Every stored object's path, relative to the archive root.
-fn stored_paths(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                out.push(path.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -96,7 +78,7 @@ async fn awkward_names_are_captured_archived_and_restored_exactly() {
     assert_eq!(changes[0]["table"], r#""a.b".c"#);
 
     // Each object stays where the layout puts it: nothing climbs out of snapshots/<lsn>/.
-    let paths = stored_paths(&archive);
+    let paths = harness::files_under(&archive);
     assert!(!paths.is_empty());
     for path in &paths {
         let parts: Vec<&str> = path.split('/').collect();

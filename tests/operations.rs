@@ -452,12 +452,13 @@ async fn scheduled_checks_and_the_audit_log() {
         .password()
         .expect("the shared cluster listens with a password");
     let local = std::fs::read_to_string(fx.log_dir().join("audit.jsonl")).unwrap();
-    let batches: Vec<std::path::PathBuf> = walk(&fx.archive_dir().join("audit"));
-    assert!(!batches.is_empty());
-    let archived: String = batches
-        .iter()
-        .map(|b| std::fs::read_to_string(b).unwrap())
+    let batches: Vec<String> = harness::files_under(&fx.archive_dir())
+        .into_iter()
+        .filter(|key| key.starts_with("audit/"))
         .collect();
+    assert!(!batches.is_empty());
+    let read = |key: &str| std::fs::read_to_string(fx.archive_dir().join(key)).unwrap();
+    let archived: String = batches.iter().map(|b| read(b)).collect();
     for operation in ["restore", "verify"] {
         let line = format!("\"operation\":\"{operation}\"");
         assert!(archived.contains(&line), "no {operation} in {archived}");
@@ -474,28 +475,18 @@ async fn scheduled_checks_and_the_audit_log() {
     assert!(report["audit_batches"].as_u64().unwrap() >= 1, "{report}");
 
     let edited = &batches[0];
-    let text = std::fs::read_to_string(edited).unwrap();
+    let text = read(edited);
     std::fs::write(
-        edited,
+        fx.archive_dir().join(edited),
         text.replacen("\"outcome\":\"ok\"", "\"outcome\":\"failed\"", 1),
     )
     .unwrap();
     let out = harness::tidemark(&["verify", "--config", config_arg, "--json"], &[]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{report}");
-    let key = edited
-        .strip_prefix(fx.archive_dir())
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
     assert!(
-        report["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["key"] == key.as_str()),
-        "{key} not named in {report}"
+        harness::report_names(&report, edited),
+        "{edited} not named in {report}"
     );
 
     // An edited local line is named by `tidemark audit`, exit 1.
@@ -508,20 +499,6 @@ async fn scheduled_checks_and_the_audit_log() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("audit line 2"), "{stderr}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files.sort();
-    files
 }
 
 /// A start with other tables than the last start leaves a `tables.change`

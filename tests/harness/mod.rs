@@ -293,6 +293,31 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// Every file below `root`, as paths relative to it, sorted.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether a `verify --json` report names `key` among its problems.
+pub fn report_names(report: &serde_json::Value, key: &str) -> bool {
+    report["problems"]
+        .as_array()
+        .is_some_and(|problems| problems.iter().any(|p| p["key"] == key))
+}
+
 /// The value of the first sample whose line starts with `series` (name plus labels).
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
