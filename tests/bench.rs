@@ -48,6 +48,11 @@ fn a_small_bench_runs_every_phase_and_writes_its_outputs() {
         "/restore/ratio_vs_copy",
         "/restore/ratio_vs_pg_restore",
         "/memory/capture_peak_rss_mib",
+        "/capture/scenarios/pgbench/walsender_busy",
+        "/capture/scenarios/pgbench/pg_recvlogical_walsender_busy",
+        "/restore/compaction/seconds",
+        "/restore/compaction/peak_rss_mib",
+        "/restore/compaction/children_peak_rss_mib",
     ] {
         let value = results.pointer(path).and_then(|v| v.as_f64());
         assert!(value.is_some_and(|v| v > 0.0), "{path}: {value:?}");
@@ -56,7 +61,19 @@ fn a_small_bench_runs_every_phase_and_writes_its_outputs() {
         results["restore"]["rows"], 2000,
         "the restore phase restored every row"
     );
+    // Compaction wrote a new snapshot: its scratch server wrote the rows out.
+    assert!(
+        results["restore"]["compaction"]["children_written_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{}",
+        results["restore"]["compaction"]
+    );
     let markdown = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        markdown.contains("`tidemark compact` to the same point"),
+        "{markdown}"
+    );
     assert!(markdown.contains("bench-throughput.svg"), "{markdown}");
     let chart = std::fs::read_to_string(dir.path().join("bench-latency.svg")).unwrap();
     assert!(

@@ -126,6 +126,8 @@ pub struct RestoreResult {
     pub rows_per_s: f64,
     pub changes_per_s: f64,
     pub peak_rss_mib: f64,
+    /// `tidemark compact` to the same point: time, memory and I/O, its own and its scratch server's.
+    pub compaction: super::spawned::ProcessCost,
 }
 
 #[derive(Debug, Serialize)]
@@ -222,6 +224,9 @@ impl Results {
             self.memory
                 .phases
                 .insert("restore".into(), restore.peak_rss_mib);
+            self.memory
+                .phases
+                .insert("compaction".into(), restore.compaction.peak_rss_mib);
         }
         if let Some(kafka) = &self.kafka {
             self.memory
@@ -254,6 +259,7 @@ impl Results {
             .and_then(|d| d.walsender_busy);
         let copy = self.restore.as_ref().map(|r| r.ratio_vs_copy);
         let rss = Some(self.memory.capture_peak_rss_mib);
+        let compaction_rss = self.restore.as_ref().map(|r| r.compaction.peak_rss_mib);
         let big_mib = self.memory.big_transaction_mib;
         check(
             "capture vs pg_recvlogical",
@@ -293,6 +299,13 @@ impl Results {
         check("snapshot load vs raw COPY", "≥ 0.90×", copy, "×", |m| {
             m >= 0.9
         });
+        check(
+            "peak RSS of tidemark compact (its own process)",
+            "≤ 64 MiB",
+            compaction_rss,
+            " MiB",
+            |m| m <= 64.0,
+        );
         check(
             &format!("peak RSS, {big_mib} MiB transaction"),
             "≤ 64 MiB",
@@ -447,11 +460,25 @@ impl Results {
                 "| tidemark change replay ({} changes) | {:.2} | {:.0} changes/s |",
                 r.changes, r.replay_seconds, r.changes_per_s
             );
+            let c = &r.compaction;
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            let _ = writeln!(
+                md,
+                "| `tidemark compact` to the same point (restore to it: {:.2} s) | {:.2} | tidemark {:.1} MiB peak RSS, read {:.0} MiB, wrote {:.0} MiB; its scratch server {:.1} MiB peak RSS (all processes), read {:.0} MiB, wrote {:.0} MiB |",
+                r.total_seconds,
+                c.seconds,
+                c.peak_rss_mib,
+                mib(c.read_bytes),
+                mib(c.written_bytes),
+                c.children_peak_rss_mib,
+                mib(c.children_read_bytes),
+                mib(c.children_written_bytes)
+            );
         }
         if let Some(k) = &self.kafka {
             let _ = writeln!(md, "\n## Kafka\n\n{} events in {:.2}s: {:.0} events/s; p99 commit→in-Kafka at 2000 tx/s: {}.", k.events, k.seconds, k.events_per_s, k.commit_to_kafka_p99_ms.map_or("not measured".into(), |p| format!("{p:.1} ms")));
         }
-        let _ = writeln!(md, "\n## Peak RSS\n\n`big_transaction` is a `tidemark capture` process of its own; the other phases run in the bench process, so their peaks include what earlier phases left allocated.\n\n| phase | MiB |\n|---|---|");
+        let _ = writeln!(md, "\n## Peak RSS\n\n`big_transaction` is a `tidemark capture` process and `compaction` a `tidemark compact` process of their own; the other phases run in the bench process, so their peaks include what earlier phases left allocated.\n\n| phase | MiB |\n|---|---|");
         for (phase, mib) in &self.memory.phases {
             let _ = writeln!(md, "| {phase} | {mib:.1} |");
         }

@@ -98,6 +98,25 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
     .await?;
     let restore_rss = peak_rss_mib();
 
+    // Compaction of the same point, as `tidemark compact` runs it: a new base
+    // snapshot built in a scratch server from the archive alone.
+    let compact_config = options.work_dir.join("compact.toml");
+    std::fs::write(
+        &compact_config,
+        super::capture_toml(
+            server,
+            SOURCE,
+            &["public.t"],
+            "restore",
+            &log_dir,
+            &format!("[archive]\nurl = {archive_url:?}\n"),
+        ),
+    )?;
+    let config_arg = compact_config.display().to_string();
+    let compaction = tokio::task::block_in_place(|| {
+        super::spawned::measure(server, &["compact", "--config", &config_arg])
+    })?;
+
     // Raw COPY of the same rows: exported first (not timed), then loaded.
     let copy_file = options.work_dir.join("t.copy");
     {
@@ -162,5 +181,6 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
         rows_per_s: summary.rows_loaded as f64 / summary.load_seconds,
         changes_per_s: summary.changes as f64 / summary.replay_seconds,
         peak_rss_mib: restore_rss,
+        compaction,
     })
 }

@@ -170,3 +170,121 @@ pub async fn recvlogical(
         walsender_busy: walsender.busy,
     })
 }
+
+/// What a `tidemark compact` process cost, with the scratch server it ran.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ProcessCost {
+    pub seconds: f64,
+    /// tidemark's own process.
+    pub peak_rss_mib: f64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    /// Every process it started (the scratch server's), summed at each sample.
+    pub children_peak_rss_mib: f64,
+    pub children_read_bytes: u64,
+    pub children_written_bytes: u64,
+}
+
+/// `(parent, pid)` of every process.
+fn parents() -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let parent = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((parent, pid))
+        })
+        .collect()
+}
+
+/// Every descendant of `root`.
+fn descendants(root: i32) -> Vec<i32> {
+    let all = parents();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(all.iter().filter(|(p, _)| *p == parent).map(|(_, c)| *c));
+        i += 1;
+    }
+    found.split_off(1)
+}
+
+/// `read_bytes` and `write_bytes` from /proc/<pid>/io: what reached storage.
+fn io_bytes(pid: i32) -> Option<(u64, u64)> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("read_bytes:")?, field("write_bytes:")?))
+}
+
+fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Runs this binary with `args` to its end, sampling it and its children
+/// every 20 ms: peak RSS and bytes read and written, its own and theirs.
+pub fn measure(server: &Server, args: &[&str]) -> Result<ProcessCost, BenchError> {
+    let started = Instant::now();
+    let mut child = server
+        .command("/proc/self/exe")
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as i32;
+    let mut cost = ProcessCost::default();
+    let mut children_io = std::collections::HashMap::new();
+    let status = loop {
+        cost.peak_rss_mib = super::peak_rss_mib_of(&pid.to_string()).max(cost.peak_rss_mib);
+        if let Some((read, written)) = io_bytes(pid) {
+            (cost.read_bytes, cost.written_bytes) = (read, written);
+        }
+        let tree = descendants(pid);
+        let rss: f64 = tree.iter().map(|&p| rss_mib(p)).sum();
+        cost.children_peak_rss_mib = cost.children_peak_rss_mib.max(rss);
+        for p in tree {
+            if let Some(io) = io_bytes(p) {
+                children_io.insert(p, io);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    cost.seconds = started.elapsed().as_secs_f64();
+    cost.children_read_bytes = children_io.values().map(|(r, _)| r).sum();
+    cost.children_written_bytes = children_io.values().map(|(_, w)| w).sum();
+    if !status.success() {
+        let mut said = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut said);
+        }
+        return Err(BenchError::Tool {
+            tool: format!("tidemark {}", args.first().copied().unwrap_or_default()),
+            detail: said.trim().to_string(),
+        });
+    }
+    Ok(cost)
+}
