@@ -36,7 +36,10 @@ pub async fn fetch_verified(
     Ok(data)
 }
 
-/// Downloads segments into `dir` as a local log (decompressed, numbered in order).
+/// Downloads segments into `dir` as a local log (decompressed, numbered in
+/// order). Each object streams to a file, is checked against the manifest's
+/// size and SHA-256, and is decompressed file to file while its raw SHA-256
+/// is taken: memory stays at buffer sizes whatever the segment size.
 pub async fn fetch_segments(
     store: &dyn ObjectStore,
     segments: &[SegmentEntry],
@@ -44,24 +47,102 @@ pub async fn fetch_segments(
     bar: &ProgressBar,
 ) -> Result<(), ArchiveError> {
     for (i, entry) in segments.iter().enumerate() {
-        let data = fetch_verified(store, &entry.key, entry.size, &entry.sha256).await?;
-        bar.inc(entry.size);
-        let raw = tokio::task::spawn_blocking(move || zstd::decode_all(&data[..]))
+        let stored = dir.join(format!("{}.stored", i + 1));
+        store
+            .get_to_file(&entry.key, &stored)
             .await
-            .expect("decompressing a segment")
-            .map_err(|e| ArchiveError::Corrupt {
-                key: entry.key.clone(),
-                problem: format!("does not decompress: {e}"),
+            .map_err(|e| match e {
+                crate::archive::store::StoreError::NotFound { key, .. } => {
+                    ArchiveError::Missing { key }
+                }
+                other => other.into(),
             })?;
-        if manifest::sha256_hex(&raw) != entry.raw_sha256 {
-            return Err(ArchiveError::Corrupt {
-                key: entry.key.clone(),
-                problem: "its decompressed bytes do not match the manifest's raw SHA-256".into(),
-            });
-        }
         let path = dir.join(crate::log::segment::file_name(i as u64 + 1));
-        std::fs::write(&path, raw).map_err(|source| crate::log::LogError::Io { path, source })?;
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || decompress_verified(&stored, &path, &entry))
+            .await
+            .expect("decompressing a segment")?;
+        bar.inc(segments[i].size);
     }
+    Ok(())
+}
+
+/// A writer that passes bytes on and hashes them.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: sha2::Digest::new(),
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> (u64, String) {
+        (self.len, hex::encode(sha2::Digest::finalize(self.hasher)))
+    }
+}
+
+/// Checks the stored object at `stored`, decompresses it into `path`, checks
+/// the raw bytes, and removes `stored`.
+fn decompress_verified(
+    stored: &Path,
+    path: &Path,
+    entry: &SegmentEntry,
+) -> Result<(), ArchiveError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArchiveError::from(crate::log::LogError::Io { path, source })
+    };
+    let mut sink = Hashing::new(std::io::sink());
+    std::io::copy(
+        &mut std::fs::File::open(stored).map_err(io(stored))?,
+        &mut sink,
+    )
+    .map_err(io(stored))?;
+    let (size, sha256) = sink.finish();
+    manifest::check_object(&entry.key, size, &sha256, entry.size, &entry.sha256)?;
+    let corrupt = |problem: String| ArchiveError::Corrupt {
+        key: entry.key.clone(),
+        problem,
+    };
+    let mut decoder =
+        zstd::stream::read::Decoder::new(std::fs::File::open(stored).map_err(io(stored))?)
+            .map_err(io(stored))?;
+    let mut raw = Hashing::new(std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(io(path))?,
+    ));
+    std::io::copy(&mut decoder, &mut raw).map_err(|e| match e.raw_os_error() {
+        // The system refused a read or a write (a full disk, say): not the object's fault.
+        Some(_) => io(path)(e),
+        None => corrupt(format!("does not decompress: {e}")),
+    })?;
+    std::io::Write::flush(&mut raw).map_err(io(path))?;
+    if raw.finish().1 != entry.raw_sha256 {
+        return Err(corrupt(
+            "its decompressed bytes do not match the manifest's raw SHA-256".into(),
+        ));
+    }
+    std::fs::remove_file(stored).map_err(io(stored))?;
     Ok(())
 }
 
@@ -276,5 +357,86 @@ impl Executor for ClientExecutor {
             )
             .map(|row| row.get(0))
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+    use crate::archive::store::local::LocalStore;
+    use crate::base::position::{EndLsn, Lsn};
+
+    const RAW: &[u8] = b"a segment's bytes, as the log wrote them";
+
+    fn entry(stored: &[u8]) -> SegmentEntry {
+        SegmentEntry {
+            key: "segments/one.seg.zst".into(),
+            start_lsn: EndLsn(Lsn(1)),
+            end_lsn: EndLsn(Lsn(2)),
+            restart_lsn: EndLsn(Lsn(1)),
+            first_commit_time: None,
+            last_commit_time: None,
+            records: 1,
+            size: stored.len() as u64,
+            sha256: manifest::sha256_hex(stored),
+            raw_size: RAW.len() as u64,
+            raw_sha256: manifest::sha256_hex(RAW),
+            prev_sha256: None,
+        }
+    }
+
+    async fn fetch(store: &LocalStore, entry: &SegmentEntry) -> Result<Vec<u8>, ArchiveError> {
+        let dir = tempfile::tempdir().unwrap();
+        fetch_segments(
+            store,
+            std::slice::from_ref(entry),
+            dir.path(),
+            &ProgressBar::hidden(),
+        )
+        .await?;
+        Ok(std::fs::read(dir.path().join(crate::log::segment::file_name(1))).unwrap())
+    }
+
+    /// Streams through files, and refuses a stored object or its contents
+    /// that differ from the manifest, by name.
+    #[tokio::test]
+    async fn segments_stream_and_every_mismatch_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let stored = zstd::encode_all(RAW, 3).unwrap();
+        let good = entry(&stored);
+        store
+            .put(&good.key, Bytes::from(stored.clone()), &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(fetch(&store, &good).await.unwrap(), RAW);
+
+        let mut other_raw = good.clone();
+        other_raw.raw_sha256 = manifest::sha256_hex(b"something else");
+        let error = fetch(&store, &other_raw).await.unwrap_err().to_string();
+        assert!(
+            error.contains("segments/one.seg.zst") && error.contains("raw SHA-256"),
+            "{error}"
+        );
+
+        let mut flipped = stored.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        store
+            .put(&good.key, Bytes::from(flipped), &Default::default())
+            .await
+            .unwrap();
+        let error = fetch(&store, &good).await.unwrap_err().to_string();
+        assert!(error.contains("segments/one.seg.zst"), "{error}");
+
+        let garbage = b"not zstd at all".to_vec();
+        store
+            .put(&good.key, Bytes::from(garbage.clone()), &Default::default())
+            .await
+            .unwrap();
+        let error = fetch(&store, &entry(&garbage))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("does not decompress"), "{error}");
     }
 }
