@@ -14,12 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::manifest::{sha256_hex, ObjectRef, SnapshotEntry, TableObject};
 use super::store::ObjectStore;
 use super::ArchiveError;
+use crate::base::hashing::HashingWriter;
 use crate::base::position::PgTimestamp;
 use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::source::conn::ReplicationConnection;
@@ -215,9 +215,10 @@ pub async fn copy_table(
             encoder.write_all(&chunk)?;
         }
         encoder.finish()?;
-        out.inner.flush()?;
-        out.inner.get_ref().sync_all()?;
-        Ok((raw, out.len, hex::encode(out.hasher.finalize())))
+        let (mut file, len, sha256) = out.into_parts();
+        file.flush()?;
+        file.get_ref().sync_all()?;
+        Ok((raw, len, sha256))
     });
     let stream = client
         .copy_out(sql.as_str())
@@ -250,36 +251,6 @@ pub async fn copy_table(
         sha256,
         raw_size,
     })
-}
-
-/// Passes writes through while hashing and counting them.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 impl SchemaSet {

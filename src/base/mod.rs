@@ -6,6 +6,7 @@
 
 pub mod exit;
 pub mod files;
+pub mod hashing;
 pub mod position;
 pub mod retry;
 pub mod secret;

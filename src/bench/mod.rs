@@ -246,9 +246,21 @@ pub fn capture_config(
     log_dir: &Path,
     extra: &str,
 ) -> Result<crate::config::Checked, BenchError> {
-    let text = capture_toml(server, db, tables, slot, log_dir, extra);
+    checked_config(
+        server,
+        db,
+        &capture_toml(server, db, tables, slot, log_dir, extra),
+    )
+}
+
+/// A capture config's text, checked, with the connection to `db` (password included).
+pub fn checked_config(
+    server: &Server,
+    db: &str,
+    text: &str,
+) -> Result<crate::config::Checked, BenchError> {
     let mut checked =
-        crate::config::Config::from_toml(Path::new("bench.toml"), &text, std::iter::empty())?;
+        crate::config::Config::from_toml(Path::new("bench.toml"), text, std::iter::empty())?;
     checked.pg = server.info(db);
     Ok(checked)
 }
@@ -260,10 +272,15 @@ pub fn peak_rss_mib() -> f64 {
 
 /// A process's peak resident set (`pid`, or `self`), in MiB.
 pub fn peak_rss_mib_of(pid: &str) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A size `field` of /proc/<pid>/status (`VmHWM:`, `VmRSS:`), in MiB; 0 if unreadable.
+pub fn status_mib(pid: &str, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }

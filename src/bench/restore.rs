@@ -10,9 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::report::RestoreResult;
-use super::{
-    capture_config, current_lsn, peak_rss_mib, reset_peak_rss, BenchError, Options, Server,
-};
+use super::{current_lsn, peak_rss_mib, reset_peak_rss, BenchError, Options, Server};
 use crate::replay::apply::Target;
 use crate::restore::command::{self, Request};
 use crate::telemetry::Progress;
@@ -39,15 +37,19 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
         }
         std::fs::create_dir_all(dir)?;
     }
-    let archive_url = format!("file://{}", archive_dir.display());
-    let checked = capture_config(
+    let archive_toml = format!(
+        "[archive]\nurl = {:?}\n",
+        format!("file://{}", archive_dir.display())
+    );
+    let config_text = super::capture_toml(
         server,
         SOURCE,
         &["public.t"],
         "restore",
         &log_dir,
-        &format!("[archive]\nurl = {archive_url:?}\n"),
-    )?;
+        &archive_toml,
+    );
+    let checked = super::checked_config(server, SOURCE, &config_text)?;
 
     // Capture stores a base snapshot; the changes after it are replayed.
     let progress = Arc::new(Progress::default());
@@ -101,17 +103,7 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
     // Compaction of the same point, as `tidemark compact` runs it: a new base
     // snapshot built in a scratch server from the archive alone.
     let compact_config = options.work_dir.join("compact.toml");
-    std::fs::write(
-        &compact_config,
-        super::capture_toml(
-            server,
-            SOURCE,
-            &["public.t"],
-            "restore",
-            &log_dir,
-            &format!("[archive]\nurl = {archive_url:?}\n"),
-        ),
-    )?;
+    std::fs::write(&compact_config, &config_text)?;
     let config_arg = compact_config.display().to_string();
     let compaction = tokio::task::block_in_place(|| {
         super::spawned::measure(server, &["compact", "--config", &config_arg])

@@ -232,12 +232,7 @@ fn io_bytes(pid: i32) -> Option<(u64, u64)> {
 }
 
 fn rss_mib(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    super::status_mib(&pid.to_string(), "VmRSS:")
 }
 
 /// Runs this binary with `args` to its end, sampling it and its children

@@ -12,6 +12,7 @@ use super::apply::Executor;
 use crate::archive::manifest::{self, SegmentEntry, TableObject};
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
+use crate::base::hashing::HashingWriter;
 use crate::base::table::quote_ident;
 use crate::source::schema::SchemaSet;
 
@@ -67,41 +68,6 @@ pub async fn fetch_segments(
     Ok(())
 }
 
-/// A writer that passes bytes on and hashes them.
-struct Hashing<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    len: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W> Hashing<W> {
-    fn new(inner: W) -> Self {
-        Hashing {
-            inner,
-            hasher: sha2::Digest::new(),
-            len: 0,
-        }
-    }
-
-    fn finish(self) -> (u64, String) {
-        (self.len, hex::encode(sha2::Digest::finalize(self.hasher)))
-    }
-}
-
 /// Checks the stored object at `stored`, decompresses it into `path`, checks
 /// the raw bytes, and removes `stored`.
 fn decompress_verified(
@@ -113,13 +79,13 @@ fn decompress_verified(
         let path = path.to_path_buf();
         move |source| ArchiveError::from(crate::log::LogError::Io { path, source })
     };
-    let mut sink = Hashing::new(std::io::sink());
+    let mut sink = HashingWriter::new(std::io::sink());
     std::io::copy(
         &mut std::fs::File::open(stored).map_err(io(stored))?,
         &mut sink,
     )
     .map_err(io(stored))?;
-    let (size, sha256) = sink.finish();
+    let (_, size, sha256) = sink.into_parts();
     manifest::check_object(&entry.key, size, &sha256, entry.size, &entry.sha256)?;
     let corrupt = |problem: String| ArchiveError::Corrupt {
         key: entry.key.clone(),
@@ -128,7 +94,7 @@ fn decompress_verified(
     let mut decoder =
         zstd::stream::read::Decoder::new(std::fs::File::open(stored).map_err(io(stored))?)
             .map_err(io(stored))?;
-    let mut raw = Hashing::new(std::io::BufWriter::new(
+    let mut raw = HashingWriter::new(std::io::BufWriter::new(
         std::fs::File::create(path).map_err(io(path))?,
     ));
     std::io::copy(&mut decoder, &mut raw).map_err(|e| match e.raw_os_error() {
@@ -137,7 +103,7 @@ fn decompress_verified(
         None => corrupt(format!("does not decompress: {e}")),
     })?;
     std::io::Write::flush(&mut raw).map_err(io(path))?;
-    if raw.finish().1 != entry.raw_sha256 {
+    if raw.into_parts().2 != entry.raw_sha256 {
         return Err(corrupt(
             "its decompressed bytes do not match the manifest's raw SHA-256".into(),
         ));
