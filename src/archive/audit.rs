@@ -23,35 +23,47 @@ pub const PREFIX: &str = "audit/";
 const SHIPPED: &str = "audit.shipped";
 
 /// Puts the lines not yet in the archive there, as one batch. Returns how many.
+/// `audit.shipped` holds the last shipped line's number and the file's length
+/// then, so a log that has not grown is not read again.
 pub async fn ship(store: &dyn ObjectStore, log_dir: &Path) -> Result<usize, ShipError> {
+    let length = std::fs::metadata(log_dir.join(audit::FILE_NAME)).map_or(0, |m| m.len());
+    let shipped_path = log_dir.join(SHIPPED);
+    let recorded = std::fs::read_to_string(&shipped_path).unwrap_or_default();
+    let mut recorded = recorded.split_whitespace().map(|n| n.parse::<u64>().ok());
+    let (shipped, shipped_length) = (
+        recorded.next().flatten().unwrap_or(0),
+        recorded.next().flatten(),
+    );
+    if shipped_length == Some(length) {
+        return Ok(0);
+    }
     let log = AuditLog::in_dir(log_dir);
     let lines = log.read()?;
     let Some(chain) = lines.first().map(|l| chain_id(&l.text)) else {
         return Ok(0);
     };
-    let shipped_path = log_dir.join(SHIPPED);
-    let shipped: u64 = std::fs::read_to_string(&shipped_path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0);
     let fresh: Vec<&Line> = lines
         .iter()
         .filter(|l| l.entry.as_ref().is_some_and(|e| e.seq > shipped))
         .collect();
+    let record = |seq: u64| {
+        crate::base::files::replace_durably(&shipped_path, format!("{seq} {length}\n").as_bytes())
+            .map_err(|source| {
+                ShipError::Audit(audit::AuditError::Io {
+                    path: shipped_path.clone(),
+                    source,
+                })
+            })
+    };
     let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
+        record(shipped)?;
         return Ok(0);
     };
     let seq = |l: &Line| l.entry.as_ref().map_or(0, |e| e.seq);
     let key = format!("{PREFIX}{chain}/{:012}-{:012}.jsonl", seq(first), seq(last));
     let body: String = fresh.iter().map(|l| format!("{}\n", l.text)).collect();
     store.put(&key, Bytes::from(body), &BTreeMap::new()).await?;
-    crate::base::files::replace_durably(&shipped_path, format!("{}\n", seq(last)).as_bytes())
-        .map_err(|source| {
-            ShipError::Audit(audit::AuditError::Io {
-                path: shipped_path.clone(),
-                source,
-            })
-        })?;
+    record(seq(last))?;
     Ok(fresh.len())
 }
 
