@@ -130,30 +130,49 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
         "/healthz to answer 200 again",
         || healthz() == Some(200),
     );
-    let expected = vec![
-        ("warning".to_string(), "firing".to_string()),
-        ("critical".to_string(), "firing".to_string()),
-        ("critical".to_string(), "resolved".to_string()),
-    ];
+    // Once S3 is back the backlog may land in more than one manifest, so the
+    // RPO can step down to warning on its way back: allowed, and notified.
+    let resolved = |sequence: &[(String, String)]| {
+        sequence
+            .last()
+            .is_some_and(|(_, state)| state == "resolved")
+    };
     harness::wait_for(
         Duration::from_secs(60),
         "the rpo resolved notice everywhere",
         || {
-            let mut delivered = notices(&hooks.json(webhook), "rpo", hooks_before);
-            delivered.dedup();
-            slack_notices(&hooks.json(slack), "rpo", slack_before).len() == 3
-                && delivered == expected
-                && smtp.messages().len() >= mail_before + 3
+            let slack_seen = slack_notices(&hooks.json(slack), "rpo", slack_before);
+            let mail_seen = smtp.messages().len() - mail_before;
+            resolved(&slack_seen)
+                && resolved(&notices(&hooks.json(webhook), "rpo", hooks_before))
+                && mail_seen >= slack_seen.len()
         },
     );
+    let sequence = slack_notices(&hooks.json(slack), "rpo", slack_before);
+    let pair = |severity: &str, state: &str| (severity.to_string(), state.to_string());
     assert_eq!(
-        slack_notices(&hooks.json(slack), "rpo", slack_before),
-        expected
+        sequence[..2],
+        [pair("warning", "firing"), pair("critical", "firing")],
+        "{sequence:?}"
     );
+    assert!(
+        [
+            vec![pair("critical", "resolved")],
+            vec![pair("warning", "firing"), pair("warning", "resolved")],
+        ]
+        .contains(&sequence[2..].to_vec()),
+        "fired once per severity, resolved once: {sequence:?}"
+    );
+    let mut delivered = notices(&hooks.json(webhook), "rpo", hooks_before);
+    delivered.dedup();
+    assert_eq!(delivered, sequence, "the webhook saw what Slack saw");
 
     // The webhook took the warning on a retry: the first attempt was answered 503.
     let webhook_rpo = notices(&hooks.json(webhook), "rpo", hooks_before);
-    assert!(webhook_rpo.len() > 3, "no retry seen: {webhook_rpo:?}");
+    assert!(
+        webhook_rpo.len() > sequence.len(),
+        "no retry seen: {webhook_rpo:?}"
+    );
     let critical = hooks.json(webhook)[hooks_before..]
         .iter()
         .find(|b| b["alert"] == "rpo" && b["severity"] == "critical")
@@ -186,7 +205,7 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
         .collect();
     assert!(texts.iter().any(|t| t.contains("WARNING rpo")), "{texts:?}");
     assert!(
-        texts.iter().any(|t| t.contains("CRITICAL rpo: resolved")),
+        texts.iter().any(|t| t.contains("rpo: resolved")),
         "{texts:?}"
     );
     let subjects: Vec<String> = smtp.messages()[mail_before..]
@@ -201,14 +220,17 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
         })
         .filter(|s| s.contains(" rpo "))
         .collect();
-    assert_eq!(
-        subjects,
-        [
-            format!("Subject: [tidemark] WARNING rpo firing on {}", fx.db),
-            format!("Subject: [tidemark] CRITICAL rpo firing on {}", fx.db),
-            format!("Subject: [tidemark] CRITICAL rpo resolved on {}", fx.db),
-        ]
-    );
+    let expected_subjects: Vec<String> = sequence
+        .iter()
+        .map(|(severity, state)| {
+            format!(
+                "Subject: [tidemark] {} rpo {state} on {}",
+                severity.to_uppercase(),
+                fx.db
+            )
+        })
+        .collect();
+    assert_eq!(subjects, expected_subjects);
     assert_eq!(smtp.messages()[mail_before]["to"][0], "oncall@example.com");
 
     let metrics = harness::scrape(port);
