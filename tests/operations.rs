@@ -401,6 +401,17 @@ async fn scheduled_checks_and_the_audit_log() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(capture.stop(), 0);
+    // The audit log, the schedule results, the alert state and the last upload are private.
+    for written in [
+        "audit.jsonl",
+        "verify.last.json",
+        "drill.last.json",
+        "archived.json",
+    ] {
+        assert!(fx.log_dir().join(written).exists(), "{written} missing");
+    }
+    harness::assert_private(&fx.log_dir());
+    harness::assert_private(&fx.archive_dir());
 
     let out = harness::tidemark(&["audit", "--config", config_arg, "--json"], &[]);
     assert_eq!(
