@@ -14,7 +14,7 @@ fn messages(hex_lines: &str) -> Vec<(Bytes, bool)> {
             let bytes = Bytes::from(hex::decode(l.trim()).expect("fixture lines are hex"));
             let here = in_block;
             match decode(&bytes, in_block).expect("fixtures decode") {
-                Message::StreamStart { .. } => in_block = true,
+                Message::StreamStart(_) => in_block = true,
                 Message::StreamStop => in_block = false,
                 _ => {}
             }

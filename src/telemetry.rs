@@ -255,7 +255,7 @@ impl ChangeCounts {
     /// Notes one pgoutput message, peeked at already; `in_block` says whether
     /// it carries a stream xid.
     pub fn observe(&mut self, peek: &Peek, payload: &bytes::Bytes, in_block: bool) {
-        use crate::source::pgoutput::{decode, Message};
+        use crate::source::pgoutput::{decode, Message, Truncate};
         let op = match peek.kind {
             PeekKind::Insert => "insert",
             PeekKind::Update => "update",
@@ -266,7 +266,7 @@ impl ChangeCounts {
                     Ok(Message::Relation(r)) => {
                         self.names.insert(r.oid, r.table().to_string());
                     }
-                    Ok(Message::Truncate { relation_oids, .. }) => {
+                    Ok(Message::Truncate(Truncate { relation_oids, .. })) => {
                         for oid in relation_oids {
                             *self.pending.entry((oid, "truncate")).or_default() += 1;
                         }

@@ -336,7 +336,7 @@ fn deep_check_segment(
         let message = pgoutput::decode(&record.data, in_stream)
             .map_err(|e| format!("record at offset {offset} is not valid pgoutput: {e}"))?;
         match message {
-            pgoutput::Message::StreamStart { .. } => in_stream = true,
+            pgoutput::Message::StreamStart(_) => in_stream = true,
             pgoutput::Message::StreamStop => in_stream = false,
             _ => {}
         }

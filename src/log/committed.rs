@@ -29,7 +29,10 @@ use super::reader::{LogReader, Position};
 use super::record::{Record, RecordKind};
 use super::LogError;
 use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
-use crate::source::pgoutput::{self, Message, OldTuple, Relation, Tuple, TxnState};
+use crate::source::pgoutput::{
+    self, CommitPrepared, Delete, Insert, LogicalMessage, Message, OldTuple, Relation,
+    RollbackPrepared, StreamAbort, StreamCommit, StreamStart, Truncate, Tuple, TxnState, Update,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnInfo {
@@ -228,7 +231,7 @@ impl<R: Reread> Assembler<R> {
         // The message decoded, so the peek cannot fail.
         let _ = self.state.observe(&record.data);
         if let Some(xid) = block {
-            if let Message::StreamStart { .. } = message {
+            if let Message::StreamStart(_) = message {
                 // A block never nests; a second start means the first was cut off.
                 self.streamed.remove(&xid);
             } else if !matches!(message, Message::StreamStop) {
@@ -276,14 +279,14 @@ impl<R: Reread> Assembler<R> {
                         .insert(info.gid, (TxnSpans::Whole(open), info.xid));
                 }
             }
-            Message::StreamStart { xid, first_segment } => {
+            Message::StreamStart(StreamStart { xid, first_segment }) => {
                 let spans = self.streamed.entry(xid).or_insert_with(|| Spans {
                     missing_start: !first_segment,
                     ..Spans::default()
                 });
                 spans.starts.push(position);
             }
-            Message::StreamCommit { xid, commit } => {
+            Message::StreamCommit(StreamCommit { xid, commit }) => {
                 let txn = TxnInfo {
                     xid,
                     commit_lsn: commit.commit_lsn,
@@ -297,7 +300,7 @@ impl<R: Reread> Assembler<R> {
                     _ => sink.incomplete(&txn)?,
                 }
             }
-            Message::StreamAbort { xid, subxid } => {
+            Message::StreamAbort(StreamAbort { xid, subxid }) => {
                 if xid == subxid {
                     self.streamed.remove(&xid);
                 } else if let Some(spans) = self.streamed.get_mut(&xid) {
@@ -310,13 +313,13 @@ impl<R: Reread> Assembler<R> {
                         .insert(info.gid, (TxnSpans::Streamed(spans), info.xid));
                 }
             }
-            Message::CommitPrepared {
+            Message::CommitPrepared(CommitPrepared {
                 commit_lsn,
                 end_lsn,
                 commit_time,
                 gid,
                 ..
-            } => {
+            }) => {
                 if let Some((spans, xid)) = self.prepared.remove(&gid) {
                     let txn = TxnInfo {
                         xid,
@@ -327,7 +330,7 @@ impl<R: Reread> Assembler<R> {
                     self.emit(&txn, spans, sink)?;
                 }
             }
-            Message::RollbackPrepared { gid, .. } => {
+            Message::RollbackPrepared(RollbackPrepared { gid, .. }) => {
                 self.prepared.remove(&gid);
             }
             _ => {
@@ -451,50 +454,50 @@ fn apply<S: TxnSink>(
             relations.insert(relation.oid, Arc::new(relation));
             None
         }
-        Message::Insert {
+        Message::Insert(Insert {
             xid,
             relation_oid,
             new,
-        } if !skip(xid) => Some(Change::Insert {
+        }) if !skip(xid) => Some(Change::Insert {
             relation: lookup(relation_oid)?,
             new,
         }),
-        Message::Update {
+        Message::Update(Update {
             xid,
             relation_oid,
             old,
             new,
-        } if !skip(xid) => Some(Change::Update {
+        }) if !skip(xid) => Some(Change::Update {
             relation: lookup(relation_oid)?,
             old,
             new,
         }),
-        Message::Delete {
+        Message::Delete(Delete {
             xid,
             relation_oid,
             old,
-        } if !skip(xid) => Some(Change::Delete {
+        }) if !skip(xid) => Some(Change::Delete {
             relation: lookup(relation_oid)?,
             old,
         }),
-        Message::Truncate {
+        Message::Truncate(Truncate {
             xid,
             options,
             relation_oids,
-        } if !skip(xid) => Some(Change::Truncate {
+        }) if !skip(xid) => Some(Change::Truncate {
             relations: relation_oids
                 .iter()
                 .map(|oid| lookup(*oid))
                 .collect::<Result<_, _>>()?,
             options,
         }),
-        Message::LogicalMessage {
+        Message::LogicalMessage(LogicalMessage {
             xid,
             transactional: true,
             prefix,
             content,
             ..
-        } if !skip(xid) => Some(Change::Message { prefix, content }),
+        }) if !skip(xid) => Some(Change::Message { prefix, content }),
         _ => None,
     };
     match change {

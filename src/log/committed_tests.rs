@@ -167,11 +167,12 @@ fn aborted_streams_and_subtransactions_never_appear() {
 #[test]
 fn transactions_whose_start_was_not_read_are_refused_not_applied_in_part() {
     // A streamed transaction seen from its second block on.
-    let later_block =
-        crate::source::pgoutput::encode(&crate::source::pgoutput::Message::StreamStart {
+    let later_block = crate::source::pgoutput::encode(
+        &crate::source::pgoutput::Message::StreamStart(crate::source::pgoutput::StreamStart {
             xid: 7,
             first_segment: false,
-        });
+        }),
+    );
     let records = vec![
         wal(later_block),
         wal(relation(Some(7))),

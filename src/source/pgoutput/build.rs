@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::{encode, Begin, Column, Commit, Message, Relation, Tuple, TupleValue};
+use super::*;
 use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 
 const RELATION_OID: u32 = 100;
@@ -32,13 +32,13 @@ pub fn relation_with_oid(stream_xid: Option<u32>, oid: u32) -> Bytes {
 }
 
 pub fn insert(stream_xid: Option<u32>, id: &str) -> Bytes {
-    encode(&Message::Insert {
+    encode(&Message::Insert(Insert {
         xid: stream_xid,
         relation_oid: RELATION_OID,
         new: Tuple(vec![TupleValue::Text(Bytes::copy_from_slice(
             id.as_bytes(),
         ))]),
-    })
+    }))
 }
 
 pub fn begin(xid: u32) -> Bytes {
@@ -63,10 +63,10 @@ pub fn commit(end: u64) -> Bytes {
 }
 
 pub fn stream_start(xid: u32) -> Bytes {
-    encode(&Message::StreamStart {
+    encode(&Message::StreamStart(StreamStart {
         xid,
         first_segment: true,
-    })
+    }))
 }
 
 pub fn stream_stop() -> Bytes {
@@ -74,14 +74,14 @@ pub fn stream_stop() -> Bytes {
 }
 
 pub fn stream_commit(xid: u32, end: u64) -> Bytes {
-    encode(&Message::StreamCommit {
+    encode(&Message::StreamCommit(StreamCommit {
         xid,
         commit: ending_at(end),
-    })
+    }))
 }
 
 pub fn stream_abort(xid: u32, subxid: u32) -> Bytes {
-    encode(&Message::StreamAbort { xid, subxid })
+    encode(&Message::StreamAbort(StreamAbort { xid, subxid }))
 }
 
 /// Table `public.t` as a decoded Relation (oid 1): text columns `(name, is_key)`.

@@ -1,6 +1,7 @@
 //! Tests of `decode`.
 
 use super::*;
+use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 
@@ -92,7 +93,7 @@ fn relation_and_update_with_old_key_inside_a_stream() {
     });
     assert_eq!(
         decode(&update, true).unwrap(),
-        Message::Update {
+        Message::Update(Update {
             xid: Some(9),
             relation_oid: 16384,
             old: Some(OldTuple::Key(Tuple(vec![
@@ -103,7 +104,7 @@ fn relation_and_update_with_old_key_inside_a_stream() {
                 TupleValue::Text(Bytes::from_static(b"2")),
                 TupleValue::UnchangedToast
             ]),
-        }
+        })
     );
     // The same bytes outside a stream are misread as a relation oid of 9 and fail.
     assert!(decode(&update, false).is_err());
@@ -118,10 +119,10 @@ fn stream_control_and_two_phase_messages() {
     });
     assert_eq!(
         decode(&start, false).unwrap(),
-        Message::StreamStart {
+        Message::StreamStart(StreamStart {
             xid: 5,
             first_segment: true
-        }
+        })
     );
     let abort = frame(|b| {
         b.put_u8(b'A');
@@ -130,7 +131,7 @@ fn stream_control_and_two_phase_messages() {
     });
     assert_eq!(
         decode(&abort, false).unwrap(),
-        Message::StreamAbort { xid: 5, subxid: 6 }
+        Message::StreamAbort(StreamAbort { xid: 5, subxid: 6 })
     );
     let stream_commit = frame(|b| {
         b.put_u8(b'c');
@@ -157,7 +158,7 @@ fn stream_control_and_two_phase_messages() {
     assert_eq!(finished(&rollback).map(|f| f.end_lsn), Some(EndLsn(Lsn(2))));
     assert!(matches!(
         decode(&rollback, false).unwrap(),
-        Message::RollbackPrepared { xid: 5, ref gid, .. } if gid == "gid-1"
+        Message::RollbackPrepared(RollbackPrepared { xid: 5, ref gid, .. }) if gid == "gid-1"
     ));
     let begin_prepare = frame(|b| {
         b.put_u8(b'b');
@@ -184,11 +185,11 @@ fn truncate_and_logical_message() {
     });
     assert_eq!(
         decode(&truncate, false).unwrap(),
-        Message::Truncate {
+        Message::Truncate(Truncate {
             xid: None,
             options: 1,
             relation_oids: vec![10, 11]
-        }
+        })
     );
     let message = frame(|b| {
         b.put_u8(b'M');
@@ -200,7 +201,7 @@ fn truncate_and_logical_message() {
     });
     assert!(matches!(
         decode(&message, false).unwrap(),
-        Message::LogicalMessage { transactional: true, ref content, .. } if &content[..] == b"hey"
+        Message::LogicalMessage(LogicalMessage { transactional: true, ref content, .. }) if &content[..] == b"hey"
     ));
 }
 
@@ -276,35 +277,35 @@ fn decodes_a_real_protocol_v1_transaction() {
     assert!(acct.columns[0].is_key() && !acct.columns[1].is_key());
     assert!(messages
         .iter()
-        .any(|m| matches!(m, Message::Type { name, .. } if name == "mood")));
+        .any(|m| matches!(m, Message::Type(Type { name, .. }) if name == "mood")));
     let updates: Vec<&Message> = messages
         .iter()
-        .filter(|m| matches!(m, Message::Update { .. }))
+        .filter(|m| matches!(m, Message::Update(_)))
         .collect();
     // The balance update leaves the TOASTed column unsent; the key change carries the old key;
     // the REPLICA IDENTITY FULL table carries the whole old row.
     assert!(
-        matches!(updates[0], Message::Update { old: None, new, .. } if new.0[6] == TupleValue::UnchangedToast)
+        matches!(updates[0], Message::Update(Update { old: None, new, .. }) if new.0[6] == TupleValue::UnchangedToast)
     );
     assert!(matches!(
         updates[1],
-        Message::Update {
+        Message::Update(Update {
             old: Some(OldTuple::Key(_)),
             ..
-        }
+        })
     ));
     assert!(matches!(
         updates[2],
-        Message::Update {
+        Message::Update(Update {
             old: Some(OldTuple::Full(_)),
             ..
-        }
+        })
     ));
     assert!(messages.iter().any(|m| matches!(m,
-        Message::LogicalMessage { prefix, content, transactional: true, .. } if prefix == "app" && &content[..] == b"hello")));
+        Message::LogicalMessage(LogicalMessage { prefix, content, transactional: true, .. }) if prefix == "app" && &content[..] == b"hello")));
     assert!(messages
         .iter()
-        .any(|m| matches!(m, Message::Truncate { relation_oids, .. } if relation_oids.len() == 2)));
+        .any(|m| matches!(m, Message::Truncate(Truncate { relation_oids, .. }) if relation_oids.len() == 2)));
 }
 
 #[test]
@@ -318,13 +319,15 @@ fn decodes_real_protocol_v2_streamed_blocks() {
     )) {
         let message = decode(&bytes, in_stream).unwrap();
         match message {
-            Message::StreamStart { .. } => {
+            Message::StreamStart(_) => {
                 in_stream = true;
                 starts += 1;
             }
             Message::StreamStop => in_stream = false,
-            Message::Insert { xid: Some(xid), .. } => *inserts_by_xid.entry(xid).or_default() += 1,
-            Message::StreamCommit { xid, .. } => {
+            Message::Insert(Insert { xid: Some(xid), .. }) => {
+                *inserts_by_xid.entry(xid).or_default() += 1
+            }
+            Message::StreamCommit(StreamCommit { xid, .. }) => {
                 commits += 1;
                 committed_xid = Some(xid);
             }

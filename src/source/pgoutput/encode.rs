@@ -4,247 +4,41 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Commit, Message, OldTuple, PrepareInfo, Tuple, TupleValue};
+use super::Message;
 
 /// The message's bytes. A message that carries `Some(xid)` is encoded as it
 /// is sent inside a streamed block.
 pub fn encode(message: &Message) -> Bytes {
-    let mut b = BytesMut::new();
-    let stream_xid = |b: &mut BytesMut, xid: &Option<u32>| {
-        if let Some(xid) = xid {
-            b.put_u32(*xid);
-        }
-    };
+    let mut buf = BytesMut::new();
+    buf.put_u8(message.tag());
+    let b = &mut buf;
     match message {
-        Message::Begin(begin) => {
-            b.put_u8(b'B');
-            b.put_u64(begin.final_lsn.as_u64());
-            b.put_i64(begin.commit_time.0);
-            b.put_u32(begin.xid);
-        }
-        Message::Commit(commit) => {
-            b.put_u8(b'C');
-            put_commit(&mut b, commit);
-        }
-        Message::Origin { origin_lsn, name } => {
-            b.put_u8(b'O');
-            b.put_u64(origin_lsn.0);
-            put_cstring(&mut b, name);
-        }
-        Message::Relation(relation) => {
-            b.put_u8(b'R');
-            stream_xid(&mut b, &relation.xid);
-            b.put_u32(relation.oid);
-            put_cstring(&mut b, &relation.namespace);
-            put_cstring(&mut b, &relation.name);
-            b.put_u8(relation.replica_identity);
-            b.put_u16(relation.columns.len() as u16);
-            for column in &relation.columns {
-                b.put_u8(column.flags);
-                put_cstring(&mut b, &column.name);
-                b.put_u32(column.type_oid);
-                b.put_i32(column.type_modifier);
-            }
-        }
-        Message::Type {
-            xid,
-            oid,
-            namespace,
-            name,
-        } => {
-            b.put_u8(b'Y');
-            stream_xid(&mut b, xid);
-            b.put_u32(*oid);
-            put_cstring(&mut b, namespace);
-            put_cstring(&mut b, name);
-        }
-        Message::Insert {
-            xid,
-            relation_oid,
-            new,
-        } => {
-            b.put_u8(b'I');
-            stream_xid(&mut b, xid);
-            b.put_u32(*relation_oid);
-            b.put_u8(b'N');
-            put_tuple(&mut b, new);
-        }
-        Message::Update {
-            xid,
-            relation_oid,
-            old,
-            new,
-        } => {
-            b.put_u8(b'U');
-            stream_xid(&mut b, xid);
-            b.put_u32(*relation_oid);
-            if let Some(old) = old {
-                put_old(&mut b, old);
-            }
-            b.put_u8(b'N');
-            put_tuple(&mut b, new);
-        }
-        Message::Delete {
-            xid,
-            relation_oid,
-            old,
-        } => {
-            b.put_u8(b'D');
-            stream_xid(&mut b, xid);
-            b.put_u32(*relation_oid);
-            put_old(&mut b, old);
-        }
-        Message::Truncate {
-            xid,
-            options,
-            relation_oids,
-        } => {
-            b.put_u8(b'T');
-            stream_xid(&mut b, xid);
-            b.put_i32(relation_oids.len() as i32);
-            b.put_u8(*options);
-            for oid in relation_oids {
-                b.put_u32(*oid);
-            }
-        }
-        Message::LogicalMessage {
-            xid,
-            transactional,
-            lsn,
-            prefix,
-            content,
-        } => {
-            b.put_u8(b'M');
-            stream_xid(&mut b, xid);
-            b.put_u8(u8::from(*transactional));
-            b.put_u64(lsn.0);
-            put_cstring(&mut b, prefix);
-            b.put_i32(content.len() as i32);
-            b.put_slice(content);
-        }
-        Message::StreamStart { xid, first_segment } => {
-            b.put_u8(b'S');
-            b.put_u32(*xid);
-            b.put_u8(u8::from(*first_segment));
-        }
-        Message::StreamStop => b.put_u8(b'E'),
-        Message::StreamCommit { xid, commit } => {
-            b.put_u8(b'c');
-            b.put_u32(*xid);
-            put_commit(&mut b, commit);
-        }
-        Message::StreamAbort { xid, subxid } => {
-            b.put_u8(b'A');
-            b.put_u32(*xid);
-            b.put_u32(*subxid);
-        }
-        Message::BeginPrepare(info) => {
-            b.put_u8(b'b');
-            b.put_u64(info.prepare_lsn.0);
-            b.put_u64(info.end_lsn.0);
-            b.put_i64(info.prepare_time.0);
-            b.put_u32(info.xid);
-            put_cstring(&mut b, &info.gid);
-        }
-        Message::Prepare(info) => put_prepare(&mut b, b'P', info),
-        Message::StreamPrepare(info) => put_prepare(&mut b, b'p', info),
-        Message::CommitPrepared {
-            flags,
-            commit_lsn,
-            end_lsn,
-            commit_time,
-            xid,
-            gid,
-        } => {
-            b.put_u8(b'K');
-            b.put_u8(*flags);
-            b.put_u64(commit_lsn.as_u64());
-            b.put_u64(end_lsn.as_u64());
-            b.put_i64(commit_time.0);
-            b.put_u32(*xid);
-            put_cstring(&mut b, gid);
-        }
-        Message::RollbackPrepared {
-            flags,
-            prepare_end_lsn,
-            rollback_end_lsn,
-            prepare_time,
-            rollback_time,
-            xid,
-            gid,
-        } => {
-            b.put_u8(b'r');
-            b.put_u8(*flags);
-            b.put_u64(prepare_end_lsn.as_u64());
-            b.put_u64(rollback_end_lsn.as_u64());
-            b.put_i64(prepare_time.0);
-            b.put_i64(rollback_time.0);
-            b.put_u32(*xid);
-            put_cstring(&mut b, gid);
-        }
+        Message::Begin(m) => m.put(b),
+        Message::Commit(m) => m.put(b),
+        Message::Origin(m) => m.put(b),
+        Message::Relation(m) => m.put(b),
+        Message::Type(m) => m.put(b),
+        Message::Insert(m) => m.put(b),
+        Message::Update(m) => m.put(b),
+        Message::Delete(m) => m.put(b),
+        Message::Truncate(m) => m.put(b),
+        Message::LogicalMessage(m) => m.put(b),
+        Message::StreamStart(m) => m.put(b),
+        Message::StreamStop => {}
+        Message::StreamCommit(m) => m.put(b),
+        Message::StreamAbort(m) => m.put(b),
+        Message::BeginPrepare(m) => m.put_begin(b),
+        Message::Prepare(m) | Message::StreamPrepare(m) => m.put(b),
+        Message::CommitPrepared(m) => m.put(b),
+        Message::RollbackPrepared(m) => m.put(b),
     }
-    b.freeze()
-}
-
-fn put_commit(b: &mut BytesMut, commit: &Commit) {
-    b.put_u8(commit.flags);
-    b.put_u64(commit.commit_lsn.as_u64());
-    b.put_u64(commit.end_lsn.as_u64());
-    b.put_i64(commit.commit_time.0);
-}
-
-fn put_prepare(b: &mut BytesMut, tag: u8, info: &PrepareInfo) {
-    b.put_u8(tag);
-    b.put_u8(info.flags);
-    b.put_u64(info.prepare_lsn.0);
-    b.put_u64(info.end_lsn.0);
-    b.put_i64(info.prepare_time.0);
-    b.put_u32(info.xid);
-    put_cstring(b, &info.gid);
-}
-
-fn put_old(b: &mut BytesMut, old: &OldTuple) {
-    match old {
-        OldTuple::Key(tuple) => {
-            b.put_u8(b'K');
-            put_tuple(b, tuple);
-        }
-        OldTuple::Full(tuple) => {
-            b.put_u8(b'O');
-            put_tuple(b, tuple);
-        }
-    }
-}
-
-fn put_tuple(b: &mut BytesMut, tuple: &Tuple) {
-    b.put_u16(tuple.0.len() as u16);
-    for value in &tuple.0 {
-        match value {
-            TupleValue::Null => b.put_u8(b'n'),
-            TupleValue::UnchangedToast => b.put_u8(b'u'),
-            TupleValue::Text(data) | TupleValue::Binary(data) => {
-                b.put_u8(if matches!(value, TupleValue::Text(_)) {
-                    b't'
-                } else {
-                    b'b'
-                });
-                b.put_i32(data.len() as i32);
-                b.put_slice(data);
-            }
-        }
-    }
-}
-
-fn put_cstring(b: &mut BytesMut, text: &str) {
-    b.put_slice(text.as_bytes());
-    b.put_u8(0);
+    buf.freeze()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
-    use crate::source::pgoutput::{decode, Begin, Column, Relation};
+    use crate::source::pgoutput::*;
     use proptest::prelude::*;
 
     fn value() -> impl Strategy<Value = TupleValue> {
@@ -286,8 +80,10 @@ mod tests {
                 false
             )),
             commit.clone().prop_map(|c| (Message::Commit(c), false)),
-            (any::<u32>(), commit)
-                .prop_map(|(xid, commit)| (Message::StreamCommit { xid, commit }, false)),
+            (any::<u32>(), commit).prop_map(|(xid, commit)| (
+                Message::StreamCommit(StreamCommit { xid, commit }),
+                false
+            )),
             (
                 xid.clone(),
                 any::<u32>(),
@@ -315,11 +111,11 @@ mod tests {
                     xid.is_some()
                 )),
             (xid.clone(), any::<u32>(), tuple()).prop_map(|(xid, relation_oid, new)| (
-                Message::Insert {
+                Message::Insert(Insert {
                     xid,
                     relation_oid,
                     new
-                },
+                }),
                 xid.is_some()
             )),
             (
@@ -329,29 +125,29 @@ mod tests {
                 tuple()
             )
                 .prop_map(|(xid, relation_oid, old, new)| (
-                    Message::Update {
+                    Message::Update(Update {
                         xid,
                         relation_oid,
                         old: old.map(OldTuple::Full),
                         new
-                    },
+                    }),
                     xid.is_some()
                 )),
             (xid.clone(), any::<u32>(), tuple()).prop_map(|(xid, relation_oid, old)| (
-                Message::Delete {
+                Message::Delete(Delete {
                     xid,
                     relation_oid,
                     old: OldTuple::Key(old)
-                },
+                }),
                 xid.is_some()
             )),
             (xid.clone(), prop::collection::vec(any::<u32>(), 0..4)).prop_map(
                 |(xid, relation_oids)| (
-                    Message::Truncate {
+                    Message::Truncate(Truncate {
                         xid,
                         options: 1,
                         relation_oids
-                    },
+                    }),
                     xid.is_some()
                 )
             ),
@@ -362,22 +158,24 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 0..8)
             )
                 .prop_map(|(xid, transactional, prefix, content)| (
-                    Message::LogicalMessage {
+                    Message::LogicalMessage(LogicalMessage {
                         xid,
                         transactional,
                         lsn: Lsn(7),
                         prefix,
                         content: content.into()
-                    },
+                    }),
                     xid.is_some()
                 )),
             (any::<u32>(), any::<bool>()).prop_map(|(xid, first_segment)| (
-                Message::StreamStart { xid, first_segment },
+                Message::StreamStart(StreamStart { xid, first_segment }),
                 false
             )),
             Just((Message::StreamStop, true)),
-            (any::<u32>(), any::<u32>())
-                .prop_map(|(xid, subxid)| (Message::StreamAbort { xid, subxid }, false)),
+            (any::<u32>(), any::<u32>()).prop_map(|(xid, subxid)| (
+                Message::StreamAbort(StreamAbort { xid, subxid }),
+                false
+            )),
         ]
     }
 

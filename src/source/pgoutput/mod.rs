@@ -1,7 +1,9 @@
 //! pgoutput: everything tidemark knows of the logical replication message
 //! format lives in this module. Bytes in, typed messages out, and back; no I/O.
 //!
-//! - `decode`: one message, whole.
+//! - `transaction` and `change`: one type per message, each with its `parse`
+//!   and its `put`, over `codec`'s bounds-checked reader and writers.
+//! - `decode`: one message, whole, dispatched on its tag.
 //! - `encode`: the inverse, for tests and benchmarks that build streams.
 //! - `peek`: what a message is and which transaction it opens or finishes,
 //!   from its first bytes, cheap enough for every message capture receives;
@@ -17,17 +19,24 @@
 
 #[cfg(test)]
 pub mod build;
+mod change;
+mod codec;
 mod decode;
 mod encode;
 mod peek;
+mod transaction;
 
+pub use change::{
+    Column, Delete, Insert, LogicalMessage, OldTuple, Relation, Truncate, Tuple, TupleValue, Type,
+    Update,
+};
 pub use decode::decode;
 pub use encode::encode;
 pub use peek::{finished, peek, Finished, Peek, PeekKind, TxnState};
-
-use bytes::Bytes;
-
-use crate::base::position::{CommitLsn, EndLsn, Lsn, PgTimestamp};
+pub use transaction::{
+    Begin, Commit, CommitPrepared, Origin, PrepareInfo, RollbackPrepared, StreamAbort,
+    StreamCommit, StreamStart,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -61,167 +70,53 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
+/// One pgoutput message; each variant's type has its own `parse` and `put`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     Begin(Begin),
     Commit(Commit),
-    Origin {
-        origin_lsn: Lsn,
-        name: String,
-    },
+    Origin(Origin),
     Relation(Relation),
-    Type {
-        xid: Option<u32>,
-        oid: u32,
-        namespace: String,
-        name: String,
-    },
-    Insert {
-        xid: Option<u32>,
-        relation_oid: u32,
-        new: Tuple,
-    },
-    Update {
-        xid: Option<u32>,
-        relation_oid: u32,
-        old: Option<OldTuple>,
-        new: Tuple,
-    },
-    Delete {
-        xid: Option<u32>,
-        relation_oid: u32,
-        old: OldTuple,
-    },
-    Truncate {
-        xid: Option<u32>,
-        options: u8,
-        relation_oids: Vec<u32>,
-    },
-    LogicalMessage {
-        xid: Option<u32>,
-        transactional: bool,
-        lsn: Lsn,
-        prefix: String,
-        content: Bytes,
-    },
-    StreamStart {
-        xid: u32,
-        first_segment: bool,
-    },
+    Type(Type),
+    Insert(Insert),
+    Update(Update),
+    Delete(Delete),
+    Truncate(Truncate),
+    LogicalMessage(LogicalMessage),
+    StreamStart(StreamStart),
     StreamStop,
-    StreamCommit {
-        xid: u32,
-        commit: Commit,
-    },
-    StreamAbort {
-        xid: u32,
-        subxid: u32,
-    },
+    StreamCommit(StreamCommit),
+    StreamAbort(StreamAbort),
     BeginPrepare(PrepareInfo),
     Prepare(PrepareInfo),
-    CommitPrepared {
-        flags: u8,
-        commit_lsn: CommitLsn,
-        end_lsn: EndLsn,
-        commit_time: PgTimestamp,
-        xid: u32,
-        gid: String,
-    },
-    RollbackPrepared {
-        flags: u8,
-        prepare_end_lsn: EndLsn,
-        rollback_end_lsn: EndLsn,
-        prepare_time: PgTimestamp,
-        rollback_time: PgTimestamp,
-        xid: u32,
-        gid: String,
-    },
+    CommitPrepared(CommitPrepared),
+    RollbackPrepared(RollbackPrepared),
     StreamPrepare(PrepareInfo),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Begin {
-    pub final_lsn: CommitLsn,
-    pub commit_time: PgTimestamp,
-    pub xid: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Commit {
-    pub flags: u8,
-    pub commit_lsn: CommitLsn,
-    pub end_lsn: EndLsn,
-    pub commit_time: PgTimestamp,
-}
-
-/// Begin Prepare, Prepare and Stream Prepare share one layout (Begin Prepare has no flags).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrepareInfo {
-    pub flags: u8,
-    pub prepare_lsn: Lsn,
-    pub end_lsn: Lsn,
-    pub prepare_time: PgTimestamp,
-    pub xid: u32,
-    pub gid: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Relation {
-    pub xid: Option<u32>,
-    pub oid: u32,
-    pub namespace: String,
-    pub name: String,
-    /// pg_class.relreplident: 'd' default (primary key), 'n' nothing, 'f' full, 'i' index.
-    pub replica_identity: u8,
-    pub columns: Vec<Column>,
-}
-
-impl Relation {
-    /// The table this relation describes.
-    pub fn table(&self) -> crate::base::table::TableName {
-        crate::base::table::TableName::new(&self.namespace, &self.name)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Column {
-    /// Bit 1: the column is part of the replica identity key.
-    pub flags: u8,
-    pub name: String,
-    pub type_oid: u32,
-    pub type_modifier: i32,
-}
-
-impl Column {
-    pub fn is_key(&self) -> bool {
-        self.flags & 1 == 1
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum TupleValue {
-    Null,
-    /// A TOASTed value the update did not change; the server does not resend it.
-    UnchangedToast,
-    Text(Bytes),
-    Binary(Bytes),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tuple(pub Vec<TupleValue>);
-
-/// The old row of an update or delete: only the key columns, or the whole row
-/// under REPLICA IDENTITY FULL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OldTuple {
-    Key(Tuple),
-    Full(Tuple),
-}
-
-impl OldTuple {
-    pub fn tuple(&self) -> &Tuple {
+impl Message {
+    /// The byte that opens the message on the wire.
+    pub fn tag(&self) -> u8 {
         match self {
-            OldTuple::Key(t) | OldTuple::Full(t) => t,
+            Message::Begin(_) => b'B',
+            Message::Commit(_) => b'C',
+            Message::Origin(_) => b'O',
+            Message::Relation(_) => b'R',
+            Message::Type(_) => b'Y',
+            Message::Insert(_) => b'I',
+            Message::Update(_) => b'U',
+            Message::Delete(_) => b'D',
+            Message::Truncate(_) => b'T',
+            Message::LogicalMessage(_) => b'M',
+            Message::StreamStart(_) => b'S',
+            Message::StreamStop => b'E',
+            Message::StreamCommit(_) => b'c',
+            Message::StreamAbort(_) => b'A',
+            Message::BeginPrepare(_) => b'b',
+            Message::Prepare(_) => b'P',
+            Message::CommitPrepared(_) => b'K',
+            Message::RollbackPrepared(_) => b'r',
+            Message::StreamPrepare(_) => b'p',
         }
     }
 }

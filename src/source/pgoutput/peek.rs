@@ -201,7 +201,7 @@ impl TxnState {
 mod tests {
     use super::*;
     use crate::base::position::CommitLsn;
-    use crate::source::pgoutput::{encode, Begin, Commit, Message, PrepareInfo, Tuple};
+    use crate::source::pgoutput::*;
 
     fn commit(end: u64) -> Commit {
         Commit {
@@ -250,10 +250,10 @@ mod tests {
                 finished(30, 300),
             ),
             (
-                Message::StreamCommit {
+                Message::StreamCommit(StreamCommit {
                     xid: 43,
                     commit: commit(50),
-                },
+                }),
                 false,
                 PeekKind::StreamCommit,
                 Some(43),
@@ -261,14 +261,14 @@ mod tests {
                 finished(50, 500),
             ),
             (
-                Message::CommitPrepared {
+                Message::CommitPrepared(CommitPrepared {
                     flags: 0,
                     commit_lsn: CommitLsn(Lsn(60)),
                     end_lsn: EndLsn(Lsn(61)),
                     commit_time: PgTimestamp(62),
                     xid: 44,
                     gid: "g".into(),
-                },
+                }),
                 false,
                 PeekKind::CommitPrepared,
                 Some(44),
@@ -276,7 +276,7 @@ mod tests {
                 finished(61, 62),
             ),
             (
-                Message::RollbackPrepared {
+                Message::RollbackPrepared(RollbackPrepared {
                     flags: 0,
                     prepare_end_lsn: EndLsn(Lsn(70)),
                     rollback_end_lsn: EndLsn(Lsn(71)),
@@ -284,7 +284,7 @@ mod tests {
                     rollback_time: PgTimestamp(73),
                     xid: 44,
                     gid: "g".into(),
-                },
+                }),
                 false,
                 PeekKind::RollbackPrepared,
                 Some(44),
@@ -308,11 +308,11 @@ mod tests {
                 None,
             ),
             (
-                Message::Insert {
+                Message::Insert(Insert {
                     xid: Some(45),
                     relation_oid: 16384,
                     new: Tuple(vec![]),
-                },
+                }),
                 true,
                 PeekKind::Insert,
                 Some(45),
@@ -320,11 +320,11 @@ mod tests {
                 None,
             ),
             (
-                Message::Insert {
+                Message::Insert(Insert {
                     xid: None,
                     relation_oid: 16385,
                     new: Tuple(vec![]),
-                },
+                }),
                 false,
                 PeekKind::Insert,
                 None,
@@ -363,18 +363,18 @@ mod tests {
             .unwrap();
         assert!(state.between_transactions());
         state
-            .observe(&encode(&Message::StreamStart {
+            .observe(&encode(&Message::StreamStart(StreamStart {
                 xid: 7,
                 first_segment: true,
-            }))
+            })))
             .unwrap();
         assert_eq!(state.block(), Some(7));
         // Inside the block, a change carries the stream's xid before its relation.
-        let insert = encode(&Message::Insert {
+        let insert = encode(&Message::Insert(Insert {
             xid: Some(7),
             relation_oid: 3,
             new: Tuple(vec![]),
-        });
+        }));
         assert_eq!(state.observe(&insert).unwrap().relation_oid, Some(3));
         state.observe(&encode(&Message::StreamStop)).unwrap();
         assert!(state.between_transactions());
