@@ -32,6 +32,7 @@ pub const LOG_DURABLE_LSN: &str = "tidemark_log_durable_lsn";
 pub const CHANGES: &str = "tidemark_changes_total";
 pub const LOG_BYTES: &str = "tidemark_log_bytes";
 pub const LOG_SEGMENTS: &str = "tidemark_log_segments";
+pub const LOG_FULL: &str = "tidemark_log_full";
 pub const UPLOAD_SECONDS: &str = "tidemark_upload_seconds";
 pub const UPLOAD_FAILURES: &str = "tidemark_upload_failures_total";
 pub const ARCHIVE_HEAD_AGE: &str = "tidemark_archive_head_age_seconds";
@@ -40,6 +41,8 @@ pub const COMPACTION_SECONDS: &str = "tidemark_compaction_seconds";
 pub const PRUNE_SECONDS: &str = "tidemark_prune_seconds";
 pub const KAFKA_EVENTS: &str = "tidemark_kafka_events_total";
 pub const KAFKA_DELIVERED_LSN: &str = "tidemark_kafka_delivered_lsn";
+pub const KAFKA_FEED_UP: &str = "tidemark_kafka_feed_up";
+pub const KAFKA_SNAPSHOT_COMPLETED: &str = "tidemark_kafka_snapshot_completed";
 pub const ALERTS_SENT: &str = "tidemark_alerts_sent_total";
 pub const ALERT_DELIVERY_FAILURES: &str = "tidemark_alert_delivery_failures_total";
 pub const SCHEDULED_LAST_OK: &str = "tidemark_scheduled_last_ok";
@@ -96,6 +99,10 @@ pub fn install(listen: SocketAddr, status: Option<StatusFn>) -> Result<(), Telem
     describe_counter!(CHANGES, "Changes captured, by table and op");
     describe_gauge!(LOG_BYTES, Unit::Bytes, "Size of the local segment log");
     describe_gauge!(LOG_SEGMENTS, "Segments in the local log");
+    describe_gauge!(
+        LOG_FULL,
+        "1 while the local log is full and capture leaves the WAL in the slot, else 0"
+    );
     describe_histogram!(UPLOAD_SECONDS, Unit::Seconds, "Time to upload one segment");
     describe_counter!(UPLOAD_FAILURES, "Failed archive passes");
     describe_gauge!(
@@ -140,6 +147,14 @@ pub fn install(listen: SocketAddr, status: Option<StatusFn>) -> Result<(), Telem
     describe_gauge!(
         KAFKA_DELIVERED_LSN,
         "The Kafka feed's watermark: every transaction ending here or before is in the broker"
+    );
+    describe_gauge!(
+        KAFKA_FEED_UP,
+        "1 while the Kafka feed publishes, 0 while the broker is unavailable or the feed stopped"
+    );
+    describe_gauge!(
+        KAFKA_SNAPSHOT_COMPLETED,
+        "1 once the Kafka feed's initial snapshot is acknowledged by the broker (Debezium's SnapshotCompleted)"
     );
     describe_histogram!(
         COMPACTION_SECONDS,

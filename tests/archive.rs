@@ -125,13 +125,13 @@ async fn archives_everything(
         &format!("\n[archive]\n{archive_toml}\nupload_interval = \"200ms\"\n"),
     );
     let capture = harness::Capture::start_with_env(&config, env);
-    fx.wait_streaming(&capture);
+    fx.streaming(&capture).arrives().await;
     workload(fx, 1, 1000);
     // While capture runs, committed changes reach the archive on their own:
     // the open segment is sealed on the interval, long before it fills.
     wait_archived(&*store, 1000).await;
     workload(fx, 1001, 1500);
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
 
     let manifest = checked_manifest(&*store).await;
@@ -186,9 +186,9 @@ async fn an_unreachable_store_loses_nothing_and_catches_up() {
         &format!("\n[archive]\n{toml}\nupload_interval = \"200ms\"\n"),
     );
     let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
-    fx.wait_streaming(&capture);
+    fx.streaming(&capture).arrives().await;
     workload(&fx, 1, 500);
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     let log_dir = fx.log_dir();
     let log_dir = &log_dir;
     harness::wait_until(
@@ -197,11 +197,13 @@ async fn an_unreachable_store_loses_nothing_and_catches_up() {
         move || async move { local_segments(log_dir) >= 2 },
     )
     .await;
-    assert!(
-        capture.logs().contains("archive store unavailable"),
-        "{}",
-        capture.logs()
-    );
+    harness::Event::new(
+        "capture to count a failed upload",
+        Duration::from_secs(30),
+        || harness::metric(&config, "tidemark_upload_failures_total").is_some_and(|n| n > 0.0),
+    )
+    .arrives()
+    .await;
 
     // The store comes up: everything captured meanwhile is uploaded.
     let late = harness::S3Server::start_on(port);
@@ -246,7 +248,7 @@ async fn the_base_snapshot_matches_the_source_and_keeps_the_schema() {
         &["public.accounts"],
         &format!("\n[archive]\nurl = {url:?}\n"),
     );
-    let capture = fx.start_capture(&config);
+    let capture = fx.start_capture_async(&config).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let manifest = loop {
         if let Ok(Some((_, m))) = manifest::load_latest(&*store).await {
@@ -333,11 +335,11 @@ async fn list_and_verify_see_the_archive_and_name_each_corruption() {
         &["public.accounts"],
         &format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n"),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     fx.psql("UPDATE accounts SET balance = balance + 1 WHERE id <= 100");
     fx.psql("DELETE FROM accounts WHERE id > 4900");
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
     let cfg = config.to_str().unwrap();
 
@@ -531,10 +533,10 @@ async fn an_encrypted_archive_is_unreadable_without_its_key() {
             key_file.display().to_string()
         ),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     fx.psql("UPDATE accounts SET owner = 'secret-marker-4343' WHERE id = 2");
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     let logs = capture.logs();
     assert_eq!(capture.stop(), 0);
     assert!(!logs.contains(KEY_HEX));
@@ -621,9 +623,9 @@ async fn an_encrypted_archive_refuses_planted_moved_and_foreign_objects() {
         format!("encryption_key_file = {:?}\n", key.display().to_string()),
     );
     workload(&fx, 1, 50);
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
-    fx.wait_caught_up(Duration::from_secs(30));
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
     let run = |config: &Path, args: &[&str]| {
         let out = harness::tidemark(args, &["--config", config.to_str().unwrap()]);
@@ -689,12 +691,12 @@ async fn an_encrypted_archive_refuses_planted_moved_and_foreign_objects() {
             key.display().to_string()
         ),
     );
-    let capture = fx.start_capture(&rotated);
+    let capture = fx.start_capture_async(&rotated).await;
     workload(&fx, 51, 60);
-    fx.wait_caught_up(Duration::from_secs(30));
-    harness::wait_for(
-        Duration::from_secs(60),
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
+    harness::Event::new(
         "an object under the new key",
+        Duration::from_secs(60),
         || {
             let (_, _, stdout) = run(&rotated, &["verify", "--json"]);
             serde_json::from_str::<serde_json::Value>(&stdout)
@@ -702,7 +704,9 @@ async fn an_encrypted_archive_refuses_planted_moved_and_foreign_objects() {
                 .and_then(|v| v["key_ids"][key_id(OTHER_KEY_HEX)].as_u64())
                 .is_some()
         },
-    );
+    )
+    .arrives()
+    .await;
     assert_eq!(capture.stop(), 0);
     let (code, _, stdout) = run(&rotated, &["verify", "--json"]);
     assert_eq!(code, Some(0), "{stdout}");
@@ -745,7 +749,7 @@ async fn a_full_local_log_holds_the_slot_back_and_loses_nothing() {
     );
     let config = fx.config(&["public.payments"], &archive);
     let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
-    fx.wait_streaming(&capture);
+    fx.streaming(&capture).arrives().await;
     // About 6 MB of changes: twice what the local log may hold.
     for start in (1..=24_000).step_by(2000) {
         fx.psql(&format!(
@@ -753,15 +757,24 @@ async fn a_full_local_log_holds_the_slot_back_and_loses_nothing() {
             start + 1999
         ));
     }
-    let watched = &capture;
-    harness::wait_until(
-        Duration::from_secs(60),
-        "capture to say the log is full",
-        move || async move { watched.logs().contains("the local log is full") },
-    )
+    harness::Event::new("the local log to fill", Duration::from_secs(60), || {
+        harness::metric(&config, "tidemark_log_full") == Some(1.0)
+    })
+    .arrives()
     .await;
+    // Capture reads nothing more; once it has confirmed all it stored, the
+    // slot must still hold the WAL it did not store.
     let wal_end = fx.current_wal_lsn();
-    std::thread::sleep(Duration::from_millis(1500)); // give a wrongly-confirming capture time to show it
+    harness::Event::new(
+        "capture to confirm what it stored",
+        Duration::from_secs(30),
+        || {
+            let durable = harness::metric(&config, "tidemark_log_durable_lsn");
+            durable.is_some_and(|d| fx.confirmed_flush().is_some_and(|c| c.0 as f64 == d))
+        },
+    )
+    .arrives()
+    .await;
     assert!(
         fx.confirmed_flush().unwrap() < wal_end,
         "the slot kept the WAL capture could not store"
@@ -779,7 +792,7 @@ async fn a_full_local_log_holds_the_slot_back_and_loses_nothing() {
     let late = harness::S3Server::start_on(port);
     late.create_bucket("full").await;
     let store = store::open("s3://full/db", &late.options()).await.unwrap();
-    fx.wait_caught_up(Duration::from_secs(120));
+    fx.caught_up(Duration::from_secs(120)).arrives().await;
     wait_archived(&*store, 24_000).await;
     assert_eq!(capture.stop(), 0);
     let manifest = checked_manifest(&*store).await;

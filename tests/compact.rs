@@ -49,12 +49,12 @@ async fn compaction_equals_a_fresh_read_of_the_source() {
         &["public.accounts", "public.ledger", "public.events"],
         &format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n"),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     for sql in WORKLOAD {
         fx.psql(sql);
     }
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
 
     let out = harness::tidemark(&["compact", "--config", config.to_str().unwrap()], &[]);
@@ -150,13 +150,13 @@ async fn pruning_keeps_every_point_in_the_window_restorable() {
     let tables = ["public.accounts", "public.ledger", "public.events"];
     let archive = format!("\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\n");
     let config = fx.config(&tables, &archive);
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     let before_window = now_rfc3339(&fx);
     for sql in &WORKLOAD[..5] {
         fx.psql(sql);
     }
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
     let out = harness::tidemark(&["compact", "--config", config.to_str().unwrap()], &[]);
     assert!(
@@ -169,7 +169,7 @@ async fn pruning_keeps_every_point_in_the_window_restorable() {
     let q_md5 = all_md5(&fx);
     let q_time = now_rfc3339(&fx);
     let config = fx.config(&tables, &archive);
-    let capture = fx.start_capture(&config);
+    let capture = fx.start_capture_async(&config).await;
     for sql in &WORKLOAD[5..10] {
         fx.psql(sql);
     }
@@ -178,7 +178,7 @@ async fn pruning_keeps_every_point_in_the_window_restorable() {
     for sql in &WORKLOAD[10..] {
         fx.psql(sql);
     }
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
 
     // A window that starts at Q.
@@ -240,11 +240,11 @@ async fn capture_compacts_and_prunes_on_its_own() {
             "\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\ncompact_interval = \"1s\"\n\n[retention]\nwindow = \"1h\"\n"
         ),
     );
-    let capture = fx.start_capture(&config);
+    let capture = fx.start_capture_async(&config).await;
     for sql in &WORKLOAD[..4] {
         fx.psql(sql);
     }
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     let store = store::open(&url, &Default::default()).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let manifest = loop {
@@ -305,9 +305,9 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
             "\n[archive]\nurl = {url:?}\nupload_interval = \"200ms\"\ncompact_interval = \"1s\"\n"
         ),
     );
-    let capture = fx.start_capture(&config);
+    let capture = fx.start_capture_async(&config).await;
     fx.psql("INSERT INTO small (v) SELECT 'early' FROM generate_series(1, 10)");
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     let store = store::open(&url, &Default::default()).await.unwrap();
 
     // Open a streamed transaction, and keep the archive moving while it is open.
@@ -343,7 +343,7 @@ async fn a_snapshot_taken_mid_transaction_restores_whole() {
         .unwrap();
     let commit_lsn = fx.current_wal_lsn();
     fx.psql("INSERT INTO small (v) SELECT 'after' FROM generate_series(1, 5)");
-    fx.wait_caught_up(Duration::from_secs(60));
+    fx.caught_up(Duration::from_secs(60)).arrives().await;
     assert_eq!(capture.stop(), 0);
 
     // Restore from the snapshot taken mid-transaction (hide any taken after the commit).

@@ -52,8 +52,8 @@ async fn changes_arrive_as_debezium_events_with_their_transactions() {
         &["public.payments", "public.notes"],
         &kafka_section(&broker, "transaction_topic = true"),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_caught_up(Duration::from_secs(30));
+    let capture = fx.start_capture_async(&config).await;
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
 
     fx.psql(&format!(
         "BEGIN; INSERT INTO payments VALUES (1, 12.50, true, '2026-11-21 10:15:00.5+01', '{{\"a\": [1, 2]}}', {BIG}, ARRAY['x','y']); INSERT INTO notes VALUES ('hello'); COMMIT"
@@ -225,18 +225,20 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
     let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
 
     // The slot exists before the workload starts.
-    let capture = fx.start_capture(&config);
-    fx.wait_caught_up(Duration::from_secs(30));
+    let capture = fx.start_capture_async(&config).await;
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     capture.kill();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn(workload(fx.url(), stop.clone(), seed));
     let kills = 10;
     for kill in 0..kills {
-        let capture = fx.start_capture(&config);
-        harness::wait_for(Duration::from_secs(60), "the feed to start", || {
-            capture.logs().contains("the Kafka feed is publishing")
-        });
+        let capture = fx.start_capture_async(&config).await;
+        harness::Event::new("the feed to start", Duration::from_secs(60), || {
+            harness::metric(&config, "tidemark_kafka_feed_up") == Some(1.0)
+        })
+        .arrives()
+        .await;
         if kill == kills / 2 {
             broker.restart();
         }
@@ -246,8 +248,8 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
 
-    let capture = fx.start_capture(&config);
-    fx.wait_caught_up(Duration::from_secs(120));
+    let capture = fx.start_capture_async(&config).await;
+    fx.caught_up(Duration::from_secs(120)).arrives().await;
     let ledger: HashMap<u64, u64> = fx.ledger().into_iter().collect();
     assert!(
         ledger.len() > 30,
@@ -321,10 +323,12 @@ async fn the_initial_snapshot_and_the_changes_after_it_meet_exactly() {
             }
         })
     };
-    let capture = fx.start_capture(&config);
-    harness::wait_for(Duration::from_secs(60), "the snapshot to be sent", || {
-        capture.logs().contains("initial snapshot is sent")
-    });
+    let capture = fx.start_capture_async(&config).await;
+    harness::Event::new("the snapshot to be sent", Duration::from_secs(60), || {
+        harness::metric(&config, "tidemark_kafka_snapshot_completed") == Some(1.0)
+    })
+    .arrives()
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.unwrap();
     fx.psql("UPDATE items SET label = 'after' WHERE id = 1");
@@ -373,8 +377,8 @@ async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches
         &["public.events"],
         &format!("{archive}{}", kafka_section(&broker, "")),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     for batch in 0..5 {
         fx.psql(&format!(
             "INSERT INTO events SELECT g, 'x' FROM generate_series({}, {}) g",
@@ -382,10 +386,10 @@ async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches
             batch * 100 + 100
         ));
     }
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     // The archive has everything while the broker was never up, and the
     // local log still holds the archived segments for the feed.
-    let (fx, config, watched) = (&fx, &config, &capture);
+    let (fx, config) = (&fx, &config);
     harness::wait_until(
         Duration::from_secs(30),
         "the archive to catch up",
@@ -404,7 +408,7 @@ async fn capture_and_archive_carry_on_while_the_broker_is_down_and_kafka_catches
     harness::wait_until(
         Duration::from_secs(60),
         "the feed to say it is behind",
-        move || async move { watched.logs().contains("the Kafka feed is behind") },
+        move || async move { harness::metric(config, "tidemark_kafka_feed_up") == Some(0.0) },
     )
     .await;
     let first_segment = fx.log_dir().join(tidemark::log::segment::file_name(1));

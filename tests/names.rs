@@ -47,8 +47,8 @@ async fn awkward_names_are_captured_archived_and_restored_exactly() {
             fx.archive_url()
         ),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
 
     fx.psql(
         r#"
@@ -61,7 +61,7 @@ async fn awkward_names_are_captured_archived_and_restored_exactly() {
         "#,
     );
     let want: Vec<String> = TABLES.iter().map(|t| md5_in(&fx, &fx.db, t)).collect();
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
 
     // The history of one of two tables whose joined names are alike.

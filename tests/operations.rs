@@ -85,7 +85,7 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
         ),
     );
     let capture = harness::Capture::start_with_env(&config, &harness::s3_env());
-    fx.wait_base_snapshot(&config);
+    fx.base_snapshot(&config).arrives().await;
     let port = harness::metrics_port(&config);
     let healthz = || harness::http_get(port, "/healthz").map(|(code, _)| code);
     let settled = || healthz() == Some(200) && all_resolved(&hooks.json(webhook));
@@ -112,24 +112,32 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
     hooks.answer(webhook, 503);
     proxy.refuse();
     pay(&fx, 50);
-    harness::wait_for(Duration::from_secs(60), "the rpo warning on Slack", || {
+    harness::Event::new("the rpo warning on Slack", Duration::from_secs(60), || {
         !slack_notices(&hooks.json(slack), "rpo", slack_before).is_empty()
-    });
+    })
+    .arrives()
+    .await;
     hooks.answer(webhook, 200);
-    harness::wait_for(Duration::from_secs(60), "/healthz to answer 503", || {
+    harness::Event::new("/healthz to answer 503", Duration::from_secs(60), || {
         healthz() == Some(503)
-    });
-    harness::wait_for(
-        Duration::from_secs(60),
+    })
+    .arrives()
+    .await;
+    harness::Event::new(
         "the rpo escalation on Slack",
+        Duration::from_secs(60),
         || slack_notices(&hooks.json(slack), "rpo", slack_before).len() >= 2,
-    );
+    )
+    .arrives()
+    .await;
     proxy.mend();
-    harness::wait_for(
-        Duration::from_secs(90),
+    harness::Event::new(
         "/healthz to answer 200 again",
+        Duration::from_secs(90),
         || healthz() == Some(200),
-    );
+    )
+    .arrives()
+    .await;
     // Once S3 is back the backlog may land in more than one manifest, so the
     // RPO can step down to warning on its way back: allowed, and notified.
     let resolved = |sequence: &[(String, String)]| {
@@ -137,9 +145,9 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
             .last()
             .is_some_and(|(_, state)| state == "resolved")
     };
-    harness::wait_for(
-        Duration::from_secs(60),
+    harness::Event::new(
         "the rpo resolved notice everywhere",
+        Duration::from_secs(60),
         || {
             let slack_seen = slack_notices(&hooks.json(slack), "rpo", slack_before);
             let mail_seen = smtp.messages().len() - mail_before;
@@ -147,7 +155,9 @@ async fn alerts_fire_escalate_and_resolve_across_an_s3_outage() {
                 && resolved(&notices(&hooks.json(webhook), "rpo", hooks_before))
                 && mail_seen >= slack_seen.len()
         },
-    );
+    )
+    .arrives()
+    .await;
     let sequence = slack_notices(&hooks.json(slack), "rpo", slack_before);
     let pair = |severity: &str, state: &str| (severity.to_string(), state.to_string());
     assert_eq!(
@@ -335,18 +345,20 @@ async fn scheduled_checks_and_the_audit_log() {
             drill_target.url()
         ),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     pay(&fx, 100);
     let last = |job: &str| -> Option<Value> {
         let text = std::fs::read(fx.log_dir().join(format!("{job}.last.json"))).ok()?;
         serde_json::from_slice(&text).ok()
     };
-    harness::wait_for(
-        Duration::from_secs(120),
+    harness::Event::new(
         "a scheduled verify and drill",
+        Duration::from_secs(120),
         || last("verify").is_some() && last("drill").is_some(),
-    );
+    )
+    .arrives()
+    .await;
     let (verify, drill) = (last("verify").unwrap(), last("drill").unwrap());
     assert_eq!(verify["ok"], true, "{verify}");
     assert_eq!(drill["ok"], true, "{drill}");

@@ -42,8 +42,8 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
             dir.display()
         ),
     );
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
 
     fx.psql("INSERT INTO payments (amount, kind, note) SELECT g, 'card', 'n' || g FROM generate_series(1, 300) g");
     fx.psql("INSERT INTO notes VALUES ('a'), ('a'), ('b')");
@@ -59,7 +59,7 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
     let want2_wire = fx.psql(&harness::rows_md5_sql("payments", "kind = 'wire'"));
     fx.psql("DELETE FROM payments WHERE id > 250");
     let latest_payments = fx.md5("payments");
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
 
     let target = |name: &str| {
@@ -366,8 +366,8 @@ async fn restores_to_times_lsns_and_latest_and_refuses_what_it_must() {
 async fn a_prepared_transaction_counts_from_its_commit_prepared() {
     let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY)");
     let config = fx.config_with_archive(&["public.t"], "");
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     fx.psql("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'p1'");
     fx.psql("INSERT INTO t VALUES (2)");
     // Prepared before this point, committed after it.
@@ -376,7 +376,7 @@ async fn a_prepared_transaction_counts_from_its_commit_prepared() {
     let committed = fx.psql("SELECT clock_timestamp()::text");
     // The window ends at the last archived commit: one more moves it past the point.
     fx.psql("INSERT INTO t VALUES (3)");
-    fx.wait_caught_up(Duration::from_secs(30));
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
 
     for (name, to, want) in [("p_before", &prepared, "2"), ("p_after", &committed, "1,2")] {

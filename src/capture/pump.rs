@@ -255,6 +255,7 @@ impl Pump {
             );
             self.last_full_warning = Some(now);
         }
+        metrics::gauge!(telemetry::LOG_FULL).set(f64::from(u8::from(full)));
         full
     }
 

@@ -1,19 +1,33 @@
 //! The shared integration-test harness: one throwaway PostgreSQL cluster per
 //! test binary, and a fresh database, slot, publication and log dir per test,
 //! so tests in one binary run in parallel without seeing each other.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidemark::replay::scratch::ScratchServer;
 
+mod files;
+mod http;
+#[cfg(feature = "s3")]
+mod kafka;
 pub mod ledger;
+mod process;
 pub mod proxy;
 pub mod receivers;
+mod s3;
+mod wait;
+
+pub use files::*;
+pub use http::*;
+#[cfg(feature = "s3")]
+pub use kafka::*;
+pub use process::*;
+pub use s3::*;
+pub use wait::*;
 
 /// The cluster shared by every test in this binary.
 pub fn cluster() -> &'static ScratchServer {
@@ -143,49 +157,71 @@ impl Fixture {
             .expect("an LSN")
     }
 
-    /// Waits until capture has confirmed everything written to the source so far.
-    pub fn wait_caught_up(&self, limit: Duration) {
+    /// Capture has confirmed everything written to the source so far.
+    pub fn caught_up(&self, limit: Duration) -> Event<'_> {
         // Abort records are not flushed, and walsenders send only flushed WAL:
         // committing a transaction with an xid flushes everything before it.
         self.psql("SELECT txid_current()");
         let target = self.current_wal_lsn();
-        wait_for(limit, "capture to confirm the current WAL position", || {
-            self.confirmed_flush().is_some_and(|c| c >= target)
-        });
+        Event::new(
+            "capture to confirm the current WAL position",
+            limit,
+            move || self.confirmed_flush().is_some_and(|c| c >= target),
+        )
+    }
+
+    pub fn wait_caught_up(&self, limit: Duration) {
+        self.caught_up(limit).wait()
     }
 
     /// Starts `tidemark capture` and waits until it streams (the slot and publication exist).
     pub fn start_capture(&self, config: &Path) -> Capture {
         let capture = Capture::start(config);
-        self.wait_streaming(&capture);
+        self.streaming(&capture).wait();
         capture
     }
 
-    /// Waits until `capture` holds this test's slot and streams from it: a
-    /// walsender that started after it did (not a killed predecessor's) is
-    /// streaming the slot.
-    pub fn wait_streaming(&self, capture: &Capture) {
+    /// `start_capture` for async tests.
+    pub async fn start_capture_async(&self, config: &Path) -> Capture {
+        let capture = Capture::start(config);
+        self.streaming(&capture).arrives().await;
+        capture
+    }
+
+    /// `capture` holds this test's slot and streams from it: a walsender
+    /// that started after it did (not a killed predecessor's) is streaming
+    /// the slot. Also ends if capture exits, so its exit code can be read.
+    pub fn streaming(&self, capture: &Capture) -> Event<'_> {
         let pid = capture.pid();
         let since = capture
             .started
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
-        wait_for(Duration::from_secs(60), "capture to stream", || {
-            self.psql(&format!(
-                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = '{}' AND r.state = 'streaming' AND r.backend_start >= to_timestamp({since})",
-                self.slot()
-            )) == "1"
-                || capture_exited(pid)
-        });
+        let query = format!(
+            "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = '{}' AND r.state = 'streaming' AND r.backend_start >= to_timestamp({since})",
+            self.slot()
+        );
+        Event::new("capture to stream", Duration::from_secs(60), move || {
+            self.psql(&query) == "1" || capture_exited(pid)
+        })
     }
 
-    /// Waits until the archive at `config` lists a base snapshot (its restore window opens).
+    pub fn wait_streaming(&self, capture: &Capture) {
+        self.streaming(capture).wait()
+    }
+
+    /// The archive at `config` lists a base snapshot (its restore window opens).
+    pub fn base_snapshot(&self, config: &Path) -> Event<'static> {
+        let config = config.to_path_buf();
+        Event::new("the base snapshot", Duration::from_secs(60), move || {
+            archive_window_open(&config)
+        })
+    }
+
     pub fn wait_base_snapshot(&self, config: &Path) {
-        wait_for(Duration::from_secs(60), "the base snapshot", || {
-            archive_window_open(config)
-        });
+        self.base_snapshot(config).wait()
     }
 
     /// The md5 of every row of `table` in this test's database, in a fixed order.
@@ -247,342 +283,6 @@ fn capture_exited(pid: u32) -> bool {
         .map_or(true, |stat| stat.split_whitespace().nth(2) == Some("Z"))
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The metrics port a config written by `Fixture::config` uses.
-pub fn metrics_port(config: &Path) -> u16 {
-    let text = std::fs::read_to_string(config).unwrap();
-    let line = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
-    line.trim_end_matches('"')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// GET /metrics from a capture, as text.
-pub fn scrape(port: u16) -> String {
-    http_get(port, "/metrics")
-        .map(|(_, body)| body)
-        .expect("reading /metrics")
-}
-
-/// GETs `path` from capture's HTTP server: the status code and the body; `None` if nothing answers.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-/// Every file below `root`, as paths relative to it, sorted.
-pub fn files_under(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                out.push(path.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Whether a `verify --json` report names `key` among its problems.
-pub fn report_names(report: &serde_json::Value, key: &str) -> bool {
-    report["problems"]
-        .as_array()
-        .is_some_and(|problems| problems.iter().any(|p| p["key"] == key))
-}
-
-/// The value of the first sample whose line starts with `series` (name plus labels).
-pub fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Runs the tidemark binary to completion.
-pub fn tidemark(args: &[&str], more: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tidemark"))
-        .args(args)
-        .args(more)
-        .env("RUST_LOG", "warn")
-        .envs(s3_env())
-        .output()
-        .expect("running tidemark")
-}
-
-/// A running `tidemark capture`.
-pub struct Capture {
-    pub child: Child,
-    pid: u32,
-    /// strace, attached to slow its fsyncs down.
-    tracer: Option<Child>,
-    /// When it was started, by the wall clock the server shares.
-    pub started: std::time::SystemTime,
-    pub stderr: PathBuf,
-}
-
-impl Capture {
-    pub fn start(config: &Path) -> Capture {
-        Capture::start_with_env(config, &[])
-    }
-
-    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Capture {
-        Capture::spawn(config, env)
-    }
-
-    /// Starts capture with every fdatasync held for `delay` before it runs
-    /// (strace's fault injection), so the log's written end runs visibly
-    /// ahead of its fsynced end.
-    pub fn start_with_slow_fsync(config: &Path, delay: Duration) -> Capture {
-        let mut capture = Capture::spawn(config, &[]);
-        // strace attaches to the running capture (rather than starting it), so
-        // it can let go again before the stop: a SIGTERM that has to pass
-        // strace's delay injection was seen lost under load.
-        let inject = format!("inject=fdatasync:delay_enter={}", delay.as_micros());
-        let tracer = Command::new("strace")
-            .args([
-                "-f",
-                "-e",
-                "trace=fdatasync",
-                "-e",
-                &inject,
-                "-o",
-                "/dev/null",
-                "-p",
-            ])
-            .arg(capture.pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting strace (scripts/setup.sh --dev installs it)");
-        let status = format!("/proc/{}/status", capture.pid);
-        wait_for(Duration::from_secs(10), "strace to attach", || {
-            std::fs::read_to_string(&status)
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("TracerPid:"))
-                        .map(|v| v.trim() != "0")
-                })
-                .unwrap_or(false)
-        });
-        capture.tracer = Some(tracer);
-        capture
-    }
-
-    fn spawn(config: &Path, env: &[(&str, &str)]) -> Capture {
-        let stderr = config.with_extension(format!(
-            "capture-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
-        let stderr = unique(stderr);
-        let file = std::fs::File::create(&stderr).unwrap();
-        let started = std::time::SystemTime::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
-            .args(["capture", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("starting tidemark capture");
-        let pid = child.id();
-        Capture {
-            child,
-            pid,
-            tracer: None,
-            started,
-            stderr,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Sends SIGTERM and waits for the exit code. Under strace a signal that
-    /// lands while a delayed syscall is held can be lost, so it is said again
-    /// each second until capture has heard it (a second SIGTERM is harmless).
-    pub fn stop(mut self) -> i32 {
-        // On a timeout the panic names the event and the capture's own account of it.
-        let tail: String = {
-            let logs = self.logs();
-            let start = logs.len().saturating_sub(3000);
-            logs.get(start..).unwrap_or_default().to_string()
-        };
-        let what = format!(
-            "capture (pid {}) to stop; its log when asked:\n{tail}",
-            self.pid
-        );
-        let mut wait = Wait::new(Duration::from_secs(60), &what);
-        if let Some(mut tracer) = self.tracer.take() {
-            // Attached with -p, strace detaches on SIGINT and leaves capture running.
-            signal(tracer.id(), libc::SIGINT);
-            let _ = tracer.wait();
-        }
-        loop {
-            signal(self.pid, libc::SIGTERM);
-            let resend = Instant::now() + Duration::from_secs(1);
-            while Instant::now() < resend {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    return status.code().unwrap_or(-1);
-                }
-                std::thread::sleep(wait.next_pause());
-            }
-        }
-    }
-
-    /// SIGKILL: a crash at whatever instant this is.
-    pub fn kill(mut self) {
-        signal(self.pid, libc::SIGKILL);
-        self.child.wait().unwrap();
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Peak resident set size so far, from /proc.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
-    }
-}
-
-fn unique(path: PathBuf) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    path.with_extension(format!("{}.log", N.fetch_add(1, Ordering::Relaxed)))
-}
-
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory-safety preconditions; the pid is a process this test started.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-impl Drop for Capture {
-    /// A test that fails midway must not leave its capture running.
-    fn drop(&mut self) {
-        if let Some(mut tracer) = self.tracer.take() {
-            let _ = tracer.kill();
-            let _ = tracer.wait();
-        }
-        if let Ok(None) = self.child.try_wait() {
-            signal(self.pid, libc::SIGKILL);
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A wait for an event outside the test (a slot position, a metric, the
-/// archive's window): its deadline, and the pause before the next look,
-/// short at first so the event is seen soon after it happens.
-struct Wait<'a> {
-    deadline: Instant,
-    what: &'a str,
-    pause: Duration,
-}
-
-impl Wait<'_> {
-    fn new(limit: Duration, what: &str) -> Wait<'_> {
-        Wait {
-            deadline: Instant::now() + limit,
-            what,
-            pause: Duration::from_millis(5),
-        }
-    }
-
-    /// The pause before the next look; panics naming the event past the deadline.
-    fn next_pause(&mut self) -> Duration {
-        assert!(
-            Instant::now() < self.deadline,
-            "timed out waiting for {}",
-            self.what
-        );
-        let pause = self.pause;
-        self.pause = (pause * 2).min(Duration::from_millis(100));
-        pause
-    }
-}
-
-/// Asserts that everything under `dir` is private: files 0600 or less, directories 0700.
-pub fn assert_private(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut checked = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let metadata = std::fs::symlink_metadata(&path).unwrap();
-        let mode = metadata.permissions().mode() & 0o777;
-        if metadata.is_dir() {
-            assert_eq!(
-                mode,
-                0o700,
-                "{} is a directory with mode {mode:o}",
-                path.display()
-            );
-            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
-            checked += 1;
-        }
-    }
-    assert!(checked > 0, "nothing under {}", dir.display());
-}
-
-/// Waits, blocking, until `condition` holds: for tests without a runtime.
-pub fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let mut wait = Wait::new(limit, what);
-    while !condition() {
-        std::thread::sleep(wait.next_pause());
-    }
-}
-
-/// Awaits `event` without holding up the test's runtime: for async tests.
-pub async fn wait_until<F: std::future::Future<Output = bool>>(
-    limit: Duration,
-    what: &str,
-    mut event: impl FnMut() -> F,
-) {
-    let mut wait = Wait::new(limit, what);
-    while !event().await {
-        tokio::time::sleep(wait.next_pause()).await;
-    }
-}
-
 /// A tokio-postgres client to `url`.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -590,208 +290,6 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
         .expect("connecting to the test cluster");
     tokio::spawn(connection);
     client
-}
-
-/// A real S3-compatible HTTP server (moto), one per test binary.
-pub struct S3Server {
-    _child: Child,
-    pub endpoint: String,
-}
-
-pub const S3_KEY_ID: &str = "tidemark-test-key";
-pub const S3_SECRET: &str = "tidemark-test-secret";
-
-/// The environment a process needs to reach the test S3 server.
-pub fn s3_env() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", S3_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ]
-}
-
-pub fn s3() -> &'static S3Server {
-    static SERVER: OnceLock<S3Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        S3Server::start_on(port)
-    })
-}
-
-impl S3Server {
-    /// Starts a server on `port`; a test may start one late, on a port capture already uses.
-    pub fn start_on(port: u16) -> S3Server {
-        static ENV: std::sync::Once = std::sync::Once::new();
-        // Set once, before this binary's first S3 client reads them.
-        ENV.call_once(|| {
-            for (key, value) in s3_env() {
-                std::env::set_var(key, value);
-            }
-        });
-        let mut command = Command::new("python3");
-        command
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = tidemark::child::spawn_tied_to_process(command)
-            .expect("starting moto (run scripts/setup.sh)");
-        wait_for(Duration::from_secs(60), "the S3 server to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        S3Server {
-            _child: child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Creates a fresh bucket and returns its name.
-    #[cfg(feature = "s3")]
-    pub async fn bucket(&self) -> String {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "tm-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        self.create_bucket(&name).await;
-        name
-    }
-
-    /// Through the AWS SDK, which only a build with the s3 feature links.
-    #[cfg(feature = "s3")]
-    pub async fn create_bucket(&self, name: &str) {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .load()
-            .await;
-        let client = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&config)
-                .endpoint_url(&self.endpoint)
-                .force_path_style(true)
-                .build(),
-        );
-        client
-            .create_bucket()
-            .bucket(name)
-            .send()
-            .await
-            .expect("creating a bucket");
-    }
-
-    pub fn options(&self) -> tidemark::archive::store::S3Options {
-        tidemark::archive::store::S3Options {
-            endpoint: Some(self.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            path_style: true,
-        }
-    }
-}
-
-/// A Kafka-protocol broker (tansu) that persists to the test S3 server, so a
-/// restart keeps its topics.
-#[cfg(feature = "s3")]
-pub struct Broker {
-    child: Option<Child>,
-    port: u16,
-    bucket: String,
-}
-
-#[cfg(feature = "s3")]
-impl Broker {
-    pub async fn start() -> Broker {
-        let mut broker = Broker::reserve().await;
-        broker.spawn();
-        broker
-    }
-
-    /// A broker's address and storage, not started yet (see `spawn`).
-    pub async fn reserve() -> Broker {
-        Broker {
-            child: None,
-            port: free_port(),
-            bucket: s3().bucket().await,
-        }
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn spawn(&mut self) {
-        let listener = format!("tcp://{}", self.address());
-        let mut command = Command::new("tansu");
-        command
-            .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", &format!("s3://{}/", self.bucket)])
-            .env("AWS_ENDPOINT", &s3().endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.child = Some(
-            tidemark::child::spawn_tied_to_process(command)
-                .expect("starting tansu (run scripts/setup.sh)"),
-        );
-        let port = self.port;
-        wait_for(Duration::from_secs(30), "the broker to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    /// Every message of `topics`, read by kafka-python.
-    pub fn read(&self, topics: &[&str]) -> Vec<serde_json::Value> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/kafka_read.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(self.address())
-            .args(topics)
-            .output()
-            .expect("running kafka-python (run scripts/setup.sh)");
-        assert!(
-            out.status.success(),
-            "kafka-python failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-#[cfg(feature = "s3")]
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A small deterministic generator; tests print their seed so a failure can be replayed.

@@ -109,10 +109,12 @@ pub async fn run(feed: Feed, mut shutdown: watch::Receiver<bool>) {
         match outcome {
             Ok(()) => return,
             Err(error) if error.is_retryable() => {
+                metrics::gauge!(crate::telemetry::KAFKA_FEED_UP).set(0.0);
                 metrics::counter!(crate::telemetry::ERRORS, "kind" => "kafka").increment(1);
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "the Kafka feed is behind: the broker is unavailable; capture and archive carry on and the local log keeps the segments until it returns");
             }
             Err(error) => {
+                metrics::gauge!(crate::telemetry::KAFKA_FEED_UP).set(0.0);
                 metrics::counter!(crate::telemetry::ERRORS, "kind" => "kafka").increment(1);
                 tracing::error!(%error, "the Kafka feed stopped; capture and archive carry on");
                 return;
@@ -161,6 +163,7 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
         partitions_with_events = last.len(),
         "the Kafka feed is publishing"
     );
+    metrics::gauge!(crate::telemetry::KAFKA_FEED_UP).set(1.0);
     let mut sink = KafkaSink {
         encoder,
         producer,
@@ -181,7 +184,8 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
         runtime: tokio::runtime::Handle::current(),
     };
     let dir = feed.log_dir.clone();
-    let snapshot = (delivered.is_none() && feed.config.snapshot)
+    let snapshot_wanted = feed.config.snapshot;
+    let snapshot = (delivered.is_none() && snapshot_wanted)
         .then(|| (feed.source.clone(), feed.slot.clone(), feed.tables.clone()));
     tokio::task::spawn_blocking(move || -> Result<(), FeedError> {
         let mut start = start;
@@ -189,6 +193,10 @@ async fn session(feed: &Feed, shutdown: watch::Receiver<bool>) -> Result<(), Fee
             let point = snapshot::publish(&source, &slot, &tables, &mut sink)?;
             sink.settle_snapshot(point)?;
             start = start_segment(&dir, Some(point))?;
+        }
+        // Once anything is delivered, the snapshot (if wanted) is in the broker.
+        if snapshot_wanted {
+            metrics::gauge!(crate::telemetry::KAFKA_SNAPSHOT_COMPLETED).set(1.0);
         }
         let mut tail = LogTail::at_segment(&dir, start);
         let mut assembler = Assembler::new(LogDir(dir.clone()));

@@ -1,0 +1,365 @@
+//! Applies committed transactions to a target database as SQL, keyed by
+//! replica identity; rows without a key (REPLICA IDENTITY FULL) are matched as
+//! a multiset, one row per change.
+//!
+//! Values arrive in PostgreSQL's text form and go back in as quoted literals,
+//! which the server parses with each column's own input function, so every
+//! type round-trips exactly. A TOASTed value the change left unchanged is left
+//! out of the UPDATE, so the target keeps the last full value.
+//!
+//! Schema changes follow the source's notes (`source::ddl`), applied at the
+//! DDL's own position: a column added with a default reads that default in
+//! the rows that existed before, a renamed column keeps its values. What the
+//! stream cannot carry (a rewrite, or a new column seen without a note, whose
+//! existing rows may read a default nobody told us) makes the table inexact
+//! from that transaction on, and the restore refuses it: never wrong rows in
+//! silence. `--allow-inexact` goes on, and says which tables.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::merge::TableBatch;
+use crate::base::exit::ExitCode;
+use crate::base::position::{CommitLsn, EndLsn, Lsn};
+use crate::base::table::TableName;
+use crate::log::committed::{Change, TxnInfo, TxnSink};
+use crate::log::LogError;
+use crate::source::pgoutput::Relation;
+use sql::statement;
+
+mod schema;
+mod sql;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("applying transaction {xid} (commit {commit_lsn}) to the target failed: {message}")]
+    Target {
+        xid: u32,
+        commit_lsn: CommitLsn,
+        message: String,
+    },
+    #[error("table {table} gained column {column} of a type the archive cannot name (oid {oid})")]
+    UnknownType {
+        table: TableName,
+        column: String,
+        oid: u32,
+    },
+    #[error("{0}; restore to an earlier point, or to one after a base snapshot taken since (capture takes one when compaction meets this), or add --allow-inexact")]
+    Inexact(Inexact),
+}
+
+/// A table whose restored rows may differ from the source's from some transaction on.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Inexact {
+    pub table: TableName,
+    pub since: crate::base::position::Position,
+    pub why: String,
+}
+
+impl std::fmt::Display for Inexact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table {} cannot be restored exactly past {}: {}",
+            self.table, self.since, self.why
+        )
+    }
+}
+
+impl ApplyError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            ApplyError::Log(e) => e.exit_code(),
+            ApplyError::Target { .. } | ApplyError::UnknownType { .. } => ExitCode::Failure,
+            ApplyError::Inexact(_) => ExitCode::BadInput,
+        }
+    }
+}
+
+/// Which transactions to apply: those that commit after the base and finish
+/// at or before the target.
+///
+/// Why these bounds are exact: the snapshot at `after` holds exactly the
+/// transactions whose commit record precedes it (`CommitLsn::precedes`), so
+/// those are skipped and every later one applied. A target LSN is a position
+/// between transactions, so `end_lsn <= target` takes each transaction whole
+/// or not at all; a target time takes those whose commit time is at or before
+/// it. Commit LSNs and commit times rise together in commit order, so the
+/// applier stops at the first transaction past the target.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// The snapshot's point: transactions whose commit record precedes it are already in it.
+    pub after: EndLsn,
+    pub until: Target,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every transaction that ends at or before this position.
+    Lsn(EndLsn),
+    Time(crate::base::position::PgTimestamp),
+    Latest,
+}
+
+/// Runs SQL on the target; the applier is synchronous, so this bridges to the async client.
+pub trait Executor {
+    fn execute(&mut self, sql: &str) -> Result<(), String>;
+    /// Runs `COPY … FROM STDIN` with `data`.
+    fn copy_in(&mut self, sql: &str, data: bytes::Bytes) -> Result<(), String>;
+    /// `format_type(oid, typmod)` on the target.
+    fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String, String>;
+}
+
+/// Applies the changes of in-bounds transactions, batching statements.
+pub struct Applier<E: Executor> {
+    executor: E,
+    bounds: Bounds,
+    /// Only these tables are applied; the columns each has on the target now, in order.
+    tables: HashMap<TableName, Vec<(String, u32)>>,
+    /// Type names known from the snapshot's schema, for columns added later.
+    type_names: HashMap<u32, String>,
+    /// Statements to run in order: changes to keyless tables, truncates, schema changes.
+    batch: String,
+    /// The net effect pending on each keyed table; applied after `batch`.
+    pending: HashMap<TableName, TableBatch>,
+    in_bounds: bool,
+    pub applied_txns: u64,
+    pub applied_changes: u64,
+    /// The last transaction applied.
+    pub last: Option<TxnInfo>,
+    /// Set once a transaction past the target is seen: everything after is too.
+    pub reached_target: bool,
+    /// Advanced to each applied transaction's end, in WAL bytes past `bounds.after`.
+    progress: indicatif::ProgressBar,
+    /// Go on past a change the stream cannot carry (and record it) instead of refusing.
+    allow_inexact: bool,
+    /// The tables that went inexact, when allowed.
+    pub inexact: Vec<Inexact>,
+    /// Tables rewritten in the current transaction (a rewrite note came first).
+    rewritten: HashSet<TableName>,
+    /// The newest sampled value of each sequence (`source::sequences`) within bounds.
+    pub sequences: crate::source::sequences::Sample,
+}
+
+const BATCH_BYTES: usize = 1 << 20;
+/// Values held in net effects before they are applied: bigger batches merge
+/// more changes per key and cost fewer round trips.
+const PENDING_BYTES: usize = 32 << 20;
+
+impl<E: Executor> Applier<E> {
+    pub fn new(
+        executor: E,
+        bounds: Bounds,
+        tables: HashMap<TableName, Vec<(String, u32)>>,
+        type_names: HashMap<u32, String>,
+    ) -> Self {
+        Applier {
+            executor,
+            bounds,
+            tables,
+            type_names,
+            batch: String::new(),
+            pending: HashMap::new(),
+            in_bounds: false,
+            applied_txns: 0,
+            applied_changes: 0,
+            last: None,
+            reached_target: false,
+            progress: indicatif::ProgressBar::hidden(),
+            allow_inexact: false,
+            inexact: Vec::new(),
+            rewritten: HashSet::new(),
+            sequences: Default::default(),
+        }
+    }
+
+    /// Goes on past changes the stream cannot carry, recording them, instead of refusing.
+    pub fn allow_inexact(mut self, allow: bool) -> Self {
+        self.allow_inexact = allow;
+        self
+    }
+
+    pub fn with_progress(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = bar;
+        self
+    }
+
+    /// Applies the statements, then the net effects, in one target transaction.
+    fn flush(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        if self.batch.is_empty() && self.pending.values().all(TableBatch::is_empty) {
+            return Ok(());
+        }
+        let failed = |message| ApplyError::Target {
+            xid: txn.xid,
+            commit_lsn: txn.commit_lsn,
+            message,
+        };
+        let sql = format!("BEGIN;\n{}", std::mem::take(&mut self.batch));
+        self.executor.execute(&sql).map_err(failed)?;
+        for (i, (table, pending)) in self
+            .pending
+            .iter_mut()
+            .filter(|(_, p)| !p.is_empty())
+            .enumerate()
+        {
+            let statements = pending.take(&table.quoted(), &format!("tidemark_stage_{i}"));
+            self.executor.execute(&statements.create).map_err(failed)?;
+            self.executor
+                .copy_in(&statements.copy, statements.data)
+                .map_err(failed)?;
+            self.executor.execute(&statements.merge).map_err(failed)?;
+        }
+        self.executor.execute("COMMIT").map_err(failed)
+    }
+
+    /// Queues a statement on `table`, after whatever net effect is pending on it.
+    fn statement(&mut self, txn: &TxnInfo, table: &TableName, sql: &str) -> Result<(), ApplyError> {
+        if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
+            self.flush(txn)?;
+        }
+        self.batch += sql;
+        Ok(())
+    }
+
+    /// The net effect to add `relation`'s change to, if its table has a key.
+    fn pending_for(
+        &mut self,
+        txn: &TxnInfo,
+        table: &TableName,
+        relation: &Relation,
+    ) -> Result<Option<&mut TableBatch>, ApplyError> {
+        if self.pending.get(table).is_some_and(|p| !p.fits(relation)) {
+            self.flush(txn)?;
+            self.pending.remove(table);
+        }
+        if !self.pending.contains_key(table) {
+            match TableBatch::new(relation) {
+                Some(batch) => self.pending.insert(table.clone(), batch),
+                None => return Ok(None),
+            };
+        }
+        Ok(self.pending.get_mut(table))
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.pending.values().map(TableBatch::bytes).sum()
+    }
+
+    /// Sends whatever is batched. Call after the last transaction.
+    pub fn finish(&mut self) -> Result<(), ApplyError> {
+        match self.last.clone() {
+            Some(txn) => self.flush(&txn),
+            None => Ok(()),
+        }
+    }
+
+    fn past_target(&self, txn: &TxnInfo) -> bool {
+        match self.bounds.until {
+            Target::Lsn(lsn) => txn.end_lsn > lsn,
+            Target::Time(time) => txn.commit_time > time,
+            Target::Latest => false,
+        }
+    }
+}
+
+impl<E: Executor> TxnSink for Applier<E> {
+    type Error = ApplyError;
+
+    fn begin(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        self.rewritten.clear();
+        // Already in the snapshot: its commit record precedes the snapshot's point.
+        if txn.commit_lsn.precedes(self.bounds.after) {
+            self.in_bounds = false;
+            return Ok(());
+        }
+        if self.reached_target || self.past_target(txn) {
+            self.reached_target = true;
+            self.in_bounds = false;
+            return Ok(());
+        }
+        self.in_bounds = true;
+        self.progress
+            .set_position(txn.end_lsn.0.bytes_since(self.bounds.after.0));
+        Ok(())
+    }
+
+    fn change(&mut self, txn: &TxnInfo, _lsn: Lsn, change: Change) -> Result<(), ApplyError> {
+        if !self.in_bounds {
+            return Ok(());
+        }
+        let relations: Vec<Arc<Relation>> = match &change {
+            Change::Insert { relation, .. }
+            | Change::Update { relation, .. }
+            | Change::Delete { relation, .. } => {
+                vec![relation.clone()]
+            }
+            Change::Truncate { relations, .. } => relations.clone(),
+            Change::Message { prefix, content } => {
+                return self.follow_message(txn, prefix, content)
+            }
+        };
+        for relation in &relations {
+            let table = relation.table();
+            if !self.tables.contains_key(&table) {
+                continue;
+            }
+            self.follow_schema(txn, &table, relation)?;
+            self.applied_changes += 1;
+            let batched = match &change {
+                Change::Insert { new, .. } => self
+                    .pending_for(txn, &table, relation)?
+                    .map(|p| p.insert(new)),
+                Change::Update { old, new, .. } => self
+                    .pending_for(txn, &table, relation)?
+                    .map(|p| p.update(old.as_ref(), new)),
+                Change::Delete { old, .. } => self
+                    .pending_for(txn, &table, relation)?
+                    .map(|p| p.delete(old.tuple())),
+                Change::Truncate { .. } => {
+                    // What is pending on the table is emptied anyway.
+                    self.pending.remove(&table);
+                    None
+                }
+                Change::Message { .. } => unreachable!("handled above"),
+            };
+            if batched == Some(Ok(())) {
+                continue;
+            }
+            let sql = statement(&table, relation, &change);
+            self.statement(txn, &table, &sql)?;
+        }
+        if self.batch.len() >= BATCH_BYTES || self.pending_bytes() >= PENDING_BYTES {
+            self.flush(txn)?;
+        }
+        Ok(())
+    }
+
+    fn incomplete(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        // Harmless if the snapshot holds it, or if it is past the target.
+        if txn.commit_lsn.precedes(self.bounds.after)
+            || self.reached_target
+            || self.past_target(txn)
+        {
+            return Ok(());
+        }
+        Err(LogError::Incomplete {
+            xid: txn.xid,
+            commit_lsn: txn.commit_lsn,
+        }
+        .into())
+    }
+
+    fn commit(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        if self.in_bounds {
+            self.applied_txns += 1;
+            self.last = Some(txn.clone());
+        }
+        self.in_bounds = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

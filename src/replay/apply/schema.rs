@@ -1,0 +1,245 @@
+//! How the applier follows the source's schema: the notes capture emits at
+//! each DDL, the Relation messages, and what neither can vouch for.
+
+use super::{Applier, ApplyError, Executor, Inexact};
+use crate::base::table::{quote_ident, quote_literal, TableName};
+use crate::log::committed::TxnInfo;
+use crate::source::ddl::{self, ColumnChange, Note};
+use crate::source::pgoutput::{Column, Relation};
+
+impl<E: Executor> Applier<E> {
+    /// Refuses the restore of `table` from `txn` on, or, when allowed, records it once.
+    fn inexact(&mut self, txn: &TxnInfo, table: &TableName, why: String) -> Result<(), ApplyError> {
+        let inexact = Inexact {
+            table: table.clone(),
+            since: crate::base::position::Position {
+                commit_time: txn.commit_time,
+                lsn: txn.end_lsn,
+            },
+            why,
+        };
+        if !self.allow_inexact {
+            return Err(ApplyError::Inexact(inexact));
+        }
+        if !self.inexact.iter().any(|i| &i.table == table) {
+            tracing::warn!(%inexact, "going on (--allow-inexact)");
+            self.inexact.push(inexact);
+        }
+        Ok(())
+    }
+
+    /// Applies a schema note at its place in the stream.
+    fn follow_note(&mut self, txn: &TxnInfo, note: &Note) -> Result<(), ApplyError> {
+        let table = note.table();
+        let Some(current) = self.tables.get(&table).cloned() else {
+            return Ok(());
+        };
+        let changes = match note.changes() {
+            Some(changes) => changes,
+            // Without the columns before, names are all there is: adds and drops
+            // are clear, but a column gone and one come may be a rename.
+            None => {
+                let added: Vec<_> = note
+                    .after
+                    .iter()
+                    .filter(|c| !current.iter().any(|(n, _)| *n == c.name))
+                    .cloned()
+                    .collect();
+                let dropped: Vec<_> = current
+                    .iter()
+                    .filter(|(n, _)| !note.after.iter().any(|c| &c.name == n))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if !added.is_empty() && !dropped.is_empty() {
+                    return self.inexact(txn, &table, format!(
+                        "columns {} went and {} came in one change, which may be a rename, and the note does not say",
+                        dropped.join(", "),
+                        added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                dropped
+                    .into_iter()
+                    .map(ColumnChange::Dropped)
+                    .chain(added.into_iter().map(ColumnChange::Added))
+                    .collect()
+            }
+        };
+        let quoted = table.quoted();
+        let mut sql = String::new();
+        for change in &changes {
+            match change {
+                ColumnChange::Added(column) => {
+                    let name = quote_ident(&column.name);
+                    sql += &format!("ALTER TABLE {quoted} ADD COLUMN {name} {}", column.type_sql);
+                    // Rows from before the DDL read the column's missing value.
+                    if let Some(missing) = &column.missing {
+                        sql += &format!(
+                            " DEFAULT {}::{};\nALTER TABLE {quoted} ALTER COLUMN {name} DROP DEFAULT",
+                            quote_literal(missing),
+                            column.type_sql
+                        );
+                    }
+                    sql += ";\n";
+                }
+                ColumnChange::Dropped(name) => {
+                    sql += &format!("ALTER TABLE {quoted} DROP COLUMN {};\n", quote_ident(name));
+                }
+                ColumnChange::Renamed { from, to } => {
+                    sql += &format!(
+                        "ALTER TABLE {quoted} RENAME COLUMN {} TO {};\n",
+                        quote_ident(from),
+                        quote_ident(to)
+                    );
+                }
+                ColumnChange::Retyped { name, type_sql } => {
+                    if self.rewritten.contains(&table) {
+                        continue;
+                    }
+                    // No rewrite: the stored values did not change, so the same cast is exact.
+                    let name = quote_ident(name);
+                    sql += &format!(
+                        "ALTER TABLE {quoted} ALTER COLUMN {name} TYPE {type_sql} USING {name}::{type_sql};\n"
+                    );
+                }
+            }
+        }
+        if !sql.is_empty() {
+            self.statement(txn, &table, &sql)?;
+        }
+        self.pending.remove(&table);
+        // Type oids are learnt from the next Relation message.
+        self.tables.insert(
+            table,
+            note.after.iter().map(|c| (c.name.clone(), 0)).collect(),
+        );
+        Ok(())
+    }
+
+    /// A logical message in the stream: tidemark's schema notes are applied, others ignored.
+    pub(super) fn follow_message(
+        &mut self,
+        txn: &TxnInfo,
+        prefix: &str,
+        content: &[u8],
+    ) -> Result<(), ApplyError> {
+        let unreadable = |message: String| ApplyError::Target {
+            xid: txn.xid,
+            commit_lsn: txn.commit_lsn,
+            message,
+        };
+        match prefix {
+            ddl::NOTE_PREFIX => {
+                let note = Note::parse(content).map_err(unreadable)?;
+                self.follow_note(txn, &note)
+            }
+            crate::source::sequences::PREFIX => {
+                let sample = crate::source::sequences::parse(content).map_err(unreadable)?;
+                self.sequences.extend(sample);
+                Ok(())
+            }
+            ddl::REWRITE_PREFIX => {
+                let rewrite: ddl::Rewrite =
+                    serde_json::from_slice(content).map_err(|e| unreadable(e.to_string()))?;
+                let table = TableName::new(rewrite.schema, rewrite.name);
+                if !self.tables.contains_key(&table) {
+                    return Ok(());
+                }
+                self.rewritten.insert(table.clone());
+                self.inexact(txn, &table, "it was rewritten (ALTER TYPE, a volatile default), and the rewritten values are not in the stream".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Brings the target table's columns in line with the relation, as the source's were.
+    pub(super) fn follow_schema(
+        &mut self,
+        txn: &TxnInfo,
+        table: &TableName,
+        relation: &Relation,
+    ) -> Result<(), ApplyError> {
+        let current = self.tables.get(table).cloned().unwrap_or_default();
+        let wanted: Vec<&Column> = relation.columns.iter().collect();
+        let same_names = current.len() == wanted.len()
+            && current.iter().zip(&wanted).all(|((n, _), c)| *n == c.name);
+        if same_names {
+            // A type that changed with no note: the old rows' values may have too.
+            let retyped: Vec<&str> = current
+                .iter()
+                .zip(&wanted)
+                .filter(|((_, oid), c)| *oid != 0 && *oid != c.type_oid)
+                .map(|((n, _), _)| n.as_str())
+                .collect();
+            if !retyped.is_empty() {
+                let why = format!(
+                    "column {} changed type, and no schema note says how its values were converted",
+                    retyped.join(", ")
+                );
+                self.inexact(txn, table, why)?;
+            }
+            self.remember_columns(table, &wanted);
+            return Ok(());
+        }
+        let added: Vec<&str> = wanted
+            .iter()
+            .filter(|c| !current.iter().any(|(n, _)| *n == c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !added.is_empty() {
+            let why = format!("column {} appeared with no schema note, so what the rows before it read there (a default?) is unknown", added.join(", "));
+            self.inexact(txn, table, why)?;
+        }
+        // Pending changes were made with the old columns.
+        if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
+            self.flush(txn)?;
+        }
+        self.pending.remove(table);
+        let quoted = table.quoted();
+        for (name, _) in &current {
+            if !wanted.iter().any(|c| &c.name == name) {
+                self.batch += &format!("ALTER TABLE {quoted} DROP COLUMN {};\n", quote_ident(name));
+            }
+        }
+        for column in &wanted {
+            if current.iter().any(|(n, _)| *n == column.name) {
+                continue;
+            }
+            let type_sql = match self.type_names.get(&column.type_oid) {
+                Some(name) if column.type_modifier < 0 => name.clone(),
+                _ if column.type_oid < 16384 => self
+                    .executor
+                    .format_type(column.type_oid, column.type_modifier)
+                    .map_err(|message| ApplyError::Target {
+                        xid: txn.xid,
+                        commit_lsn: txn.commit_lsn,
+                        message,
+                    })?,
+                Some(name) => name.clone(),
+                None => {
+                    return Err(ApplyError::UnknownType {
+                        table: table.clone(),
+                        column: column.name.clone(),
+                        oid: column.type_oid,
+                    })
+                }
+            };
+            self.batch += &format!(
+                "ALTER TABLE {quoted} ADD COLUMN {} {type_sql};\n",
+                quote_ident(&column.name)
+            );
+        }
+        self.remember_columns(table, &wanted);
+        Ok(())
+    }
+
+    /// The target table's columns are now the relation's.
+    fn remember_columns(&mut self, table: &TableName, wanted: &[&Column]) {
+        self.tables.insert(
+            table.clone(),
+            wanted
+                .iter()
+                .map(|c| (c.name.clone(), c.type_oid))
+                .collect(),
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! Tests of the applier against a recording executor.
+
+use super::*;
+use crate::base::position::{CommitLsn, EndLsn, Lsn};
+use crate::source::ddl;
+use crate::source::pgoutput::build::{text, text_relation};
+use crate::source::pgoutput::{OldTuple, Tuple, TupleValue};
+use bytes::Bytes;
+
+#[derive(Default)]
+struct Recorder(Vec<String>);
+impl Executor for &mut Recorder {
+    fn execute(&mut self, sql: &str) -> Result<(), String> {
+        self.0.push(sql.to_string());
+        Ok(())
+    }
+    fn copy_in(&mut self, sql: &str, data: Bytes) -> Result<(), String> {
+        self.0
+            .push(format!("{sql}\n{}", String::from_utf8_lossy(&data)));
+        Ok(())
+    }
+    fn format_type(&mut self, oid: u32, _: i32) -> Result<String, String> {
+        Ok(format!("type{oid}"))
+    }
+}
+
+fn relation(columns: &[(&str, bool)], identity: u8) -> Arc<Relation> {
+    Arc::new(text_relation(columns, identity))
+}
+
+fn txn(commit: u64, end: u64) -> TxnInfo {
+    TxnInfo {
+        xid: 7,
+        commit_lsn: CommitLsn(Lsn(commit)),
+        end_lsn: EndLsn(Lsn(end)),
+        commit_time: crate::base::position::PgTimestamp(end as i64),
+    }
+}
+
+fn run(changes: Vec<(TxnInfo, Change)>, until: Target) -> Vec<String> {
+    run_with(changes, until, false).unwrap().0
+}
+
+fn run_with(
+    changes: Vec<(TxnInfo, Change)>,
+    until: Target,
+    allow_inexact: bool,
+) -> Result<(Vec<String>, Vec<Inexact>), ApplyError> {
+    let mut recorder = Recorder::default();
+    let inexact = {
+        let tables = HashMap::from([(
+            TableName::new("public", "t"),
+            vec![("id".to_string(), 25), ("v".to_string(), 25)],
+        )]);
+        let mut applier = Applier::new(
+            &mut recorder,
+            Bounds {
+                after: EndLsn(Lsn(100)),
+                until,
+            },
+            tables,
+            HashMap::new(),
+        )
+        .allow_inexact(allow_inexact);
+        for (t, change) in changes {
+            applier.begin(&t)?;
+            applier.change(&t, Lsn(0), change)?;
+            applier.commit(&t)?;
+        }
+        applier.finish()?;
+        applier.inexact
+    };
+    Ok((recorder.0, inexact))
+}
+
+fn note(prefix: &str, json: &str) -> Change {
+    Change::Message {
+        prefix: prefix.into(),
+        content: bytes::Bytes::copy_from_slice(json.as_bytes()),
+    }
+}
+
+#[test]
+fn schema_notes_add_with_the_missing_value_and_rename_in_place() {
+    let note_json = r#"{"schema": "public", "name": "t",
+        "before": [{"attnum": 1, "name": "id", "type": "text"}, {"attnum": 2, "name": "v", "type": "text"}],
+        "after": [{"attnum": 1, "name": "id", "type": "text"}, {"attnum": 2, "name": "w", "type": "text"},
+                  {"attnum": 3, "name": "tier", "type": "text", "missing": "it's"}]}"#;
+    let rel = relation(&[("id", true), ("w", false), ("tier", false)], b'd');
+    let sql = run(
+        vec![
+            (txn(150, 160), note(ddl::NOTE_PREFIX, note_json)),
+            (
+                txn(170, 180),
+                Change::Insert {
+                    relation: rel,
+                    new: Tuple(vec![text("1"), text("a"), text("b")]),
+                },
+            ),
+        ],
+        Target::Latest,
+    )
+    .join("");
+    assert!(sql.contains("RENAME COLUMN \"v\" TO \"w\""), "{sql}");
+    assert!(
+        sql.contains("ADD COLUMN \"tier\" text DEFAULT 'it''s'::text;\nALTER TABLE \"public\".\"t\" ALTER COLUMN \"tier\" DROP DEFAULT;"),
+        "{sql}"
+    );
+    // The Relation that follows matches the note: no drop, no second add.
+    assert!(!sql.contains("DROP COLUMN"), "{sql}");
+    assert_eq!(sql.matches("ADD COLUMN").count(), 1, "{sql}");
+}
+
+#[test]
+fn what_the_stream_cannot_carry_is_refused_naming_the_table() {
+    let rewrite = || note(ddl::REWRITE_PREFIX, r#"{"schema": "public", "name": "t"}"#);
+    let refused = run_with(vec![(txn(150, 160), rewrite())], Target::Latest, false);
+    match refused {
+        Err(ApplyError::Inexact(inexact)) => {
+            assert_eq!(inexact.table, TableName::new("public", "t"));
+            assert_eq!(inexact.since.lsn, EndLsn(Lsn(160)));
+            assert!(ApplyError::Inexact(inexact)
+                .to_string()
+                .contains("--allow-inexact"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, inexact) = run_with(vec![(txn(150, 160), rewrite())], Target::Latest, true).unwrap();
+    assert_eq!(inexact.len(), 1);
+    // A change past the target is never read, so nothing is refused.
+    let before = run_with(
+        vec![(txn(150, 160), rewrite())],
+        Target::Lsn(EndLsn(Lsn(140))),
+        false,
+    );
+    assert!(before.is_ok());
+}
+
+#[test]
+fn keyed_changes_merge_to_their_last_state_in_order_with_statements() {
+    let rel = relation(&[("id", true), ("v", false)], b'd');
+    let insert = |id: &str, v: &str| Change::Insert {
+        relation: rel.clone(),
+        new: Tuple(vec![text(id), text(v)]),
+    };
+    let sql = run(
+        vec![
+            (txn(150, 160), insert("1", "it's")),
+            (
+                txn(170, 180),
+                Change::Update {
+                    relation: rel.clone(),
+                    old: None,
+                    new: Tuple(vec![text("1"), TupleValue::UnchangedToast]),
+                },
+            ),
+            (
+                txn(190, 200),
+                Change::Truncate {
+                    relations: vec![rel.clone()],
+                    options: 0,
+                },
+            ),
+            (txn(210, 220), insert("2", "x")),
+        ],
+        Target::Latest,
+    );
+    // What the truncate emptied is never sent; what came after is merged after it.
+    let all = sql.join("");
+    assert!(!all.contains("it's"), "{all}");
+    let truncate = all.find("TRUNCATE \"public\".\"t\";").expect("a truncate");
+    let staged = all
+        .find("COPY tidemark_stage_0 FROM STDIN\nu\t\t2\tx\n")
+        .expect("the insert staged");
+    assert!(truncate < staged, "{all}");
+    assert!(all.ends_with("COMMIT"), "{all}");
+}
+
+#[test]
+fn bounds_skip_what_the_snapshot_holds_and_what_is_past_the_target() {
+    let rel = relation(&[("id", true), ("v", false)], b'd');
+    let insert = |id: &str| Change::Insert {
+        relation: rel.clone(),
+        new: Tuple(vec![text(id), TupleValue::Null]),
+    };
+    let sql = run(
+        vec![
+            (txn(90, 99), insert("before")),
+            (txn(120, 130), insert("in")),
+            (txn(140, 150), insert("after")),
+        ],
+        Target::Lsn(EndLsn(Lsn(130))),
+    )
+    .join("");
+    assert!(
+        sql.contains("\tin\t") && !sql.contains("before") && !sql.contains("after"),
+        "{sql}"
+    );
+}
+
+#[test]
+fn full_identity_deletes_one_matching_row_and_columns_follow_the_source() {
+    let rel = relation(&[("id", true), ("v", true), ("extra", true)], b'f');
+    let delete = || {
+        vec![(
+            txn(150, 160),
+            Change::Delete {
+                relation: rel.clone(),
+                old: OldTuple::Full(Tuple(vec![text("1"), TupleValue::Null, text("x")])),
+            },
+        )]
+    };
+    // A column that appears with no schema note: what older rows read there is unknown.
+    assert!(matches!(
+        run_with(delete(), Target::Latest, false),
+        Err(ApplyError::Inexact(_))
+    ));
+    let (sql, inexact) = run_with(delete(), Target::Latest, true).unwrap();
+    assert!(
+        inexact[0].why.contains("column extra appeared"),
+        "{inexact:?}"
+    );
+    let sql = sql.join("");
+    assert!(
+        sql.contains("ALTER TABLE \"public\".\"t\" ADD COLUMN \"extra\" type25;"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("DELETE FROM \"public\".\"t\" WHERE ctid = (SELECT ctid FROM \"public\".\"t\" WHERE \"id\"::text = '1' AND \"v\" IS NULL AND \"extra\"::text = 'x' LIMIT 1);"),
+        "{sql}"
+    );
+}
