@@ -18,6 +18,7 @@
 
 pub mod drain;
 pub mod latency;
+mod markdown;
 pub mod report;
 pub mod restore;
 pub mod spawned;
