@@ -564,3 +564,35 @@ fn the_window_follows_a_quiet_source() {
         want
     );
 }
+
+/// Replay's SQL runs on its own task: a failure stops it, is reported by the
+/// next call and by `sync`, and leaves the connection usable for cleanup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipelined_target_reports_the_first_failure_and_stops() {
+    use tidemark::replay::apply::Executor;
+    use tidemark::replay::pipeline::PipelinedExecutor;
+    let fx = Fixture::new("CREATE TABLE kept (id int PRIMARY KEY)");
+    let client = std::sync::Arc::new(harness::connect(&fx.url()).await);
+    let runtime = tokio::runtime::Handle::current();
+    let worker = client.clone();
+    let failure = tokio::task::spawn_blocking(move || {
+        let mut executor = PipelinedExecutor::start(worker, runtime);
+        executor
+            .execute("BEGIN; INSERT INTO kept VALUES (1)")
+            .unwrap();
+        executor.execute("INSERT INTO kept VALUES (1)").unwrap();
+        // Queued behind the failure: never runs.
+        let _ = executor.execute("INSERT INTO kept VALUES (2); COMMIT");
+        executor.sync().unwrap_err()
+    })
+    .await
+    .unwrap();
+    assert!(failure.contains("duplicate key"), "{failure}");
+    // Rolled back, and the connection answers again.
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+}

@@ -8,7 +8,6 @@ use futures_util::SinkExt;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
-use super::apply::Executor;
 use crate::archive::manifest::{self, SegmentEntry, TableObject};
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
@@ -282,48 +281,6 @@ async fn load_table(
         key,
         problem: format!("the target refused its rows: {e}"),
     })
-}
-
-/// Runs the applier's SQL on a tokio-postgres client from a blocking thread.
-pub struct ClientExecutor {
-    pub client: std::sync::Arc<tokio_postgres::Client>,
-    pub runtime: tokio::runtime::Handle,
-}
-
-impl Executor for ClientExecutor {
-    fn execute(&mut self, sql: &str) -> Result<(), String> {
-        self.runtime
-            .block_on(self.client.batch_execute(sql))
-            .map_err(|e| {
-                e.as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_string())
-            })
-    }
-
-    fn copy_in(&mut self, sql: &str, data: Bytes) -> Result<(), String> {
-        self.runtime
-            .block_on(async {
-                let sink = self.client.copy_in(sql).await?;
-                futures_util::pin_mut!(sink);
-                sink.send(data).await?;
-                sink.finish().await
-            })
-            .map(drop)
-            .map_err(|e| {
-                e.as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_string())
-            })
-    }
-
-    fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String, String> {
-        self.runtime
-            .block_on(
-                self.client
-                    .query_one("SELECT format_type($1, $2)", &[&oid, &typmod]),
-            )
-            .map(|row| row.get(0))
-            .map_err(|e| e.to_string())
-    }
 }
 
 #[cfg(test)]

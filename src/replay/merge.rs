@@ -12,7 +12,8 @@
 //! table, because each touches only its own key.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
 
 use bytes::Bytes;
 
@@ -135,20 +136,31 @@ impl TableBatch {
         Ok(())
     }
 
-    /// The SQL and COPY data that apply the batch to `table` (quoted), using
-    /// the temporary table `stage`; the batch is left empty.
-    pub fn take(&mut self, table: &str, stage: &str) -> Statements {
-        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
-        let list = columns.join(", ");
-        let key_match = self
-            .key
-            .iter()
-            .map(|&i| format!("t.{0} = s.{0}", columns[i]))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+    /// A stage on the target to collect this table's net effects in, flush
+    /// after flush, until they are merged into the table at once.
+    pub fn stage(&self, name: String) -> NetStage {
+        NetStage {
+            name,
+            columns: self.columns.iter().map(|c| quote_ident(c)).collect(),
+            key: self.key.clone(),
+            flushes: 0,
+            partial: BTreeSet::new(),
+        }
+    }
 
-        let mut data = String::with_capacity(self.bytes);
-        let mut partial: BTreeSet<String> = BTreeSet::new();
+    /// Whether a row keeps a TOASTed value only the target holds: such a
+    /// batch must meet the table as it is, so earlier flushes merge first.
+    pub fn has_partial(&self) -> bool {
+        self.rows.values().any(
+            |net| matches!(net, Net::Row(values) if values.contains(&TupleValue::UnchangedToast)),
+        )
+    }
+
+    /// The batch as rows of `stage`'s COPY, tagged with the stage's next
+    /// flush number; the batch is left empty.
+    pub fn take_into(&mut self, stage: &mut NetStage) -> Bytes {
+        stage.flushes += 1;
+        let mut data = Vec::with_capacity(self.bytes + 16 * self.rows.len());
         for (key, net) in self.rows.drain() {
             let (op, values) = match net {
                 Net::Deleted => {
@@ -161,33 +173,92 @@ impl TableBatch {
                 Net::Row(values) => ('u', values),
             };
             let unchanged = unchanged_mask(&values);
-            data.push(op);
-            data.push('\t');
+            let _ = write!(data, "{}\t{op}\t", stage.flushes);
             copy_text(&mut data, unchanged.as_bytes());
             for value in &values {
-                data.push('\t');
+                data.push(b'\t');
                 match value {
-                    TupleValue::Null | TupleValue::UnchangedToast => data.push_str("\\N"),
+                    TupleValue::Null | TupleValue::UnchangedToast => data.extend_from_slice(b"\\N"),
                     TupleValue::Text(bytes) => copy_text(&mut data, bytes),
                     TupleValue::Binary(bytes) => {
-                        let _ = write!(data, "\\\\x{}", hex::encode(bytes));
+                        data.extend_from_slice(b"\\\\x");
+                        data.extend_from_slice(hex::encode(bytes).as_bytes());
                     }
                 }
             }
-            data.push('\n');
+            data.push(b'\n');
             if !unchanged.is_empty() {
-                partial.insert(unchanged);
+                stage.partial.insert(unchanged);
             }
         }
         self.bytes = 0;
+        Bytes::from(data)
+    }
+}
 
-        let mut merge = format!(
-            "ANALYZE {stage};\n\
-             DELETE FROM {table} t USING {stage} s WHERE s.tidemark_unchanged = '' AND {key_match};\n\
-             INSERT INTO {table} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {stage} WHERE tidemark_op = 'u' AND tidemark_unchanged = '';\n"
+/// One table's net effects on the target, in a temporary table, tagged with
+/// the flush that sent them. Merging takes each key's row from the latest
+/// flush (`DISTINCT ON`), so one pass over the table applies them all: a
+/// join over the whole table once, not once per flush.
+pub struct NetStage {
+    name: String,
+    columns: Vec<String>,
+    key: Vec<usize>,
+    flushes: u64,
+    partial: BTreeSet<String>,
+}
+
+impl NetStage {
+    /// Creates the stage shaped like `table` (quoted).
+    pub fn create(&self, table: &str) -> String {
+        format!(
+            "CREATE TEMP TABLE {} AS SELECT NULL::bigint AS tidemark_flush, NULL::\"char\" AS tidemark_op, NULL::text AS tidemark_unchanged, {} FROM {table} WITH NO DATA",
+            self.name,
+            self.columns.join(", ")
+        )
+    }
+
+    pub fn copy(&self) -> String {
+        format!("COPY {} FROM STDIN", self.name)
+    }
+
+    /// Drops the stage unmerged: its table was truncated.
+    pub fn discard(&self) -> String {
+        format!("DROP TABLE {};\n", self.name)
+    }
+
+    /// Merges the stage into `table` (quoted) and drops it.
+    pub fn merge(&self, table: &str) -> String {
+        let list = self.columns.join(", ");
+        let keys: Vec<&str> = self.key.iter().map(|&i| self.columns[i].as_str()).collect();
+        let key_match = keys
+            .iter()
+            .map(|k| format!("t.{k} = s.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let stage = &self.name;
+        let mut merge = String::from("SET LOCAL work_mem = '64MB';\n");
+        // Within one flush each key has one row; across flushes the latest wins.
+        let latest = if self.flushes > 1 {
+            let keys = keys.join(", ");
+            let latest = format!("{stage}_latest");
+            let _ = writeln!(
+                merge,
+                "CREATE TEMP TABLE {latest} AS SELECT DISTINCT ON ({keys}) * FROM {stage} ORDER BY {keys}, tidemark_flush DESC;"
+            );
+            latest
+        } else {
+            stage.clone()
+        };
+        let _ = write!(
+            merge,
+            "ANALYZE {latest};\n\
+             DELETE FROM {table} t USING {latest} s WHERE s.tidemark_unchanged = '' AND {key_match};\n\
+             INSERT INTO {table} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {latest} WHERE tidemark_op = 'u' AND tidemark_unchanged = '';\n"
         );
-        for unchanged in partial {
-            let sets: Vec<String> = columns
+        for unchanged in &self.partial {
+            let sets: Vec<String> = self
+                .columns
                 .iter()
                 .zip(unchanged.bytes())
                 .filter(|&(_, flag)| flag != UNCHANGED)
@@ -195,20 +266,16 @@ impl TableBatch {
                 .collect();
             let _ = writeln!(
                 merge,
-                "UPDATE {table} t SET {} FROM {stage} s WHERE s.tidemark_unchanged = {} AND {key_match};",
+                "UPDATE {table} t SET {} FROM {latest} s WHERE s.tidemark_unchanged = {} AND {key_match};",
                 sets.join(", "),
-                crate::base::table::quote_literal(&unchanged)
+                crate::base::table::quote_literal(unchanged)
             );
         }
-        merge += &format!("DROP TABLE {stage};\n");
-        Statements {
-            create: format!(
-                "CREATE TEMP TABLE {stage} AS SELECT NULL::\"char\" AS tidemark_op, NULL::text AS tidemark_unchanged, {list} FROM {table} WITH NO DATA"
-            ),
-            copy: format!("COPY {stage} FROM STDIN"),
-            data: Bytes::from(data),
-            merge,
+        if latest != *stage {
+            let _ = writeln!(merge, "DROP TABLE {latest};");
         }
+        let _ = writeln!(merge, "DROP TABLE {stage};");
+        merge
     }
 }
 
@@ -233,15 +300,6 @@ fn unchanged_mask(values: &[TupleValue]) -> String {
         .collect()
 }
 
-/// One table's batch as SQL: create the stage, COPY `data` into it, merge.
-#[derive(Debug)]
-pub struct Statements {
-    pub create: String,
-    pub copy: String,
-    pub data: Bytes,
-    pub merge: String,
-}
-
 fn value_len(value: &TupleValue) -> usize {
     match value {
         TupleValue::Text(b) | TupleValue::Binary(b) => b.len(),
@@ -249,17 +307,25 @@ fn value_len(value: &TupleValue) -> usize {
     }
 }
 
-/// Appends `bytes` escaped for COPY's text format.
-fn copy_text(out: &mut String, bytes: &[u8]) {
-    for ch in String::from_utf8_lossy(bytes).chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+/// Appends `bytes` escaped for COPY's text format. Byte by byte: the four
+/// escaped characters are ASCII, which never occurs inside a multi-byte
+/// UTF-8 character, so every other byte goes through exactly as it came.
+fn copy_text(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut rest = bytes;
+    while let Some(at) = rest
+        .iter()
+        .position(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(match rest[at] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            _ => b"\\r",
+        });
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 #[cfg(test)]
@@ -275,15 +341,17 @@ mod tests {
         Tuple(vec![text(id), big, text(n)])
     }
 
+    /// The batch's rows as staged (sorted), and the merge SQL.
     fn staged(batch: &mut TableBatch) -> (Vec<String>, String) {
-        let statements = batch.take("\"public\".\"t\"", "stage");
-        let mut lines: Vec<String> = String::from_utf8(statements.data.to_vec())
+        let mut stage = batch.stage("stage".into());
+        let data = batch.take_into(&mut stage);
+        let mut lines: Vec<String> = String::from_utf8(data.to_vec())
             .unwrap()
             .lines()
             .map(String::from)
             .collect();
         lines.sort();
-        (lines, statements.merge)
+        (lines, stage.merge("\"public\".\"t\""))
     }
 
     #[test]
@@ -304,9 +372,9 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                "d\t\t2\t\\N\t\\N",
-                "u\t\t1\tb1\t2",
-                "u\t.u.\t3\t\\N\ttab\\there",
+                "1\td\t\t2\t\\N\t\\N",
+                "1\tu\t\t1\tb1\t2",
+                "1\tu\t.u.\t3\t\\N\ttab\\there",
             ]
         );
         assert!(
@@ -322,11 +390,37 @@ mod tests {
         let old = OldTuple::Key(Tuple(vec![text("1"), TupleValue::Null, TupleValue::Null]));
         batch.update(Some(&old), &row("9", text("b"), "1")).unwrap();
         let (lines, _) = staged(&mut batch);
-        assert_eq!(lines, vec!["d\t\t1\t\\N\t\\N", "u\t\t9\tb\t1"]);
+        assert_eq!(lines, vec!["1\td\t\t1\t\\N\t\\N", "1\tu\t\t9\tb\t1"]);
         // Moving a row whose TOASTed value only the target holds needs the target.
         assert_eq!(
             batch.update(Some(&old), &row("9", TupleValue::UnchangedToast, "1")),
             Err(NeedsTarget)
+        );
+    }
+
+    #[test]
+    fn flushes_merge_at_once_with_the_latest_row_of_each_key() {
+        let mut batch = TableBatch::new(&relation()).unwrap();
+        let mut stage = batch.stage("stage".into());
+        batch.insert(&row("1", text("a"), "1")).unwrap();
+        let first = batch.take_into(&mut stage);
+        assert!(!stage.merge("t").contains("DISTINCT ON"));
+        batch.insert(&row("1", text("b"), "2")).unwrap();
+        let second = batch.take_into(&mut stage);
+        assert_eq!(
+            (&first[..], &second[..]),
+            (&b"1\tu\t\t1\ta\t1\n"[..], &b"2\tu\t\t1\tb\t2\n"[..])
+        );
+        let merge = stage.merge("t");
+        assert!(
+            merge.contains(
+                r#"SELECT DISTINCT ON ("id") * FROM stage ORDER BY "id", tidemark_flush DESC"#
+            ),
+            "{merge}"
+        );
+        assert!(
+            merge.ends_with("DROP TABLE stage_latest;\nDROP TABLE stage;\n"),
+            "{merge}"
         );
     }
 

@@ -23,6 +23,7 @@
 pub mod apply;
 pub mod load;
 pub mod merge;
+pub mod pipeline;
 pub mod progress;
 pub mod rebuild;
 pub mod scratch;

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::apply::{Applier, ApplyError, Bounds, Executor, Inexact, Target};
-use super::load::{self, ClientExecutor};
+use super::load;
+use super::pipeline::PipelinedExecutor;
 use super::progress::{Phases, Unit};
 use crate::archive::inventory;
 use crate::archive::manifest::{Manifest, SegmentEntry, SnapshotEntry};
@@ -253,16 +254,9 @@ pub async fn rebuild_scoped(
     );
     let rows_loaded = load::load_tables(clients, store, objects, work_dir, &bar).await?;
     bar.finish();
-    if !scope.data_only {
-        load::add_primary_keys(&client, &schema).await?;
-    }
-
     let load_seconds = loading.elapsed().as_secs_f64();
     let replaying = std::time::Instant::now();
-    let executor = ClientExecutor {
-        client,
-        runtime: tokio::runtime::Handle::current(),
-    };
+    let executor = PipelinedExecutor::start(client, tokio::runtime::Handle::current());
     let replayed = replay(
         store,
         plan,
@@ -273,6 +267,11 @@ pub async fn rebuild_scoped(
         scope.allow_inexact,
     )
     .await?;
+    // Built once over the final rows: replay's merges join the table whole,
+    // and a key index kept through them would cost more than it saves.
+    if !scope.data_only {
+        load::add_primary_keys(&clients[0], &schema).await?;
+    }
     Ok(Rebuilt {
         schema,
         transactions: replayed.transactions,
@@ -329,6 +328,10 @@ impl Executor for Discard {
 
     fn format_type(&mut self, _oid: u32, _typmod: i32) -> Result<String, String> {
         Ok("text".into())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -387,8 +390,11 @@ async fn replay<E: Executor + Send + 'static>(
         let mut applier = Applier::new(executor, bounds, tables, type_names)
             .with_progress(bar.clone())
             .allow_inexact(allow_inexact);
-        Assembler::run(&dir, &mut applier)?;
-        applier.finish()?;
+        let applied = Assembler::run(&dir, &mut applier).and_then(|()| applier.finish());
+        if let Err(error) = applied {
+            applier.abandon();
+            return Err(error);
+        }
         bar.finish();
         Ok(Replayed {
             transactions: applier.applied_txns,

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::merge::TableBatch;
+use super::merge::{NetStage, TableBatch};
 use crate::base::exit::ExitCode;
 use crate::base::position::{CommitLsn, EndLsn, Lsn};
 use crate::base::table::TableName;
@@ -110,6 +110,8 @@ pub trait Executor {
     fn copy_in(&mut self, sql: &str, data: bytes::Bytes) -> Result<(), String>;
     /// `format_type(oid, typmod)` on the target.
     fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String, String>;
+    /// Returns once everything asked so far has run, with the first failure.
+    fn sync(&mut self) -> Result<(), String>;
 }
 
 /// Applies the changes of in-bounds transactions, batching statements.
@@ -122,8 +124,12 @@ pub struct Applier<E: Executor> {
     type_names: HashMap<u32, String>,
     /// Statements to run in order: changes to keyless tables, truncates, schema changes.
     batch: String,
-    /// The net effect pending on each keyed table; applied after `batch`.
+    /// The net effect pending on each keyed table; sent after `batch`.
     pending: HashMap<TableName, TableBatch>,
+    /// Net effects sent to the target and not yet merged into their table.
+    staged: HashMap<TableName, NetStage>,
+    /// Names the next stage.
+    next_stage: u64,
     in_bounds: bool,
     pub applied_txns: u64,
     pub applied_changes: u64,
@@ -144,9 +150,11 @@ pub struct Applier<E: Executor> {
 }
 
 const BATCH_BYTES: usize = 1 << 20;
-/// Values held in net effects before they are applied: bigger batches merge
-/// more changes per key and cost fewer round trips.
-const PENDING_BYTES: usize = 32 << 20;
+/// Values held in net effects before they are sent to their stage. Small, so
+/// the target stages one batch while the next is decoded (measured: 2 MiB
+/// restored 414,001 changes in 1.9 s, 8 MiB in 2.2 s, 32 MiB in 2.6 s), and
+/// memory stays low; the stage, not this batch, merges keys across flushes.
+const PENDING_BYTES: usize = 2 << 20;
 
 impl<E: Executor> Applier<E> {
     pub fn new(
@@ -162,6 +170,8 @@ impl<E: Executor> Applier<E> {
             type_names,
             batch: String::new(),
             pending: HashMap::new(),
+            staged: HashMap::new(),
+            next_stage: 0,
             in_bounds: false,
             applied_txns: 0,
             applied_changes: 0,
@@ -186,39 +196,80 @@ impl<E: Executor> Applier<E> {
         self
     }
 
-    /// Applies the statements, then the net effects, in one target transaction.
+    /// Sends the statements, then the net effects, in one target
+    /// transaction. Net effects go to each table's stage; a batch that needs
+    /// the table as it is (`has_partial`) merges what is staged first, and
+    /// itself at once.
     fn flush(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
         if self.batch.is_empty() && self.pending.values().all(TableBatch::is_empty) {
             return Ok(());
         }
-        let failed = |message| ApplyError::Target {
-            xid: txn.xid,
-            commit_lsn: txn.commit_lsn,
-            message,
-        };
         let sql = format!("BEGIN;\n{}", std::mem::take(&mut self.batch));
-        self.executor.execute(&sql).map_err(failed)?;
-        for (i, (table, pending)) in self
+        self.execute(txn, &sql)?;
+        let tables: Vec<TableName> = self
             .pending
-            .iter_mut()
+            .iter()
             .filter(|(_, p)| !p.is_empty())
-            .enumerate()
-        {
-            let statements = pending.take(&table.quoted(), &format!("tidemark_stage_{i}"));
-            self.executor.execute(&statements.create).map_err(failed)?;
+            .map(|(t, _)| t.clone())
+            .collect();
+        for table in tables {
+            let partial = self.pending[&table].has_partial();
+            if partial {
+                self.merge_staged(txn, &table)?;
+            }
+            if !self.staged.contains_key(&table) {
+                let stage =
+                    self.pending[&table].stage(format!("tidemark_stage_{}", self.next_stage));
+                self.next_stage += 1;
+                self.execute(txn, &stage.create(&table.quoted()))?;
+                self.staged.insert(table.clone(), stage);
+            }
+            let (Some(pending), Some(stage)) =
+                (self.pending.get_mut(&table), self.staged.get_mut(&table))
+            else {
+                continue;
+            };
+            let data = pending.take_into(stage);
+            let copy = stage.copy();
             self.executor
-                .copy_in(&statements.copy, statements.data)
-                .map_err(failed)?;
-            self.executor.execute(&statements.merge).map_err(failed)?;
+                .copy_in(&copy, data)
+                .map_err(|message| target_failed(txn, message))?;
+            if partial {
+                self.merge_staged(txn, &table)?;
+            }
         }
-        self.executor.execute("COMMIT").map_err(failed)
+        self.execute(txn, "COMMIT")
+    }
+
+    /// Merges what is staged for `table` into it, inside the flush's transaction.
+    fn merge_staged(&mut self, txn: &TxnInfo, table: &TableName) -> Result<(), ApplyError> {
+        match self.staged.remove(table) {
+            Some(stage) => self.execute(txn, &stage.merge(&table.quoted())),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings `table` up to date on the target: nothing pending, nothing staged.
+    pub(super) fn settle(&mut self, txn: &TxnInfo, table: &TableName) -> Result<(), ApplyError> {
+        if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
+            self.flush(txn)?;
+        }
+        if let Some(stage) = self.staged.remove(table) {
+            let sql = format!("BEGIN;\n{}COMMIT;", stage.merge(&table.quoted()));
+            self.execute(txn, &sql)?;
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, txn: &TxnInfo, sql: &str) -> Result<(), ApplyError> {
+        self.executor
+            .execute(sql)
+            .map_err(|message| target_failed(txn, message))
     }
 
     /// Queues a statement on `table`, after whatever net effect is pending on it.
     fn statement(&mut self, txn: &TxnInfo, table: &TableName, sql: &str) -> Result<(), ApplyError> {
-        if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
-            self.flush(txn)?;
-        }
+        self.settle(txn, table)?;
         self.batch += sql;
         Ok(())
     }
@@ -231,7 +282,7 @@ impl<E: Executor> Applier<E> {
         relation: &Relation,
     ) -> Result<Option<&mut TableBatch>, ApplyError> {
         if self.pending.get(table).is_some_and(|p| !p.fits(relation)) {
-            self.flush(txn)?;
+            self.settle(txn, table)?;
             self.pending.remove(table);
         }
         if !self.pending.contains_key(table) {
@@ -249,10 +300,23 @@ impl<E: Executor> Applier<E> {
 
     /// Sends whatever is batched. Call after the last transaction.
     pub fn finish(&mut self) -> Result<(), ApplyError> {
-        match self.last.clone() {
-            Some(txn) => self.flush(&txn),
-            None => Ok(()),
+        let Some(txn) = self.last.clone() else {
+            return Ok(());
+        };
+        self.flush(&txn)?;
+        let staged: Vec<TableName> = self.staged.keys().cloned().collect();
+        for table in staged {
+            self.settle(&txn, &table)?;
         }
+        self.executor
+            .sync()
+            .map_err(|message| target_failed(&txn, message))
+    }
+
+    /// Gives up: waits for what was queued to run (or fail), so nothing of
+    /// this replay reaches the target after the caller has cleaned up.
+    pub fn abandon(&mut self) {
+        let _ = self.executor.sync();
     }
 
     fn past_target(&self, txn: &TxnInfo) -> bool {
@@ -261,6 +325,14 @@ impl<E: Executor> Applier<E> {
             Target::Time(time) => txn.commit_time > time,
             Target::Latest => false,
         }
+    }
+}
+
+fn target_failed(txn: &TxnInfo, message: String) -> ApplyError {
+    ApplyError::Target {
+        xid: txn.xid,
+        commit_lsn: txn.commit_lsn,
+        message,
     }
 }
 
@@ -318,8 +390,11 @@ impl<E: Executor> TxnSink for Applier<E> {
                     .pending_for(txn, &table, relation)?
                     .map(|p| p.delete(old.tuple())),
                 Change::Truncate { .. } => {
-                    // What is pending on the table is emptied anyway.
+                    // What is pending or staged on the table is emptied anyway.
                     self.pending.remove(&table);
+                    if let Some(stage) = self.staged.remove(&table) {
+                        self.batch += &stage.discard();
+                    }
                     None
                 }
                 Change::Message { .. } => unreachable!("handled above"),

@@ -103,6 +103,8 @@ impl<E: Executor> Applier<E> {
                 }
             }
         }
+        // Changes pending or staged were made with the old columns.
+        self.settle(txn, &table)?;
         if !sql.is_empty() {
             self.statement(txn, &table, &sql)?;
         }
@@ -189,10 +191,8 @@ impl<E: Executor> Applier<E> {
             let why = format!("column {} appeared with no schema note, so what the rows before it read there (a default?) is unknown", added.join(", "));
             self.inexact(txn, table, why)?;
         }
-        // Pending changes were made with the old columns.
-        if self.pending.get(table).is_some_and(|p| !p.is_empty()) {
-            self.flush(txn)?;
-        }
+        // Changes pending or staged were made with the old columns.
+        self.settle(txn, table)?;
         self.pending.remove(table);
         let quoted = table.quoted();
         for (name, _) in &current {

@@ -1,0 +1,145 @@
+//! The applier's SQL, run on the target by a task of its own, so decoding the
+//! next batch overlaps applying this one.
+//!
+//! Why it is still exact: one task runs every statement and COPY on one
+//! connection, in the order the applier issued them, so the target sees the
+//! same sequence as if each call had waited. The first failure stops the task;
+//! every later call, and `sync`, returns it, so the applier never goes on past
+//! a statement that failed. `sync` waits until all queued work has run: the
+//! applier calls it before it reports a replay done, and before it gives up
+//! on one, so nothing it queued still runs while the caller cleans up.
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::apply::Executor;
+
+/// Queued work: a few flushes' worth, so memory stays bounded while the
+/// target catches up.
+const QUEUE: usize = 16;
+
+enum Job {
+    Execute(String),
+    Copy(String, Bytes),
+    /// Answers once everything queued before it has run.
+    Sync(oneshot::Sender<()>),
+}
+
+pub struct PipelinedExecutor {
+    jobs: mpsc::Sender<Job>,
+    client: std::sync::Arc<tokio_postgres::Client>,
+    runtime: tokio::runtime::Handle,
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl PipelinedExecutor {
+    /// Starts the task on `runtime`; calls come from a blocking thread.
+    pub fn start(
+        client: std::sync::Arc<tokio_postgres::Client>,
+        runtime: tokio::runtime::Handle,
+    ) -> PipelinedExecutor {
+        let (jobs, mut queued) = mpsc::channel::<Job>(QUEUE);
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (worker_client, worker_failed) = (client.clone(), failed.clone());
+        runtime.spawn(async move {
+            while let Some(job) = queued.recv().await {
+                let done = match job {
+                    Job::Execute(sql) => worker_client.batch_execute(&sql).await.map(drop),
+                    Job::Copy(sql, data) => copy_in(&worker_client, &sql, data).await,
+                    Job::Sync(answer) => {
+                        let _ = answer.send(());
+                        Ok(())
+                    }
+                };
+                if let Err(error) = done {
+                    // Leaves the connection usable for whoever cleans up after
+                    // the failure; unanswered syncs see the channel close and
+                    // read the failure.
+                    let _ = worker_client.batch_execute("ROLLBACK").await;
+                    *lock(&worker_failed) = Some(message(&error));
+                    return;
+                }
+            }
+        });
+        PipelinedExecutor {
+            jobs,
+            client,
+            runtime,
+            failed,
+        }
+    }
+
+    fn queue(&mut self, job: Job) -> Result<(), String> {
+        self.failure()?;
+        if self.jobs.blocking_send(job).is_err() {
+            return Err(self.failure().err().unwrap_or_else(stopped));
+        }
+        Ok(())
+    }
+
+    fn failure(&self) -> Result<(), String> {
+        match lock(&self.failed).clone() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Executor for PipelinedExecutor {
+    fn execute(&mut self, sql: &str) -> Result<(), String> {
+        self.queue(Job::Execute(sql.to_string()))
+    }
+
+    fn copy_in(&mut self, sql: &str, data: Bytes) -> Result<(), String> {
+        self.queue(Job::Copy(sql.to_string(), data))
+    }
+
+    fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String, String> {
+        self.sync()?;
+        self.runtime
+            .block_on(
+                self.client
+                    .query_one("SELECT format_type($1, $2)", &[&oid, &typmod]),
+            )
+            .map(|row| row.get(0))
+            .map_err(|e| message(&e))
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        let (answer, answered) = oneshot::channel();
+        self.queue(Job::Sync(answer))?;
+        match answered.blocking_recv() {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.failure().err().unwrap_or_else(stopped)),
+        }
+    }
+}
+
+async fn copy_in(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    data: Bytes,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = client.copy_in(sql).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(data).await?;
+    sink.finish().await.map(drop)
+}
+
+/// The server's own message where there is one.
+fn message(error: &tokio_postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map_or_else(|| error.to_string(), |d| d.message().to_string())
+}
+
+fn stopped() -> String {
+    "the connection to the target closed".to_string()
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
