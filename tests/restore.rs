@@ -486,31 +486,28 @@ fn a_forced_restore_killed_at_any_instant_leaves_the_table_whole() {
 
 /// Sequences are not in the stream: capture samples them into it, and a
 /// restore sets each one to its sample at the point, even past the rows.
-#[test]
-fn a_restored_sequence_continues_where_the_source_had_it() {
+#[tokio::test]
+async fn a_restored_sequence_continues_where_the_source_had_it() {
     let fx = Fixture::new("CREATE TABLE t (id serial PRIMARY KEY, v text)");
     let config = fx.config_with_archive(&["public.t"], "");
-    let capture = fx.start_capture(&config);
-    fx.wait_base_snapshot(&config);
+    let capture = fx.start_capture_async(&config).await;
+    fx.base_snapshot(&config).arrives().await;
     fx.psql("INSERT INTO t (v) SELECT 'row' FROM generate_series(1, 10)");
     // Values handed out and never stored: only the sample knows them.
     fx.psql("SELECT nextval('t_id_seq') FROM generate_series(1, 5)");
-    let sample = br#""public.t_id_seq":15"#;
-    harness::wait_for(
+    // The restore reads the archive, so the event is the sample reaching it
+    // (the local copy of a segment goes once it is archived).
+    let store = tidemark::archive::store::open(&fx.archive_url(), &Default::default())
+        .await
+        .unwrap();
+    let store = &*store;
+    harness::wait_until(
         Duration::from_secs(30),
-        "the sample of 15 in the log",
-        || {
-            let Ok(mut reader) = tidemark::log::LogReader::open(&fx.log_dir()) else {
-                return false;
-            };
-            let mut seen = false;
-            while let Ok(Some((_, record))) = reader.next_record() {
-                seen |= record.data.windows(sample.len()).any(|w| w == sample);
-            }
-            seen
-        },
-    );
-    fx.wait_caught_up(Duration::from_secs(30));
+        "the sample of 15 in the archive",
+        move || async move { archived_records_contain(store, br#""public.t_id_seq":15"#).await },
+    )
+    .await;
+    fx.caught_up(Duration::from_secs(30)).arrives().await;
     assert_eq!(capture.stop(), 0);
     let db = format!("{}_seq", fx.db);
     fx.psql(&format!("CREATE DATABASE {db}"));
@@ -524,6 +521,33 @@ fn a_restored_sequence_continues_where_the_source_had_it() {
         "16",
         "the restored sequence continues after the source's last value"
     );
+}
+
+/// Whether a record of the archived segments holds `needle`.
+async fn archived_records_contain(
+    store: &dyn tidemark::archive::store::ObjectStore,
+    needle: &[u8],
+) -> bool {
+    let Ok(Some((_, manifest))) = tidemark::archive::manifest::load_latest(store).await else {
+        return false;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fetched = tidemark::replay::load::fetch_segments(
+        store,
+        &manifest.segments,
+        dir.path(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await;
+    let Ok(mut reader) = fetched.and_then(|()| Ok(tidemark::log::LogReader::open(dir.path())?))
+    else {
+        return false;
+    };
+    let mut seen = false;
+    while let Ok(Some((_, record))) = reader.next_record() {
+        seen |= record.data.windows(needle.len()).any(|w| w == needle);
+    }
+    seen
 }
 
 /// A quiet source still moves the window: capture commits a heartbeat, so a
