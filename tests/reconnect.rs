@@ -136,12 +136,21 @@ fn restarts_and_network_cuts_lose_and_duplicate_nothing() {
     took.push(reconnected(&fx, &capture, now(), "cut 1 (reset)"));
 
     wait_for_more("the workload to commit before the black hole");
+    let source_errors =
+        || harness::metric(&config, "tidemark_errors_total{kind=\"source\"}").unwrap_or(0.0);
+    let errors_before = source_errors();
     let dark = now();
     proxy.black_hole();
-    // Capture notices the silence on its own and gives up the link; the path stays dark meanwhile.
+    // Capture notices the silence on its own and gives up the link (a
+    // source error); the path stays dark meanwhile.
     harness::wait_for(RECONNECT_LIMIT, "capture to notice the silence", || {
-        capture.logs().contains("sent nothing")
+        source_errors() > errors_before
     });
+    assert!(
+        capture.logs().contains("sent nothing"),
+        "{}",
+        capture.logs()
+    );
     println!(
         "black hole noticed after {:.2} s",
         dark.1.elapsed().as_secs_f64()
