@@ -38,6 +38,9 @@ pub struct TableBatch {
     key: Vec<usize>,
     rows: HashMap<Vec<TupleValue>, Net>,
     bytes: usize,
+    /// A row stored since the last take kept an unchanged TOAST value (it
+    /// may since have been replaced: then merging early costs time, not exactness).
+    partial: bool,
 }
 
 impl TableBatch {
@@ -58,6 +61,7 @@ impl TableBatch {
             key,
             rows: HashMap::new(),
             bytes: 0,
+            partial: false,
         })
     }
 
@@ -92,6 +96,8 @@ impl TableBatch {
     }
 
     fn set(&mut self, key: Vec<TupleValue>, net: Net) {
+        self.partial |=
+            matches!(&net, Net::Row(values) if values.contains(&TupleValue::UnchangedToast));
         self.bytes += 16 * self.columns.len()
             + match &net {
                 Net::Row(values) => values.iter().map(value_len).sum(),
@@ -151,9 +157,7 @@ impl TableBatch {
     /// Whether a row keeps a TOASTed value only the target holds: such a
     /// batch must meet the table as it is, so earlier flushes merge first.
     pub fn has_partial(&self) -> bool {
-        self.rows.values().any(
-            |net| matches!(net, Net::Row(values) if values.contains(&TupleValue::UnchangedToast)),
-        )
+        self.partial
     }
 
     /// The batch as rows of `stage`'s COPY, tagged with the stage's next
@@ -192,6 +196,7 @@ impl TableBatch {
             }
         }
         self.bytes = 0;
+        self.partial = false;
         Bytes::from(data)
     }
 }
@@ -368,7 +373,9 @@ mod tests {
         batch
             .update(None, &row("3", TupleValue::UnchangedToast, "tab\there"))
             .unwrap();
+        assert!(batch.has_partial(), "row 3 keeps a TOAST value only the target has");
         let (lines, merge) = staged(&mut batch);
+        assert!(!batch.has_partial());
         assert_eq!(
             lines,
             vec![
