@@ -373,7 +373,10 @@ mod tests {
         batch
             .update(None, &row("3", TupleValue::UnchangedToast, "tab\there"))
             .unwrap();
-        assert!(batch.has_partial(), "row 3 keeps a TOAST value only the target has");
+        assert!(
+            batch.has_partial(),
+            "row 3 keeps a TOAST value only the target has"
+        );
         let (lines, merge) = staged(&mut batch);
         assert!(!batch.has_partial());
         assert_eq!(
