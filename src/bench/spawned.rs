@@ -63,9 +63,11 @@ struct WalsenderWatch {
 }
 
 impl WalsenderWatch {
+    /// A reading of no CPU ticks at all is below /proc's resolution (a
+    /// tick is 10 ms), not an idle walsender: it is not taken.
     fn sample(&mut self, pid: Option<i32>) {
         if let Some((cpu, age)) = pid.and_then(cpu_and_age) {
-            if age > 0.0 {
+            if age > 0.0 && cpu > 0.0 {
                 self.busy = Some(cpu / age);
             }
         }
