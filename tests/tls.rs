@@ -120,10 +120,16 @@ fn tls() -> &'static Tls {
         }
         let tls = Tls { cluster, dir };
         // The reload is asynchronous: wait until a verified connection gets in.
-        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // On a thread of its own, since the first test here may be async and
+        // a runtime cannot block inside another.
         let probe = url(&tls, "postgres", "localhost", "verify-full", "ca.pem");
-        harness::wait_for(Duration::from_secs(30), "the server to take TLS", || {
-            runtime.block_on(info(&probe).connect()).is_ok()
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let runtime = tokio::runtime::Runtime::new().unwrap();
+                harness::wait_for(Duration::from_secs(30), "the server to take TLS", || {
+                    runtime.block_on(info(&probe).connect()).is_ok()
+                });
+            });
         });
         tls
     })
