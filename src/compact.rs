@@ -163,10 +163,11 @@ pub async fn compact(
 }
 
 /// Compacts every `interval` until `shutdown` (a new base snapshot from the
-/// archive alone), then prunes by `retention` if it is set.
+/// archive alone), then prunes by `retention` if it is set. A table the
+/// archive alone cannot carry past a change is asked of `rereads`.
 pub async fn compact_periodically(
     uploader: Arc<crate::archive::uploader::Uploader>,
-    source: (crate::pg::ConnInfo, Vec<crate::base::table::TableName>),
+    rereads: crate::archive::reread::Requests,
     interval: std::time::Duration,
     retention: Option<crate::config::RetentionPolicy>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -200,15 +201,11 @@ pub async fn compact_periodically(
             ),
         }
         match result {
-            // The archive alone cannot carry the table past this change: read the source again.
+            // The archive alone cannot carry the table past this change: read it again.
             Err(CompactError::Rebuild(RebuildError::Apply(ApplyError::Inexact(inexact)))) => {
-                tracing::warn!(%inexact, "compaction cannot pass a schema change the stream does not carry; taking a new base snapshot from the source");
-                let (pg, tables) = &source;
-                if let Err(error) =
-                    crate::archive::uploader::take_base_snapshot(&uploader, pg, tables).await
-                {
-                    metrics::counter!(crate::telemetry::ERRORS, "kind" => "snapshot").increment(1);
-                    tracing::error!(%error, "the new base snapshot failed; the next interval retries");
+                tracing::warn!(%inexact, "compaction waits for a re-read of the table");
+                if inexact.until.is_none() {
+                    let _ = rereads.send(inexact.table.clone());
                 }
             }
             Err(error) => {

@@ -106,6 +106,21 @@ enum Command {
         #[arg(long, env = "TIDEMARK_CONFIG")]
         config: PathBuf,
     },
+    /// Ask the running capture to read tables from the source again (a re-read), and wait
+    /// until the archive lists it. Restores to later points read those tables from it.
+    Snapshot {
+        #[arg(long, env = "TIDEMARK_CONFIG")]
+        config: PathBuf,
+        /// A watched table (schema.name); repeatable.
+        #[arg(long = "table", required = true)]
+        tables: Vec<TableName>,
+        /// How long to wait for capture to store it.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete what [retention] no longer needs: the manifest first, the objects after.
     /// Capture also prunes after each compaction.
     Prune {
@@ -374,6 +389,29 @@ async fn run(command: Command) -> Result<(), OpError> {
                     done.snapshot.lsn, done.transactions, done.changes
                 ),
                 None => println!("Nothing to compact: no snapshot yet, or no archived change after the newest one."),
+            }
+            Ok(())
+        }
+        Command::Snapshot {
+            config,
+            tables,
+            wait,
+            json,
+        } => {
+            let taken = ops::snapshot::run(&config, &tables, wait).await?;
+            if json {
+                print_json(&taken);
+            } else {
+                println!(
+                    "Re-read {} at {}: restores to later points read {} from it.",
+                    tables
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    taken.position(),
+                    if tables.len() == 1 { "it" } else { "them" }
+                );
             }
             Ok(())
         }

@@ -39,6 +39,7 @@ pub const ARCHIVE_HEAD_AGE: &str = "tidemark_archive_head_age_seconds";
 pub const ERRORS: &str = "tidemark_errors_total";
 pub const COMPACTION_SECONDS: &str = "tidemark_compaction_seconds";
 pub const PRUNE_SECONDS: &str = "tidemark_prune_seconds";
+pub const REREADS: &str = "tidemark_rereads_total";
 pub const KAFKA_EVENTS: &str = "tidemark_kafka_events_total";
 pub const KAFKA_DELIVERED_LSN: &str = "tidemark_kafka_delivered_lsn";
 pub const KAFKA_FEED_UP: &str = "tidemark_kafka_feed_up";
@@ -111,6 +112,10 @@ pub fn install(listen: SocketAddr, status: Option<StatusFn>) -> Result<(), Telem
         "How far the newest archived commit trails the newest captured one: the live RPO"
     );
     describe_counter!(ERRORS, "Errors, by kind");
+    describe_counter!(
+        REREADS,
+        "Re-reads stored: tables read from the source again after a change the stream cannot carry"
+    );
     describe_counter!(KAFKA_EVENTS, "Events handed to the Kafka producer");
     describe_gauge!(
         HEALTH,

@@ -1,8 +1,8 @@
 //! Restores across the migrations teams run. Each migration is followed by
 //! a quiesce point; restoring to it gives the source's rows there exactly,
 //! or, where the stream cannot carry the change, a refusal that names the
-//! table (exit 2), never wrong rows. After a refusal, capture's compactor
-//! takes a new base snapshot, and later points restore exactly again.
+//! table and the stretch (exit 2), never wrong rows. Capture then reads the
+//! table again (a re-read), and a point after that restores exactly.
 
 mod harness;
 
@@ -19,7 +19,9 @@ const SCHEMA: &str = "
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
     Exact,
-    /// Refused with exit 2, naming the table; `--allow-inexact` restores it anyway.
+    /// Refused with exit 2, naming the table and the stretch until capture
+    /// read it again; `--allow-inexact` restores it anyway. A point after
+    /// the re-read is exact.
     Refused,
 }
 
@@ -81,6 +83,11 @@ fn steps() -> Vec<(&'static str, Vec<&'static str>, Expect)> {
             Exact,
         ),
         (
+            "alter type by a plain cast",
+            vec!["ALTER TABLE docs ALTER COLUMN n TYPE bigint"],
+            Refused,
+        ),
+        (
             "alter type with USING",
             vec!["ALTER TABLE docs ALTER COLUMN v TYPE bigint USING (v * 100)::bigint"],
             Refused,
@@ -110,16 +117,31 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
 
     let mut points = Vec::new();
     for (name, statements, expect) in steps() {
-        for sql in statements {
+        let (last, first) = statements.split_last().unwrap();
+        for sql in first {
             fx.psql(sql);
         }
-        fx.psql("SELECT txid_current()");
-        let time = fx.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
-        points.push((name, time, md5(&fx, None), expect));
+        // The point is read as the last statement commits: before any re-read it causes.
+        let time = fx.psql(&format!("BEGIN; {last}; COMMIT; {NOW}"));
+        let time = time.lines().last().unwrap().to_string();
+        points.push((name.to_string(), time.clone(), md5(&fx, None), expect));
+        if expect == Expect::Refused {
+            wait_reread_after(&config, &time);
+            fx.psql("UPDATE docs SET v = v + 1 WHERE id = 5");
+            let after = fx.psql(NOW);
+            points.push((
+                format!("{name}, after the re-read"),
+                after,
+                md5(&fx, None),
+                Expect::Exact,
+            ));
+        }
     }
     // The window ends at the last archived commit: one more carries it past the last point.
     fx.psql("INSERT INTO docs (id, v, heading) VALUES (1000, 1, 'after the last point')");
     fx.wait_caught_up(Duration::from_secs(60));
+    assert!(capture.logs().contains("asking for a re-read"));
+    assert_eq!(capture.stop(), 0);
 
     let restore = |label: &str, to: &str, extra: &[&str]| {
         let db = format!("{}_{label}", fx.db);
@@ -130,17 +152,9 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
         let out = harness::tidemark(&["restore", "--config", config.to_str().unwrap()], &args);
         (out, db)
     };
-    let mut refused_since = None;
     for (i, (name, time, want, expect)) in points.iter().enumerate() {
         let (out, db) = restore(&format!("p{i}"), time, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        // Once a change the stream cannot carry is past, every later point refuses too,
-        // until a base snapshot taken after it.
-        let expect = if refused_since.is_some() {
-            Expect::Refused
-        } else {
-            *expect
-        };
         match expect {
             Expect::Exact => {
                 assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
@@ -150,7 +164,8 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
                 assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
                 assert_eq!(stderr.lines().count(), 1, "{stderr}");
                 assert!(
-                    stderr.contains("table public.docs cannot be restored exactly past"),
+                    stderr.contains("table public.docs cannot be restored exactly from")
+                        && stderr.contains("where capture read it again"),
                     "{name}: {stderr}"
                 );
                 assert_eq!(
@@ -160,7 +175,6 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
                     "t",
                     "{name}: a refused restore leaves no table behind"
                 );
-                refused_since.get_or_insert(i);
                 let (out, _) = restore(
                     &format!("p{i}_inexact"),
                     time,
@@ -177,45 +191,33 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
             }
         }
     }
-    assert!(refused_since.is_some());
+}
 
-    // The compactor meets the rewrite, reads the source again, and what follows is exact.
-    harness::wait_for(
-        Duration::from_secs(60),
-        "a base snapshot after the rewrite",
-        || {
-            let out = harness::tidemark(
-                &["list", "--config", config.to_str().unwrap(), "--json"],
-                &[],
-            );
-            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            list["snapshots"].as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|s| s["time"].as_str().unwrap_or("") > points.last().unwrap().1.as_str())
-            })
-        },
-    );
-    fx.psql("UPDATE docs SET heading = 'after the new snapshot' WHERE id = 4");
-    fx.psql("SELECT txid_current()");
-    let want = md5(&fx, None);
-    fx.wait_caught_up(Duration::from_secs(60));
-    assert!(capture.logs().contains("taking a new base snapshot"));
-    assert_eq!(capture.stop(), 0);
-    let (out, db) = restore("healed", "latest", &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(md5(&fx, Some(&db)), want);
+/// The source's clock as restore reads a time.
+const NOW: &str =
+    "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// Waits until the archive lists a re-read of public.docs taken after `time`.
+fn wait_reread_after(config: &std::path::Path, time: &str) {
+    harness::wait_for(Duration::from_secs(60), "a re-read of public.docs", || {
+        let out = harness::tidemark(
+            &["list", "--config", config.to_str().unwrap(), "--json"],
+            &[],
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list["rereads"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["time"].as_str().unwrap_or("") > time && r["tables"][0] == "public.docs")
+        })
+    });
 }
 
 /// Without the event trigger (a role that may not create one), a new column is
 /// seen only in the stream: what older rows read there is unknown, so the
-/// restore refuses the table instead of guessing NULL.
+/// restore refuses the table instead of guessing NULL, until `tidemark
+/// snapshot --table` has capture read it again.
 #[test]
-fn a_column_added_without_a_schema_note_is_refused() {
+fn a_column_added_without_a_schema_note_is_refused_until_read_again() {
     let fx = Fixture::new(SCHEMA);
     let config = fx.config_with_archive(&["public.docs"], "");
     let capture = fx.start_capture(&config);
@@ -224,24 +226,69 @@ fn a_column_added_without_a_schema_note_is_refused() {
     fx.psql("ALTER TABLE docs ADD COLUMN tier text DEFAULT 'basic'");
     fx.psql("UPDATE docs SET v = v + 1 WHERE id = 1");
     fx.wait_caught_up(Duration::from_secs(60));
-    assert_eq!(capture.stop(), 0);
-    let db = format!("{}_target", fx.db);
-    fx.psql(&format!("CREATE DATABASE {db}"));
-    let url = fx.cluster.url(&db);
-    let out = harness::tidemark(
-        &["restore", "--config", config.to_str().unwrap()],
-        &["--to", "latest", "--target", &url],
-    );
+    let config_arg = config.to_str().unwrap();
+    let restore = |label: &str| {
+        let db = format!("{}_{label}", fx.db);
+        fx.psql(&format!("CREATE DATABASE {db}"));
+        let url = fx.cluster.url(&db);
+        let out = harness::tidemark(
+            &["restore", "--config", config_arg],
+            &["--to", "latest", "--target", &url],
+        );
+        (out, db)
+    };
+    let (out, _) = restore("refused");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("column tier appeared with no schema note"),
+        stderr.contains("column tier appeared with no schema note")
+            && stderr.contains("tidemark snapshot --table public.docs"),
         "{stderr}"
     );
     // A dry run says so too, before anything is touched.
     let out = harness::tidemark(
-        &["restore", "--config", config.to_str().unwrap()],
+        &["restore", "--config", config_arg],
         &["--to", "latest", "--dry-run"],
     );
     assert_eq!(out.status.code(), Some(2));
+
+    let out = harness::tidemark(
+        &["snapshot", "--config", config_arg],
+        &["--table", "public.docs", "--json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reread: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reread["method"], "reread", "{reread}");
+    fx.psql("UPDATE docs SET tier = 'gold' WHERE id = 2");
+    let want = md5(&fx, None);
+    fx.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(capture.stop(), 0);
+    let (out, db) = restore("healed");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(md5(&fx, Some(&db)), want);
+
+    // Only a watched table, and only while capture runs to take it.
+    let out = harness::tidemark(
+        &["snapshot", "--config", config_arg],
+        &["--table", "public.other"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not watched"));
+    let out = harness::tidemark(
+        &["snapshot", "--config", config_arg],
+        &["--table", "public.docs"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("capture is not running"), "{stderr}");
 }

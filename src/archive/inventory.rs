@@ -11,9 +11,19 @@ pub struct Inventory {
     /// `None` while the archive has no base snapshot: nothing is restorable yet.
     pub window: Option<Window>,
     pub snapshots: Vec<SnapshotSummary>,
+    /// Tables read from the source again (`archive::reread`), oldest first.
+    pub rereads: Vec<RereadSummary>,
     pub segments: SegmentSummary,
     pub gaps: Vec<Gap>,
     pub manifest: Option<ManifestSummary>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RereadSummary {
+    pub lsn: EndLsn,
+    pub time: PgTimestamp,
+    pub tables: Vec<crate::base::table::TableName>,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -99,6 +109,7 @@ pub fn inventory(manifest: Option<(&str, &Manifest)>) -> Inventory {
         return Inventory {
             window: None,
             snapshots: Vec::new(),
+            rereads: Vec::new(),
             segments: SegmentSummary::default(),
             gaps: Vec::new(),
             manifest: None,
@@ -128,6 +139,16 @@ pub fn inventory(manifest: Option<(&str, &Manifest)>) -> Inventory {
                 tables: s.tables.len(),
                 bytes: s.tables.iter().map(|t| t.size).sum::<u64>() + s.schema.size,
                 raw_bytes: s.tables.iter().map(|t| t.raw_size).sum(),
+            })
+            .collect(),
+        rereads: manifest
+            .rereads
+            .iter()
+            .map(|r| RereadSummary {
+                lsn: r.lsn,
+                time: r.time,
+                tables: r.tables.iter().map(|t| t.table.clone()).collect(),
+                bytes: r.tables.iter().map(|t| t.size).sum::<u64>() + r.schema.size,
             })
             .collect(),
         segments: SegmentSummary {
@@ -172,6 +193,17 @@ impl std::fmt::Display for Inventory {
                 s.tables,
                 bytesize::ByteSize(s.bytes),
                 bytesize::ByteSize(s.raw_bytes)
+            )?;
+        }
+        for r in &self.rereads {
+            let tables: Vec<String> = r.tables.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "Re-read {:>12}  {}  {} ({})",
+                r.lsn.to_string(),
+                r.time,
+                tables.join(", "),
+                bytesize::ByteSize(r.bytes)
             )?;
         }
         let seg = &self.segments;

@@ -31,6 +31,11 @@ pub struct Manifest {
     /// Base snapshots, oldest first.
     pub snapshots: Vec<SnapshotEntry>,
     pub segments: Vec<SegmentEntry>,
+    /// Re-reads: some tables read again from the source, oldest first. From
+    /// its point on, a re-read replaces what the base snapshot and the
+    /// segments before it say of its tables (`method` is `reread`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rereads: Vec<SnapshotEntry>,
 }
 
 /// A base snapshot: every watched table as of `lsn` (all transactions that
@@ -40,7 +45,8 @@ pub struct Manifest {
 pub struct SnapshotEntry {
     pub lsn: EndLsn,
     pub time: PgTimestamp,
-    /// `copy` (read from the source) or `compaction` (built from the archive).
+    /// `copy` (read from the source), `compaction` (built from the archive) or
+    /// `reread` (some tables read from the source again).
     pub method: String,
     pub schema: ObjectRef,
     pub tables: Vec<TableObject>,
@@ -56,7 +62,7 @@ pub struct Listed<'a> {
 impl Manifest {
     /// Every object this manifest lists: each snapshot's schema and tables, and the segments.
     pub fn objects(&self) -> impl Iterator<Item = Listed<'_>> {
-        let snapshots = self.snapshots.iter().flat_map(|s| {
+        let snapshots = self.snapshots.iter().chain(&self.rereads).flat_map(|s| {
             std::iter::once(Listed {
                 key: &s.schema.key,
                 size: s.schema.size,
@@ -172,6 +178,7 @@ impl Manifest {
             encryption_key_id: None,
             snapshots: Vec::new(),
             segments: Vec::new(),
+            rereads: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod last_upload;
 pub mod manifest;
 pub mod orphans;
+pub mod reread;
 pub mod retention;
 pub mod snapshot;
 pub mod store;

@@ -27,6 +27,9 @@ pub struct PrunePlan {
     pub delete_snapshots: Vec<SnapshotEntry>,
     #[serde(skip)]
     pub delete_segments: Vec<SegmentEntry>,
+    /// Re-reads at or before the anchor: every kept point restores without them.
+    #[serde(skip)]
+    pub delete_rereads: Vec<SnapshotEntry>,
     pub deleted_snapshots: Vec<EndLsn>,
     pub deleted_segments: usize,
     pub deleted_bytes: u64,
@@ -100,6 +103,12 @@ pub fn plan(manifest: &Manifest, policy: &RetentionPolicy, now: PgTimestamp) -> 
         .filter(|s| s.end_lsn <= anchor.lsn && s.start_lsn < keep_from)
         .cloned()
         .collect();
+    let delete_rereads: Vec<SnapshotEntry> = manifest
+        .rereads
+        .iter()
+        .filter(|r| r.lsn <= anchor.lsn)
+        .cloned()
+        .collect();
     PrunePlan {
         anchor: Some(anchor.lsn),
         kept_snapshots: keep,
@@ -108,17 +117,21 @@ pub fn plan(manifest: &Manifest, policy: &RetentionPolicy, now: PgTimestamp) -> 
         deleted_bytes: delete_segments.iter().map(|s| s.size).sum::<u64>()
             + delete_snapshots
                 .iter()
+                .chain(&delete_rereads)
                 .map(|s| s.schema.size + s.tables.iter().map(|t| t.size).sum::<u64>())
                 .sum::<u64>(),
         delete_snapshots,
         delete_segments,
+        delete_rereads,
         deleted_orphans: Vec::new(),
     }
 }
 
 impl PrunePlan {
     pub fn is_empty(&self) -> bool {
-        self.delete_snapshots.is_empty() && self.delete_segments.is_empty()
+        self.delete_snapshots.is_empty()
+            && self.delete_segments.is_empty()
+            && self.delete_rereads.is_empty()
     }
 
     /// Removes the pruned entries from a manifest (the next one to be written).
@@ -134,12 +147,18 @@ impl PrunePlan {
         manifest
             .segments
             .retain(|s| !gone.contains(&s.key.as_str()));
+        manifest.rereads.retain(|r| {
+            !self
+                .delete_rereads
+                .iter()
+                .any(|d| d.schema.key == r.schema.key)
+        });
     }
 
     /// Every object key the plan deletes.
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.delete_segments.iter().map(|s| s.key.clone()).collect();
-        for s in &self.delete_snapshots {
+        for s in self.delete_snapshots.iter().chain(&self.delete_rereads) {
             keys.push(s.schema.key.clone());
             keys.extend(s.tables.iter().map(|t| t.key.clone()));
         }
@@ -240,6 +259,22 @@ mod tests {
         p.apply_to(&mut after);
         assert_eq!(after.segments.first().unwrap().start_lsn, EndLsn(Lsn(3300)));
         assert_eq!(after.snapshots.len(), 8);
+    }
+
+    #[test]
+    fn rereads_go_once_the_anchor_is_past_them() {
+        let mut m = manifest();
+        m.rereads = vec![snapshot(3250, 0), snapshot(3300, 0), snapshot(3350, 0)];
+        m.rereads[0].schema.key = "rereads/a/schema.json".into();
+        m.rereads[1].schema.key = "rereads/b/schema.json".into();
+        m.rereads[2].schema.key = "rereads/c/schema.json".into();
+        let p = plan(&m, &policy(7, 0, 0, 0), PgTimestamp(40 * DAY + DAY / 2));
+        assert_eq!(p.anchor, Some(EndLsn(Lsn(3300))));
+        assert_eq!(p.delete_rereads.len(), 2);
+        assert!(p.keys().contains(&"rereads/b/schema.json".to_string()));
+        let mut after = m.clone();
+        p.apply_to(&mut after);
+        assert_eq!(after.rereads, vec![m.rereads[2].clone()]);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! own slot confirmed no further than C when the temporary slot was created
 //! (it cannot confirm what the server has not yet written), so the archived
 //! segments hold every transaction that finishes after C.
+//!
+//! A re-read is the same for some of the tables: taken after a change the
+//! stream cannot carry (a rewrite), it holds those tables as of its own C,
+//! and restore reads them from it for every point at or after C.
 
 use std::io::Write;
 use std::path::Path;
@@ -20,7 +24,7 @@ use super::manifest::{sha256_hex, ObjectRef, SnapshotEntry, TableObject};
 use super::store::ObjectStore;
 use super::ArchiveError;
 use crate::base::hashing::HashingWriter;
-use crate::base::position::PgTimestamp;
+use crate::base::position::{EndLsn, PgTimestamp};
 use crate::base::table::{quote_ident, quote_literal, TableName};
 use crate::source::conn::ReplicationConnection;
 use crate::source::schema::{self, SchemaSet};
@@ -28,25 +32,53 @@ use crate::source::setup;
 use crate::source::SourceError;
 
 pub const PREFIX: &str = "snapshots/";
+pub const REREAD_PREFIX: &str = "rereads/";
 
-/// The key of the schema object of the snapshot at `lsn`.
-pub fn schema_key(lsn: crate::base::position::EndLsn) -> String {
-    format!("{PREFIX}{:016X}/schema.json", lsn.as_u64())
+/// A base snapshot holds every watched table; a re-read, some of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Base,
+    Reread,
 }
 
-/// The key of `table`'s rows in the snapshot at `lsn` (`proto/manifest.md`).
-pub fn table_key(lsn: crate::base::position::EndLsn, table: &TableName) -> String {
-    format!(
-        "{PREFIX}{:016X}/{}.copy.zst",
-        lsn.as_u64(),
-        table.key_part()
-    )
+impl Kind {
+    /// The manifest's `method` for a snapshot of this kind read from the source.
+    pub fn method(self) -> &'static str {
+        match self {
+            Kind::Base => "copy",
+            Kind::Reread => "reread",
+        }
+    }
+
+    /// The folder of a snapshot at `lsn`. Two re-reads may share a point (no
+    /// WAL between them), so theirs also names when it was taken.
+    fn folder(self, lsn: EndLsn, taken: PgTimestamp) -> String {
+        match self {
+            Kind::Base => format!("{PREFIX}{:016X}/", lsn.as_u64()),
+            Kind::Reread => format!("{REREAD_PREFIX}{:016X}-{:X}/", lsn.as_u64(), taken.0),
+        }
+    }
+}
+
+/// The key of the schema object of the base snapshot at `lsn`.
+pub fn schema_key(lsn: EndLsn) -> String {
+    format!("{}schema.json", Kind::Base.folder(lsn, PgTimestamp(0)))
+}
+
+/// The key of `table`'s rows in the base snapshot at `lsn` (`proto/manifest.md`).
+pub fn table_key(lsn: EndLsn, table: &TableName) -> String {
+    table_key_in(&Kind::Base.folder(lsn, PgTimestamp(0)), table)
+}
+
+fn table_key_in(folder: &str, table: &TableName) -> String {
+    format!("{folder}{}.copy.zst", table.key_part())
 }
 
 /// Copies every table of `tables` and uploads the snapshot; returns its manifest entry.
 pub async fn take(
     pg: &crate::pg::ConnInfo,
     tables: &[TableName],
+    kind: Kind,
     store: Arc<dyn ObjectStore>,
     work_dir: &Path,
     parallel: usize,
@@ -59,7 +91,7 @@ pub async fn take(
         .snapshot_name
         .ok_or_else(|| SourceError::Protocol("the temporary slot exported no snapshot".into()))?;
     let lsn = created.consistent_point;
-    tracing::info!(%lsn, tables = tables.len(), "taking a base snapshot");
+    tracing::info!(%lsn, tables = tables.len(), method = kind.method(), "taking a snapshot");
     let started = std::time::Instant::now();
 
     let (schema_set, time) = {
@@ -76,7 +108,8 @@ pub async fn take(
     };
     let schema_body =
         bytes::Bytes::from(serde_json::to_vec_pretty(&schema_set).expect("schemas serialize"));
-    let schema_key = schema_key(lsn);
+    let folder = kind.folder(lsn, PgTimestamp::now());
+    let schema_key = format!("{folder}schema.json");
     let schema_ref = ObjectRef {
         key: schema_key.clone(),
         size: schema_body.len() as u64,
@@ -97,7 +130,7 @@ pub async fn take(
         let (pg, store, snapshot_name) = (pg.clone(), store.clone(), snapshot_name.clone());
         let work_dir = work_dir.to_path_buf();
         let table = table.clone();
-        let key = table_key(lsn, &table.table_name());
+        let key = table_key_in(&folder, &table.table_name());
         workers.push(tokio::spawn(async move {
             let _permit = permit;
             let client = snapshot_client(&pg, &snapshot_name).await?;
@@ -115,15 +148,16 @@ pub async fn take(
     let entry = SnapshotEntry {
         lsn,
         time,
-        method: "copy".into(),
+        method: kind.method().into(),
         schema: schema_ref,
         tables: objects,
     };
     tracing::info!(
         %lsn,
+        method = kind.method(),
         bytes = entry.tables.iter().map(|t| t.size).sum::<u64>(),
         seconds = started.elapsed().as_secs_f64(),
-        "base snapshot stored"
+        "snapshot stored"
     );
     Ok(entry)
 }

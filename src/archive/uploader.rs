@@ -367,18 +367,20 @@ fn prepare(path: &Path) -> Result<Prepared, ArchiveError> {
     })
 }
 
-/// Takes a base snapshot if the archive has none, retrying while the source or store is unavailable.
-/// Reads every table from the source under a temporary slot's snapshot, and lists it.
-pub async fn take_base_snapshot(
+/// Reads `tables` from the source under a temporary slot's snapshot, and
+/// lists it: as a base snapshot, or as a re-read of those tables.
+pub async fn take_snapshot(
     uploader: &Uploader,
     pg: &crate::pg::ConnInfo,
     tables: &[crate::base::table::TableName],
-) -> Result<(), ArchiveError> {
+    kind: super::snapshot::Kind,
+) -> Result<SnapshotEntry, ArchiveError> {
     let parallel = tables.len().clamp(1, 4);
     let taken = async {
         let entry = super::snapshot::take(
             pg,
             tables,
+            kind,
             uploader.store.clone(),
             &uploader.log_dir,
             parallel,
@@ -391,15 +393,24 @@ pub async fn take_base_snapshot(
             "tables": tables,
             "bytes": entry.tables.iter().map(|t| t.size).sum::<u64>(),
         });
-        uploader.add_snapshot(entry).await.map(|()| details)
+        let listed = entry.clone();
+        uploader
+            .update(|m| match kind {
+                super::snapshot::Kind::Base => m.snapshots.push(listed),
+                super::snapshot::Kind::Reread => m.rereads.push(listed),
+            })
+            .await
+            .map(|()| (entry, details))
     }
     .await;
     let details = match &taken {
-        Ok(details) => details.clone(),
-        Err(e) => serde_json::json!({ "tables": tables, "error": e.to_string() }),
+        Ok((_, details)) => details.clone(),
+        Err(e) => {
+            serde_json::json!({ "tables": tables, "method": kind.method(), "error": e.to_string() })
+        }
     };
     AuditLog::in_dir(&uploader.log_dir).record("snapshot", Outcome::of(&taken), details);
-    taken.map(drop)
+    taken.map(|(entry, _)| entry)
 }
 
 pub async fn snapshot_when_missing(
@@ -413,7 +424,9 @@ pub async fn snapshot_when_missing(
             if !uploader.needs_snapshot().await? {
                 return Ok(());
             }
-            take_base_snapshot(&uploader, &pg, &tables).await
+            take_snapshot(&uploader, &pg, &tables, super::snapshot::Kind::Base)
+                .await
+                .map(drop)
         }
         .await;
         match result {

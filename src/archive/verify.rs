@@ -87,7 +87,7 @@ pub async fn verify(
         }
     };
 
-    for snapshot in &manifest.snapshots {
+    for snapshot in manifest.snapshots.iter().chain(&manifest.rereads) {
         let objects = std::iter::once((
             &snapshot.schema.key,
             snapshot.schema.size,

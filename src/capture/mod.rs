@@ -17,6 +17,7 @@
 //!   has confirmed past it, changes are missing and capture refuses to run.
 
 mod pump;
+mod rereads;
 mod session;
 mod supervisor;
 mod tasks;

@@ -64,6 +64,8 @@ pub(super) struct Pump {
     /// When the server was last heard from, and whether it was asked to answer since.
     last_heard: Instant,
     probed: bool,
+    /// Tables the stream asks capture to read again.
+    rereads: super::rereads::RereadWatch,
 }
 
 impl Session {
@@ -143,6 +145,7 @@ impl Pump {
             last_full_warning: None,
             last_heard: now,
             probed: false,
+            rereads: super::rereads::RereadWatch::new(session.notes_ddl),
         }
     }
 
@@ -168,6 +171,9 @@ impl Pump {
                         }
                         let in_block = self.txn_state.block().is_some();
                         self.counts.observe(&peek, &payload, in_block);
+                        if session.archive.is_some() {
+                            self.rereads.observe(&peek, &payload, in_block);
+                        }
                     }
                     self.received += 1;
                     self.batch_bytes += payload.len();
@@ -192,6 +198,12 @@ impl Pump {
                     }
                     self.reply_due |= reply_requested;
                 }
+            }
+        }
+        if let Some(archive) = &session.archive {
+            for table in self.rereads.due(self.txn_state.between_transactions()) {
+                tracing::info!(%table, "the stream does not carry this table's new values: asking for a re-read");
+                let _ = archive.rereads.send(table);
             }
         }
         Ok(())

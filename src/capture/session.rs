@@ -37,6 +37,8 @@ pub(super) struct Session {
     log_dir: std::path::PathBuf,
     pub(super) max_log_bytes: u64,
     pub(super) progress: Arc<Progress>,
+    /// Whether the event triggers write schema notes into the stream.
+    pub(super) notes_ddl: bool,
 }
 
 /// A failed session's error, and the log writer when it survived.
@@ -80,7 +82,7 @@ impl Session {
         if !prepared.notes_ddl {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| tracing::warn!(
-                "the role may not create event triggers, so schema changes are seen only as new columns: a restore across an ADD COLUMN, a RENAME or a type change of a watched table is refused (--allow-inexact overrides) until a base snapshot taken after it"
+                "the role may not create event triggers, so schema changes are seen only as new columns: capture re-reads a table whose columns change, and a restore to a point between the change and the re-read is refused (--allow-inexact overrides)"
             ));
         }
         let slot_position = match prepared.slot {
@@ -144,6 +146,7 @@ impl Session {
             log_dir: checked.config.log.dir.clone(),
             max_log_bytes: checked.config.log.max_size.as_u64(),
             progress: progress.clone(),
+            notes_ddl: prepared.notes_ddl,
         };
         if session
             .appender

@@ -1,6 +1,6 @@
 //! What capture starts beside its own loop, under the supervisor: the Kafka
 //! feed, and for an archive the uploader, the base-snapshot task, the
-//! compactor and the sequence sampler. None of them ever holds up the
+//! re-reads, the compactor and the sequence sampler. None of them ever holds up the
 //! capture loop.
 
 use std::sync::Arc;
@@ -24,6 +24,8 @@ const FINAL_UPLOAD_WAIT: Duration = Duration::from_secs(30);
 pub(super) struct SealSchedule {
     pub(super) sealed: Arc<Notify>,
     pub(super) interval: Duration,
+    /// Where the stream's own requests for re-reads go.
+    pub(super) rereads: crate::archive::reread::Requests,
 }
 
 /// Starts the Kafka feed if `[kafka]` is set. Returns the oldest segment the
@@ -88,14 +90,19 @@ pub(super) async fn start_archive(
             _ = stop.wait_for(|stop| *stop) => {}
         }
     });
+    let (rereads, requests) = crate::archive::reread::channel();
+    let (rereader, pg, tables) = (uploader.clone(), checked.pg.clone(), checked.tables.clone());
+    tasks.spawn("re-reads", move |stop| {
+        crate::archive::reread::serve(rereader, pg, tables, requests, stop)
+    });
     let (compactor, interval, retention) = (
         uploader.clone(),
         archive.compact_interval,
         cfg.retention.clone(),
     );
-    let source = (checked.pg.clone(), checked.tables.clone());
+    let asks = rereads.clone();
     tasks.spawn("compactor", move |stop| {
-        crate::compact::compact_periodically(compactor, source, interval, retention, stop)
+        crate::compact::compact_periodically(compactor, asks, interval, retention, stop)
     });
     let beat = Beat {
         pg: checked.pg.clone(),
@@ -108,6 +115,7 @@ pub(super) async fn start_archive(
     let seals = SealSchedule {
         sealed: Arc::new(Notify::new()),
         interval: archive.upload_interval,
+        rereads,
     };
     let (runner, sealed, interval) = (uploader.clone(), seals.sealed.clone(), seals.interval);
     tasks.spawn("uploader", move |stop| {

@@ -18,6 +18,7 @@ pub mod prune;
 pub mod quickstart;
 pub mod restore;
 pub mod schedule;
+pub mod snapshot;
 pub mod status;
 pub mod verify;
 

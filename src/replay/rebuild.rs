@@ -51,10 +51,16 @@ impl RebuildError {
     }
 }
 
-/// What a rebuild reads: one snapshot and the segments after it.
+/// What a rebuild reads: one snapshot, the re-reads after it, and the segments after it.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub snapshot: SnapshotEntry,
+    /// Re-reads after the snapshot and at or before the target, oldest first:
+    /// each table loads from the newest that holds it.
+    pub rereads: Vec<SnapshotEntry>,
+    /// For each table, the first re-read past the target: where a stretch the
+    /// stream could not carry ends.
+    pub next_rereads: HashMap<TableName, Position>,
     pub segments: Vec<SegmentEntry>,
     pub bounds: Bounds,
     /// The newest point the chain reaches.
@@ -143,8 +149,33 @@ pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
         return Err(outside_window(manifest, target, Some(chain_end)));
     }
     let segments = chain_segments(manifest, snapshot.lsn, chain_end.lsn)?;
+    let after_base = |r: &&SnapshotEntry| r.lsn > snapshot.lsn && r.lsn <= chain_end.lsn;
+    let mut rereads: Vec<SnapshotEntry> = manifest
+        .rereads
+        .iter()
+        .filter(after_base)
+        .filter(at_or_before)
+        .cloned()
+        .collect();
+    rereads.sort_by_key(|r| r.lsn);
+    let mut next_rereads = HashMap::new();
+    let mut later: Vec<&SnapshotEntry> = manifest
+        .rereads
+        .iter()
+        .filter(|r| r.lsn > snapshot.lsn && !at_or_before(r))
+        .collect();
+    later.sort_by_key(|r| r.lsn);
+    for reread in later {
+        for table in &reread.tables {
+            next_rereads
+                .entry(table.table.clone())
+                .or_insert_with(|| reread.position());
+        }
+    }
     Ok(Plan {
         snapshot: snapshot.clone(),
+        rereads,
+        next_rereads,
         segments,
         bounds: Bounds {
             after: snapshot.lsn,
@@ -183,7 +214,59 @@ pub struct Scope {
     pub allow_inexact: bool,
 }
 
-/// The snapshot's schema, verified.
+impl Plan {
+    /// Where each table's rows load from: the newest re-read that holds it, or the snapshot.
+    pub fn sources(&self) -> HashMap<&TableName, &SnapshotEntry> {
+        let mut sources = HashMap::new();
+        for entry in std::iter::once(&self.snapshot).chain(&self.rereads) {
+            for object in &entry.tables {
+                sources.insert(&object.table, entry);
+            }
+        }
+        sources
+    }
+
+    /// For each table loaded from a re-read, the re-read's point: the
+    /// transactions before it are in the re-read already.
+    fn reread_points(&self) -> HashMap<TableName, EndLsn> {
+        self.sources()
+            .into_iter()
+            .filter(|(_, entry)| entry.lsn != self.snapshot.lsn)
+            .map(|(table, entry)| (table.clone(), entry.lsn))
+            .collect()
+    }
+}
+
+/// The plan's schema, verified: the snapshot's, with each table a re-read
+/// holds as that re-read found it.
+pub async fn plan_schema(store: &dyn ObjectStore, plan: &Plan) -> Result<SchemaSet, RebuildError> {
+    let mut schema = snapshot_schema(store, &plan.snapshot).await?;
+    for reread in &plan.rereads {
+        let read = snapshot_schema(store, reread).await?;
+        for table in read.tables {
+            match schema
+                .tables
+                .iter_mut()
+                .find(|t| t.table_name() == table.table_name())
+            {
+                Some(known) => *known = table,
+                None => schema.tables.push(table),
+            }
+        }
+        for found in read.enums {
+            if !schema
+                .enums
+                .iter()
+                .any(|e| e.schema == found.schema && e.name == found.name)
+            {
+                schema.enums.push(found);
+            }
+        }
+    }
+    Ok(schema)
+}
+
+/// A snapshot's schema, verified.
 pub async fn snapshot_schema(
     store: &dyn ObjectStore,
     snapshot: &SnapshotEntry,
@@ -232,8 +315,7 @@ pub async fn rebuild_scoped(
     phases: &Phases,
 ) -> Result<Rebuilt, RebuildError> {
     let client = clients[0].clone();
-    let snapshot = &plan.snapshot;
-    let full = snapshot_schema(store, snapshot).await?;
+    let full = plan_schema(store, plan).await?;
     let schema = match &scope.tables {
         Some(tables) => full.only(tables),
         None => full,
@@ -242,10 +324,11 @@ pub async fn rebuild_scoped(
         load::create_tables(&client, &schema).await?;
     }
     let loading = std::time::Instant::now();
-    let objects: Vec<_> = snapshot
-        .tables
-        .iter()
-        .filter(|o| schema.table(&o.table).is_some())
+    let objects: Vec<_> = plan
+        .sources()
+        .into_iter()
+        .filter(|(table, _)| schema.table(table).is_some())
+        .filter_map(|(table, entry)| entry.tables.iter().find(|o| &o.table == table))
         .collect();
     let bar = phases.bar(
         "snapshot load",
@@ -293,7 +376,7 @@ pub async fn count(
     work_dir: &Path,
     allow_inexact: bool,
 ) -> Result<Replayed, RebuildError> {
-    let schema = snapshot_schema(store, &plan.snapshot).await?.only(tables);
+    let schema = plan_schema(store, plan).await?.only(tables);
     replay(
         store,
         plan,
@@ -379,6 +462,7 @@ async fn replay<E: Executor + Send + 'static>(
         .filter(|(oid, _)| *oid >= 16384)
         .collect();
     let bounds = plan.bounds;
+    let (rereads, next_rereads) = (plan.reread_points(), plan.next_rereads.clone());
     let end = plan.target_lsn().unwrap_or(plan.chain_end.lsn);
     let bar = phases.bar(
         "change replay",
@@ -388,6 +472,7 @@ async fn replay<E: Executor + Send + 'static>(
     let dir = segment_dir.path().to_path_buf();
     let applied = tokio::task::spawn_blocking(move || -> Result<Replayed, ApplyError> {
         let mut applier = Applier::new(executor, bounds, tables, type_names)
+            .with_rereads(rereads, next_rereads)
             .with_progress(bar.clone())
             .allow_inexact(allow_inexact);
         let applied = Assembler::run(&dir, &mut applier).and_then(|()| applier.finish());

@@ -204,17 +204,18 @@ const REFERENCE_CHANGES_PER_S: f64 = 120e3;
 
 fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
     let objects: Vec<&manifest::TableObject> = plan
-        .snapshot
-        .tables
-        .iter()
-        .filter(|o| tables.contains(&o.table))
+        .sources()
+        .into_iter()
+        .filter(|(table, _)| tables.contains(table))
+        .filter_map(|(table, entry)| entry.tables.iter().find(|o| &o.table == table))
         .collect();
     Summary {
         snapshot_lsn: plan.snapshot.lsn,
         snapshot_time: plan.snapshot.time,
         tables: tables.to_vec(),
-        objects: 1 + objects.len() + plan.segments.len(),
+        objects: 1 + plan.rereads.len() + objects.len() + plan.segments.len(),
         bytes: plan.snapshot.schema.size
+            + plan.rereads.iter().map(|r| r.schema.size).sum::<u64>()
             + objects.iter().map(|o| o.size).sum::<u64>()
             + plan.segments.iter().map(|s| s.size).sum::<u64>(),
         segments: plan.segments.len(),
@@ -244,7 +245,7 @@ pub async fn run(
         .await?
         .ok_or(RestoreError::EmptyArchive)?;
     let plan = rebuild::plan(&manifest, request.to)?;
-    let schema = rebuild::snapshot_schema(store, &plan.snapshot).await?;
+    let schema = rebuild::plan_schema(store, &plan).await?;
     let archived: Vec<TableName> = schema.tables.iter().map(|t| t.table_name()).collect();
     for table in &request.tables {
         if !archived.contains(table) {

@@ -13,14 +13,16 @@
 //! stream cannot carry (a rewrite, or a new column seen without a note, whose
 //! existing rows may read a default nobody told us) makes the table inexact
 //! from that transaction on, and the restore refuses it: never wrong rows in
-//! silence. `--allow-inexact` goes on, and says which tables.
+//! silence. `--allow-inexact` goes on, and says which tables. A table loaded
+//! from a re-read (`archive::reread`) takes nothing from the transactions
+//! before the re-read's point: the re-read holds them, schema changes included.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::merge::{NetStage, TableBatch};
 use crate::base::exit::ExitCode;
-use crate::base::position::{CommitLsn, EndLsn, Lsn};
+use crate::base::position::{CommitLsn, EndLsn, Lsn, Position};
 use crate::base::table::TableName;
 use crate::log::committed::{Change, TxnInfo, TxnSink};
 use crate::log::LogError;
@@ -46,7 +48,7 @@ pub enum ApplyError {
         column: String,
         oid: u32,
     },
-    #[error("{0}; restore to an earlier point, or to one after a base snapshot taken since (capture takes one when compaction meets this), or add --allow-inexact")]
+    #[error("{0}")]
     Inexact(Inexact),
 }
 
@@ -54,17 +56,27 @@ pub enum ApplyError {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Inexact {
     pub table: TableName,
-    pub since: crate::base::position::Position,
+    pub since: Position,
+    /// Where capture read the table again, which ends the stretch; `None`: not yet.
+    pub until: Option<Position>,
     pub why: String,
 }
 
 impl std::fmt::Display for Inexact {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "table {} cannot be restored exactly past {}: {}",
-            self.table, self.since, self.why
-        )
+        let Inexact {
+            table, since, why, ..
+        } = self;
+        match &self.until {
+            Some(until) => write!(
+                f,
+                "table {table} cannot be restored exactly from {since} until {until}, where capture read it again: {why}; restore to a point outside that stretch, or add --allow-inexact"
+            ),
+            None => write!(
+                f,
+                "table {table} cannot be restored exactly past {since} until capture reads it again: {why}; restore to an earlier point, wait for the re-read (`tidemark snapshot --table {table}` asks for one now), or add --allow-inexact"
+            ),
+        }
     }
 }
 
@@ -147,6 +159,10 @@ pub struct Applier<E: Executor> {
     rewritten: HashSet<TableName>,
     /// The newest sampled value of each sequence (`source::sequences`) within bounds.
     pub sequences: crate::source::sequences::Sample,
+    /// Tables loaded from a re-read, and its point: earlier transactions are in it.
+    reread_points: HashMap<TableName, EndLsn>,
+    /// The first re-read past the target, per table: where an inexact stretch ends.
+    next_rereads: HashMap<TableName, Position>,
 }
 
 const BATCH_BYTES: usize = 1 << 20;
@@ -182,7 +198,27 @@ impl<E: Executor> Applier<E> {
             inexact: Vec::new(),
             rewritten: HashSet::new(),
             sequences: Default::default(),
+            reread_points: HashMap::new(),
+            next_rereads: HashMap::new(),
         }
+    }
+
+    /// Tables loaded from re-reads (and their points), and the re-reads past the target.
+    pub fn with_rereads(
+        mut self,
+        points: HashMap<TableName, EndLsn>,
+        next: HashMap<TableName, Position>,
+    ) -> Self {
+        self.reread_points = points;
+        self.next_rereads = next;
+        self
+    }
+
+    /// Whether `table` was loaded from a re-read that holds `txn` already.
+    fn reread_holds(&self, txn: &TxnInfo, table: &TableName) -> bool {
+        self.reread_points
+            .get(table)
+            .is_some_and(|point| txn.commit_lsn.precedes(*point))
     }
 
     /// Goes on past changes the stream cannot carry, recording them, instead of refusing.
@@ -374,7 +410,7 @@ impl<E: Executor> TxnSink for Applier<E> {
         };
         for relation in &relations {
             let table = relation.table();
-            if !self.tables.contains_key(&table) {
+            if !self.tables.contains_key(&table) || self.reread_holds(txn, &table) {
                 continue;
             }
             self.follow_schema(txn, &table, relation)?;

@@ -16,6 +16,7 @@ impl<E: Executor> Applier<E> {
                 commit_time: txn.commit_time,
                 lsn: txn.end_lsn,
             },
+            until: self.next_rereads.get(table).copied(),
             why,
         };
         if !self.allow_inexact {
@@ -34,6 +35,9 @@ impl<E: Executor> Applier<E> {
         let Some(current) = self.tables.get(&table).cloned() else {
             return Ok(());
         };
+        if self.reread_holds(txn, &table) {
+            return Ok(());
+        }
         let changes = match note.changes() {
             Some(changes) => changes,
             // Without the columns before, names are all there is: adds and drops
@@ -143,7 +147,7 @@ impl<E: Executor> Applier<E> {
                 let rewrite: ddl::Rewrite =
                     serde_json::from_slice(content).map_err(|e| unreadable(e.to_string()))?;
                 let table = TableName::new(rewrite.schema, rewrite.name);
-                if !self.tables.contains_key(&table) {
+                if !self.tables.contains_key(&table) || self.reread_holds(txn, &table) {
                     return Ok(());
                 }
                 self.rewritten.insert(table.clone());

@@ -84,6 +84,17 @@ pub fn stream_abort(xid: u32, subxid: u32) -> Bytes {
     encode(&Message::StreamAbort(StreamAbort { xid, subxid }))
 }
 
+/// A transactional logical message, outside a streamed block.
+pub fn message(prefix: &str, content: &[u8]) -> Bytes {
+    encode(&Message::LogicalMessage(LogicalMessage {
+        xid: None,
+        transactional: true,
+        lsn: Lsn(1),
+        prefix: prefix.into(),
+        content: Bytes::copy_from_slice(content),
+    }))
+}
+
 /// Table `public.t` as a decoded Relation (oid 1): text columns `(name, is_key)`.
 pub fn text_relation(columns: &[(&str, bool)], replica_identity: u8) -> Relation {
     Relation {

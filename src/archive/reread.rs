@@ -1,0 +1,174 @@
+//! Re-reads: some watched tables read from the source again, on request.
+//!
+//! Capture asks for one when the stream cannot carry a table's values: a
+//! rewrite (`ALTER TYPE … USING`, a volatile default), a column change seen
+//! without a schema note, a table newly watched, or `tidemark snapshot
+//! --table`.
+//!
+//! Why a re-read makes later restores exact: capture asks only once the
+//! stream is between transactions past the change, so the change has
+//! committed; the temporary slot created for the re-read then has its
+//! consistent point C after it, and the re-read holds the changed values.
+//! Capture's own slot confirmed no further than C, so the archive holds every
+//! transaction after C (`snapshot`). Restore loads each table from its newest
+//! re-read at or before the target and replays, for that table, only what
+//! commits after that re-read's C.
+//!
+//! A request lost to a crash before its re-read is stored is asked again: the
+//! compactor, meeting the change that needed it, asks for it, and so does the
+//! next start for a watched table the archive does not hold.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::manifest::Manifest;
+use super::snapshot::Kind;
+use super::uploader::{self, Uploader};
+use crate::base::retry::Retry;
+use crate::base::table::TableName;
+
+/// Where requests for re-reads go.
+pub type Requests = mpsc::UnboundedSender<TableName>;
+
+pub fn channel() -> (Requests, mpsc::UnboundedReceiver<TableName>) {
+    mpsc::unbounded_channel()
+}
+
+/// The prefix of a logical message asking capture for a re-read (`tidemark snapshot --table`).
+pub const REQUEST_PREFIX: &str = "tidemark.reread";
+
+/// What a request message holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub tables: Vec<TableName>,
+}
+
+/// Watched tables the archive's current state does not hold: neither the
+/// newest base snapshot nor a re-read after it. They were added to `[source]
+/// tables` since; a re-read is their first snapshot.
+pub fn unheld(manifest: &Manifest, watched: &[TableName]) -> Vec<TableName> {
+    let Some(base) = manifest.snapshots.iter().max_by_key(|s| s.lsn) else {
+        return Vec::new();
+    };
+    let held: BTreeSet<&TableName> = std::iter::once(base)
+        .chain(manifest.rereads.iter().filter(|r| r.lsn > base.lsn))
+        .flat_map(|s| s.tables.iter().map(|t| &t.table))
+        .collect();
+    watched
+        .iter()
+        .filter(|t| !held.contains(t))
+        .cloned()
+        .collect()
+}
+
+/// Takes a re-read for every request until `stop`; requests that arrive
+/// while one is taken are served together by the next.
+pub async fn serve(
+    uploader: Arc<Uploader>,
+    pg: crate::pg::ConnInfo,
+    watched: Vec<TableName>,
+    mut requests: mpsc::UnboundedReceiver<TableName>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut retry = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut newly_watched = match uploader.manifest().await {
+        Ok(manifest) => unheld(&manifest, &watched),
+        Err(_) => Vec::new(),
+    };
+    loop {
+        let first = match newly_watched.pop() {
+            Some(table) => Some(table),
+            None => tokio::select! {
+                request = requests.recv() => request,
+                _ = stop.wait_for(|stop| *stop) => return,
+            },
+        };
+        let Some(first) = first else { return };
+        let mut tables = BTreeSet::from([first]);
+        tables.extend(newly_watched.drain(..));
+        while let Ok(more) = requests.try_recv() {
+            tables.insert(more);
+        }
+        let (tables, unwatched): (Vec<TableName>, Vec<TableName>) =
+            tables.into_iter().partition(|t| watched.contains(t));
+        for table in unwatched {
+            tracing::warn!(%table, "a re-read was asked of a table capture does not watch; add it to [source] tables");
+        }
+        if tables.is_empty() {
+            continue;
+        }
+        loop {
+            match uploader::take_snapshot(&uploader, &pg, &tables, Kind::Reread).await {
+                Ok(entry) => {
+                    metrics::counter!(crate::telemetry::REREADS).increment(1);
+                    tracing::info!(lsn = %entry.lsn, tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "re-read stored: restores from here on are exact for these tables");
+                    retry.reset();
+                    break;
+                }
+                Err(error) => {
+                    metrics::counter!(crate::telemetry::ERRORS, "kind" => "snapshot").increment(1);
+                    let backoff = retry.next_delay();
+                    tracing::warn!(%error, retry_in_s = backoff.as_secs(), "a re-read failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::manifest::test_entries::{manifest, snapshot};
+    use crate::archive::manifest::TableObject;
+
+    fn holding(
+        mut entry: crate::archive::manifest::SnapshotEntry,
+        tables: &[&str],
+    ) -> crate::archive::manifest::SnapshotEntry {
+        entry.tables = tables
+            .iter()
+            .map(|t| TableObject {
+                table: TableName::new("public", *t),
+                key: String::new(),
+                columns: vec![],
+                size: 0,
+                sha256: String::new(),
+                raw_size: 0,
+            })
+            .collect();
+        entry
+    }
+
+    #[test]
+    fn newly_watched_tables_are_those_no_current_snapshot_holds() {
+        let t = |n: &str| TableName::new("public", n);
+        let mut m = manifest(
+            vec![
+                holding(snapshot(100, 1), &["a"]),
+                holding(snapshot(300, 3), &["a", "b"]),
+            ],
+            vec![],
+        );
+        m.rereads = vec![
+            holding(snapshot(200, 2), &["c"]),
+            holding(snapshot(400, 4), &["d"]),
+        ];
+        // c was re-read before the newest base, which does not hold it: it was dropped since.
+        assert_eq!(
+            unheld(&m, &[t("a"), t("b"), t("c"), t("d"), t("e")]),
+            vec![t("c"), t("e")]
+        );
+        m.snapshots.clear();
+        assert!(
+            unheld(&m, &[t("e")]).is_empty(),
+            "the base snapshot takes them all"
+        );
+    }
+}
