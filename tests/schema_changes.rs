@@ -53,21 +53,36 @@ fn steps() -> Vec<(&'static str, Vec<&'static str>, Expect)> {
             Exact,
         ),
         (
-            "set and drop default, set and drop not null",
+            "set a default and NOT NULL",
             vec![
                 "ALTER TABLE docs ALTER COLUMN note SET DEFAULT 'x'",
-                "ALTER TABLE docs ALTER COLUMN note DROP DEFAULT",
                 "ALTER TABLE docs ALTER COLUMN tier SET NOT NULL",
-                "ALTER TABLE docs ALTER COLUMN tier DROP NOT NULL",
                 "INSERT INTO docs (id, v) VALUES (100, 1)",
             ],
             Exact,
         ),
         (
-            "add and drop a constraint and an index",
+            "drop the default and NOT NULL",
+            vec![
+                "ALTER TABLE docs ALTER COLUMN note DROP DEFAULT",
+                "ALTER TABLE docs ALTER COLUMN tier DROP NOT NULL",
+                "INSERT INTO docs (id, v) VALUES (101, 1)",
+            ],
+            Exact,
+        ),
+        (
+            "add a constraint and indexes",
             vec![
                 "ALTER TABLE docs ADD CONSTRAINT v_positive CHECK (v > 0)",
                 "CREATE INDEX docs_v ON docs (v)",
+                "CREATE UNIQUE INDEX docs_heading ON docs (heading, id)",
+                "UPDATE docs SET v = v + 1 WHERE id < 5",
+            ],
+            Exact,
+        ),
+        (
+            "drop the constraint and an index",
+            vec![
                 "DROP INDEX docs_v",
                 "ALTER TABLE docs DROP CONSTRAINT v_positive",
                 "UPDATE docs SET v = v + 1 WHERE id < 5",
@@ -97,15 +112,50 @@ fn steps() -> Vec<(&'static str, Vec<&'static str>, Expect)> {
             vec!["ALTER TABLE docs ADD COLUMN created timestamptz DEFAULT clock_timestamp()"],
             Refused,
         ),
+        (
+            "rename table",
+            vec![
+                "ALTER TABLE docs RENAME TO documents",
+                "UPDATE documents SET v = v + 1 WHERE id = 6",
+            ],
+            Exact,
+        ),
     ]
 }
 
-fn md5(fx: &Fixture, db: Option<&str>) -> String {
-    let sql = harness::table_md5_sql("docs");
+/// The table each step leaves: the rename's and later ones see `documents`.
+fn table_after(step: &str, before: &'static str) -> &'static str {
+    if step == "rename table" {
+        "documents"
+    } else {
+        before
+    }
+}
+
+/// The table's rows, and its definition: columns in order with their types,
+/// defaults and NOT NULL; constraints; indexes.
+fn state(fx: &Fixture, db: Option<&str>, table: &str) -> String {
+    let sql = format!(
+        "SELECT concat_ws(' | ', ({rows}),
+           (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                              || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+                              || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END, ', ' ORDER BY a.attnum)
+            FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+            WHERE a.attrelid = '{table}'::regclass AND a.attnum > 0 AND NOT a.attisdropped),
+           (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ', ' ORDER BY conname)
+            FROM pg_constraint WHERE conrelid = '{table}'::regclass),
+           (SELECT string_agg(pg_get_indexdef(indexrelid), ', ' ORDER BY pg_get_indexdef(indexrelid))
+            FROM pg_index WHERE indrelid = '{table}'::regclass))",
+        rows = harness::table_md5_sql(table)
+    );
     match db {
         None => fx.psql(&sql),
         Some(db) => fx.cluster.psql(db, &sql).unwrap(),
     }
+}
+
+fn md5(fx: &Fixture, db: Option<&str>) -> String {
+    state(fx, db, "docs")
 }
 
 #[test]
@@ -116,7 +166,9 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
     fx.wait_base_snapshot(&config);
 
     let mut points = Vec::new();
+    let mut table = "docs";
     for (name, statements, expect) in steps() {
+        table = table_after(name, table);
         let (last, first) = statements.split_last().unwrap();
         for sql in first {
             fx.psql(sql);
@@ -124,7 +176,13 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
         // The point is read as the last statement commits: before any re-read it causes.
         let time = fx.psql(&format!("BEGIN; {last}; COMMIT; {NOW}"));
         let time = time.lines().last().unwrap().to_string();
-        points.push((name.to_string(), time.clone(), md5(&fx, None), expect));
+        points.push((
+            name.to_string(),
+            time.clone(),
+            state(&fx, None, table),
+            expect,
+            table,
+        ));
         if expect == Expect::Refused {
             wait_reread_after(&config, &time);
             fx.psql("UPDATE docs SET v = v + 1 WHERE id = 5");
@@ -132,13 +190,16 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
             points.push((
                 format!("{name}, after the re-read"),
                 after,
-                md5(&fx, None),
+                state(&fx, None, table),
                 Expect::Exact,
+                table,
             ));
         }
     }
     // The window ends at the last archived commit: one more carries it past the last point.
-    fx.psql("INSERT INTO docs (id, v, heading) VALUES (1000, 1, 'after the last point')");
+    fx.psql(&format!(
+        "INSERT INTO {table} (id, v, heading) VALUES (1000, 1, 'after the last point')"
+    ));
     fx.wait_caught_up(Duration::from_secs(60));
     assert!(capture.logs().contains("asking for a re-read"));
     assert_eq!(capture.stop(), 0);
@@ -152,13 +213,17 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
         let out = harness::tidemark(&["restore", "--config", config.to_str().unwrap()], &args);
         (out, db)
     };
-    for (i, (name, time, want, expect)) in points.iter().enumerate() {
+    for (i, (name, time, want, expect, table)) in points.iter().enumerate() {
         let (out, db) = restore(&format!("p{i}"), time, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         match expect {
             Expect::Exact => {
                 assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
-                assert_eq!(&md5(&fx, Some(&db)), want, "{name}: restored rows differ");
+                assert_eq!(
+                    &state(&fx, Some(&db), table),
+                    want,
+                    "{name}: the restored table differs"
+                );
             }
             Expect::Refused => {
                 assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
@@ -291,4 +356,123 @@ fn a_column_added_without_a_schema_note_is_refused_until_read_again() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("capture is not running"), "{stderr}");
+}
+
+/// A table added to `[source] tables` is read in full at the next start (a
+/// re-read is its first snapshot). One dropped at the source, or removed from
+/// `[source] tables`, is left out of restores to later points, and named.
+#[test]
+fn tables_join_and_leave_the_watched_set() {
+    let fx = Fixture::new(
+        "CREATE TABLE docs (id int PRIMARY KEY, v int);
+         INSERT INTO docs SELECT g, g FROM generate_series(1, 20) g;
+         CREATE TABLE ledger (id int PRIMARY KEY, amount int);
+         INSERT INTO ledger SELECT g, g * 10 FROM generate_series(1, 20) g;
+         CREATE TABLE scratch (id int PRIMARY KEY);
+         INSERT INTO scratch SELECT generate_series(1, 5);",
+    );
+    type Points = Vec<(String, Vec<(&'static str, String)>)>;
+    let run = |tables: &[&str], work: &dyn Fn(&std::path::Path, &harness::Capture) -> Points| {
+        let config = fx.config_with_archive(tables, "");
+        let capture = fx.start_capture(&config);
+        fx.wait_base_snapshot(&config);
+        let points = work(&config, &capture);
+        // A change that alters nothing carries the window past the last point.
+        fx.psql(&format!("UPDATE {} SET id = id WHERE id = 1", tables[0]));
+        fx.wait_caught_up(Duration::from_secs(60));
+        assert_eq!(capture.stop(), 0);
+        (config, points)
+    };
+    let point = |tables: &[&'static str]| {
+        let time = fx.psql(NOW);
+        let states = tables.iter().map(|t| (*t, state(&fx, None, t))).collect();
+        (time, states)
+    };
+    let (_, mut points) = run(&["public.docs", "public.scratch"], &|_, _| {
+        fx.psql("UPDATE docs SET v = v + 1 WHERE id = 1");
+        let before_ledger = point(&["docs", "scratch"]);
+        fx.psql("DROP TABLE scratch");
+        fx.psql("UPDATE docs SET v = v + 1 WHERE id = 2");
+        vec![before_ledger, point(&["docs"])]
+    });
+    let (_, more) = run(&["public.docs", "public.ledger"], &|config, _| {
+        wait_reread_of(config, "public.ledger");
+        fx.psql("UPDATE ledger SET amount = 0 WHERE id = 1");
+        vec![point(&["docs", "ledger"])]
+    });
+    points.extend(more);
+    let (config, more) = run(&["public.ledger"], &|_, capture| {
+        harness::wait_for(
+            Duration::from_secs(60),
+            "docs leaving the watched set",
+            || {
+                capture
+                    .logs()
+                    .contains("restores to later points leave them out")
+            },
+        );
+        fx.psql("UPDATE ledger SET amount = 1 WHERE id = 2");
+        fx.psql("UPDATE docs SET v = 0");
+        vec![point(&["ledger"])]
+    });
+    points.extend(more);
+
+    let all = ["docs", "ledger", "scratch"];
+    for (i, (time, states)) in points.iter().enumerate() {
+        let db = format!("{}_w{i}", fx.db);
+        fx.psql(&format!("CREATE DATABASE {db}"));
+        let url = fx.cluster.url(&db);
+        let out = harness::tidemark(
+            &["restore", "--config", config.to_str().unwrap()],
+            &["--to", time, "--target", &url, "--json"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "point {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for table in all {
+            let present = fx
+                .cluster
+                .psql(
+                    &db,
+                    &format!("SELECT to_regclass('public.{table}') IS NOT NULL"),
+                )
+                .unwrap();
+            match states.iter().find(|(t, _)| *t == table) {
+                Some((_, want)) => {
+                    assert_eq!(&state(&fx, Some(&db), table), want, "point {i}: {table}")
+                }
+                None => {
+                    assert_eq!(present, "f", "point {i}: {table} should not be restored");
+                }
+            }
+        }
+        let left: Vec<&str> = summary["left_out"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|l| l["table"].as_str()).collect())
+            .unwrap_or_default();
+        let expected: &[&str] = match i {
+            0 => &[],
+            1 | 2 => &["public.scratch"],
+            _ => &["public.scratch", "public.docs"],
+        };
+        assert_eq!(left, expected, "point {i}: {summary}");
+    }
+}
+
+/// Waits until the archive lists a re-read of `table`.
+fn wait_reread_of(config: &std::path::Path, table: &str) {
+    harness::wait_for(Duration::from_secs(60), "a re-read", || {
+        let out = harness::tidemark(
+            &["list", "--config", config.to_str().unwrap(), "--json"],
+            &[],
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list["rereads"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["tables"][0] == table))
+    });
 }

@@ -29,6 +29,7 @@ use super::snapshot::Kind;
 use super::uploader::{self, Uploader};
 use crate::base::retry::Retry;
 use crate::base::table::TableName;
+use crate::source::ddl::{Tables, UNWATCHED_PREFIX};
 
 /// Where requests for re-reads go.
 pub type Requests = mpsc::UnboundedSender<TableName>;
@@ -37,31 +38,63 @@ pub fn channel() -> (Requests, mpsc::UnboundedReceiver<TableName>) {
     mpsc::unbounded_channel()
 }
 
-/// The prefix of a logical message asking capture for a re-read (`tidemark snapshot --table`).
-pub const REQUEST_PREFIX: &str = "tidemark.reread";
-
-/// What a request message holds.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Request {
-    pub tables: Vec<TableName>,
-}
-
-/// Watched tables the archive's current state does not hold: neither the
-/// newest base snapshot nor a re-read after it. They were added to `[source]
-/// tables` since; a re-read is their first snapshot.
-pub fn unheld(manifest: &Manifest, watched: &[TableName]) -> Vec<TableName> {
+/// The tables the archive's current state holds: the newest base
+/// snapshot's, and those re-read after it.
+fn held(manifest: &Manifest) -> BTreeSet<&TableName> {
     let Some(base) = manifest.snapshots.iter().max_by_key(|s| s.lsn) else {
-        return Vec::new();
+        return BTreeSet::new();
     };
-    let held: BTreeSet<&TableName> = std::iter::once(base)
+    std::iter::once(base)
         .chain(manifest.rereads.iter().filter(|r| r.lsn > base.lsn))
         .flat_map(|s| s.tables.iter().map(|t| &t.table))
-        .collect();
+        .collect()
+}
+
+/// Watched tables the archive's current state does not hold. They were
+/// added to `[source] tables` since; a re-read is their first snapshot.
+pub fn unheld(manifest: &Manifest, watched: &[TableName]) -> Vec<TableName> {
+    if manifest.snapshots.is_empty() {
+        return Vec::new();
+    }
+    let held = held(manifest);
     watched
         .iter()
         .filter(|t| !held.contains(t))
         .cloned()
         .collect()
+}
+
+/// Tables the archive's current state holds that are no longer watched.
+pub fn unwatched(manifest: &Manifest, watched: &[TableName]) -> Vec<TableName> {
+    held(manifest)
+        .into_iter()
+        .filter(|t| !watched.contains(t))
+        .cloned()
+        .collect()
+}
+
+/// Writes into the stream that `tables` are no longer watched: a restore to
+/// a later point leaves them out, as the archive no longer follows them.
+async fn say_unwatched(pg: &crate::pg::ConnInfo, tables: Vec<TableName>) {
+    let message = serde_json::to_string(&Tables { tables }).expect("table lists serialize");
+    let said = async {
+        let client = pg.connect().await.map_err(|e| e.to_string())?;
+        client
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                &[&UNWATCHED_PREFIX, &message],
+            )
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match said.await {
+        Ok(_) => {
+            tracing::info!(tables = %message, "tables left [source] tables: restores to later points leave them out")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not write that tables left [source] tables; the next start tries again")
+        }
+    }
 }
 
 /// Takes a re-read for every request until `stop`; requests that arrive
@@ -74,10 +107,13 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut retry = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
-    let mut newly_watched = match uploader.manifest().await {
-        Ok(manifest) => unheld(&manifest, &watched),
-        Err(_) => Vec::new(),
+    let (mut newly_watched, left) = match uploader.manifest().await {
+        Ok(manifest) => (unheld(&manifest, &watched), unwatched(&manifest, &watched)),
+        Err(_) => (Vec::new(), Vec::new()),
     };
+    if !left.is_empty() {
+        say_unwatched(&pg, left).await;
+    }
     loop {
         let first = match newly_watched.pop() {
             Some(table) => Some(table),

@@ -12,9 +12,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-use crate::archive::reread::{Request, REQUEST_PREFIX};
 use crate::base::table::TableName;
-use crate::source::ddl::{Rewrite, REWRITE_PREFIX};
+use crate::source::ddl::{Rewrite, Tables, REREAD_PREFIX, REWRITE_PREFIX};
 use crate::source::pgoutput::{self, Message, Peek, PeekKind};
 
 /// Columns by name and type, as a Relation message gives them.
@@ -68,8 +67,8 @@ impl RereadWatch {
                         .insert(TableName::new(rewrite.schema, rewrite.name));
                 }
             }
-            REQUEST_PREFIX => {
-                if let Ok(request) = serde_json::from_slice::<Request>(content) {
+            REREAD_PREFIX => {
+                if let Ok(request) = serde_json::from_slice::<Tables>(content) {
                     self.asked.extend(request.tables);
                 }
             }
@@ -105,7 +104,7 @@ mod tests {
         );
         seen(
             &mut watch,
-            build::message(REQUEST_PREFIX, br#"{"tables": ["app.ledger"]}"#),
+            build::message(REREAD_PREFIX, br#"{"tables": ["app.ledger"]}"#),
         );
         seen(&mut watch, build::message("tidemark.sequences", b"{}"));
         assert!(

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use super::OpError;
 use crate::archive::manifest::{self, SnapshotEntry};
-use crate::archive::reread::{Request, REQUEST_PREFIX};
 use crate::archive::ArchiveError;
 use crate::base::position::Lsn;
 use crate::base::table::TableName;
+use crate::source::ddl::{Tables, REREAD_PREFIX};
 use crate::source::SourceError;
 
 /// How often the command looks for the re-read in the archive.
@@ -56,14 +56,14 @@ pub async fn run(
             "capture is not running (slot {slot} is not in use); start `tidemark capture` with this config: it takes the re-read"
         )));
     }
-    let request = serde_json::to_string(&Request {
+    let request = serde_json::to_string(&Tables {
         tables: tables.to_vec(),
     })
     .expect("requests serialize");
     let asked: String = client
         .query_one(
             "SELECT pg_logical_emit_message(true, $1, $2)::text",
-            &[&REQUEST_PREFIX, &request],
+            &[&REREAD_PREFIX, &request],
         )
         .await
         .map_err(source_error)?

@@ -21,6 +21,7 @@
 //!   every change.
 
 pub mod apply;
+pub mod at_target;
 pub mod load;
 pub mod merge;
 pub mod pipeline;

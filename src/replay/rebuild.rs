@@ -201,6 +201,8 @@ pub struct Rebuilt {
     pub inexact: Vec<Inexact>,
     /// The newest sample of each owned sequence at or before the target.
     pub sequences: crate::source::sequences::Sample,
+    /// Tables dropped at the source, or no longer watched, before the target.
+    pub left_out: Vec<super::at_target::LeftOut>,
 }
 
 /// Which tables a rebuild restores, and whether it creates them.
@@ -350,9 +352,14 @@ pub async fn rebuild_scoped(
         scope.allow_inexact,
     )
     .await?;
+    let mut schema = schema;
+    let settle_sql = replayed.at_target.settle(&mut schema);
     // Built once over the final rows: replay's merges join the table whole,
     // and a key index kept through them would cost more than it saves.
     if !scope.data_only {
+        for sql in settle_sql {
+            clients[0].batch_execute(&sql).await?;
+        }
         load::add_primary_keys(&clients[0], &schema).await?;
     }
     Ok(Rebuilt {
@@ -364,6 +371,7 @@ pub async fn rebuild_scoped(
         replay_seconds: replaying.elapsed().as_secs_f64(),
         inexact: replayed.inexact,
         sequences: replayed.sequences,
+        left_out: replayed.at_target.left_out.clone(),
     })
 }
 
@@ -395,6 +403,7 @@ pub struct Replayed {
     pub changes: u64,
     pub inexact: Vec<Inexact>,
     pub sequences: crate::source::sequences::Sample,
+    pub at_target: super::at_target::TablesAtTarget,
 }
 
 /// Runs the applier's SQL nowhere, for counting.
@@ -486,6 +495,7 @@ async fn replay<E: Executor + Send + 'static>(
             changes: applier.applied_changes,
             inexact: std::mem::take(&mut applier.inexact),
             sequences: std::mem::take(&mut applier.sequences),
+            at_target: std::mem::take(&mut applier.at_target),
         })
     })
     .await

@@ -182,6 +182,9 @@ pub struct Summary {
     /// Into live tables: where the rows it replaced were saved.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub safety_copies: Vec<SafetyCopy>,
+    /// Tables dropped at the source, or no longer watched, before the target: not restored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<crate::replay::at_target::LeftOut>,
 }
 
 impl Summary {
@@ -194,6 +197,9 @@ impl Summary {
         self.replay_seconds = rebuilt.replay_seconds;
         self.seconds = started.elapsed().as_secs_f64();
         self.inexact = rebuilt.inexact.clone();
+        self.left_out = rebuilt.left_out.clone();
+        self.tables
+            .retain(|t| !self.left_out.iter().any(|l| &l.table == t));
     }
 }
 
@@ -230,6 +236,7 @@ fn summarize(plan: &Plan, tables: &[TableName]) -> Summary {
         seconds: 0.0,
         safety_copies: Vec::new(),
         inexact: Vec::new(),
+        left_out: Vec::new(),
     }
 }
 
@@ -329,8 +336,11 @@ pub async fn run(
     )?;
     // A row's membership depends only on its own columns, so the rows that
     // satisfy the predicate at the target are exactly the full state filtered.
+    // The tables as they were at the target: renamed, dropped, and with the keys,
+    // constraints and indexes they had then.
+    let restored = rebuilt.schema.clone();
     if let Some(predicate) = &request.predicate {
-        for table in &tables {
+        for table in restored.tables.iter().map(|t| t.table_name()) {
             let sql = format!(
                 "DELETE FROM {} WHERE ({predicate}) IS NOT TRUE",
                 table.quoted()
@@ -338,10 +348,9 @@ pub async fn run(
             client
                 .execute(&sql, &[])
                 .await
-                .map_err(|e| replace::bad_predicate(predicate, table, &e))?;
+                .map_err(|e| replace::bad_predicate(predicate, &table, &e))?;
         }
     }
-    let restored = schema.only(&tables);
     let mut finishing = restored.sequence_values_sql(&rebuilt.sequences);
     if !request.data_only {
         finishing.splice(0..0, restored.post_data_sql());
@@ -355,6 +364,9 @@ pub async fn run(
     summary.record(&rebuilt, started);
     for inexact in &summary.inexact {
         writeln!(out, "Not exact (--allow-inexact): {inexact}")?;
+    }
+    for left in &summary.left_out {
+        writeln!(out, "Not restored: {left}")?;
     }
     Ok(summary)
 }

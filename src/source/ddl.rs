@@ -34,9 +34,35 @@ pub struct NoteColumn {
     /// (`attmissingval`), in its text form; `None` reads NULL.
     #[serde(default)]
     pub missing: Option<String>,
+    /// The column's default expression (`pg_get_expr`); older notes lack it.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// `None` in older notes.
+    #[serde(default)]
+    pub not_null: Option<bool>,
 }
 
-/// A table's columns after a DDL, and before it when the trigger knew them.
+/// A table's name, as a note gives it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct NoteName {
+    pub schema: String,
+    pub name: String,
+}
+
+/// What a table is beyond its columns, as the DDL left it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Definition {
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    #[serde(default)]
+    pub constraints: Vec<crate::source::schema::NamedSql>,
+    #[serde(default)]
+    pub indexes: Vec<crate::source::schema::NamedSql>,
+}
+
+/// A table after a DDL: its columns, and before it when the trigger knew
+/// them; its old name if it was renamed; its keys, constraints and indexes;
+/// or that it was dropped.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Note {
     pub schema: String,
@@ -45,11 +71,26 @@ pub struct Note {
     pub before: Option<Vec<NoteColumn>>,
     #[serde(default)]
     pub after: Vec<NoteColumn>,
+    #[serde(default)]
+    pub renamed_from: Option<NoteName>,
+    #[serde(default)]
+    pub dropped: bool,
+    /// `None` in older notes, and for a dropped table.
+    #[serde(default)]
+    pub definition: Option<Definition>,
 }
 
 impl Note {
     pub fn table(&self) -> TableName {
         TableName::new(&self.schema, &self.name)
+    }
+
+    /// The table's name before this DDL.
+    pub fn table_before(&self) -> TableName {
+        match &self.renamed_from {
+            Some(old) => TableName::new(&old.schema, &old.name),
+            None => self.table(),
+        }
     }
 
     pub fn parse(content: &[u8]) -> Result<Note, String> {
@@ -100,6 +141,18 @@ impl Note {
     }
 }
 
+/// The prefix of a message asking capture to read tables again (`tidemark snapshot --table`).
+pub const REREAD_PREFIX: &str = "tidemark.reread";
+/// The prefix of a message that tables left `[source] tables`: capture
+/// writes it at start, and from there on a restore leaves them out.
+pub const UNWATCHED_PREFIX: &str = "tidemark.unwatched";
+
+/// What a re-read request or an unwatched message holds.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Tables {
+    pub tables: Vec<TableName>,
+}
+
 /// A note that a table was rewritten.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Rewrite {
@@ -108,31 +161,68 @@ pub struct Rewrite {
 }
 
 /// SQL that installs (or refreshes) the triggers; needs a superuser, as event triggers do.
+///
+/// After every DDL (`ddl_command_end`, and `sql_drop` for drops), the
+/// trigger compares each watched table with what it last recorded and writes
+/// a note for each that changed: columns, name, keys, constraints, indexes,
+/// or the table gone. Looking at the watched tables themselves, rather than at
+/// what the command names, catches a `CREATE INDEX` (which names the index),
+/// a `DROP INDEX` and a rename alike.
 pub const INSTALL_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS tidemark;
 CREATE TABLE IF NOT EXISTS tidemark.columns (relid oid PRIMARY KEY, columns jsonb NOT NULL);
+ALTER TABLE tidemark.columns ADD COLUMN IF NOT EXISTS definition jsonb;
 CREATE OR REPLACE FUNCTION tidemark.columns_of(rel oid) RETURNS jsonb LANGUAGE sql STABLE AS $f$
   SELECT coalesce(jsonb_agg(jsonb_build_object(
            'attnum', a.attnum, 'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
-           'missing', CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END)
+           'missing', CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END,
+           'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
+           'not_null', a.attnotnull)
          ORDER BY a.attnum), '[]'::jsonb)
-  FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+  FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+  WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+$f$;
+CREATE OR REPLACE FUNCTION tidemark.definition_of(rel oid) RETURNS jsonb LANGUAGE sql STABLE AS $f$
+  SELECT jsonb_build_object(
+    'schema', n.nspname, 'name', t.relname,
+    'primary_key', (SELECT coalesce(jsonb_agg(a.attname ORDER BY k.n), '[]'::jsonb)
+                    FROM pg_index i
+                    JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true
+                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                    WHERE i.indrelid = rel AND i.indisprimary),
+    'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', conname, 'sql', pg_get_constraintdef(oid))
+                                              ORDER BY contype = 'f', conname), '[]'::jsonb)
+                    FROM pg_constraint WHERE conrelid = rel AND contype IN ('p', 'u', 'c', 'f', 'x')),
+    'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', c.relname, 'sql', pg_get_indexdef(i.indexrelid))
+                                          ORDER BY c.relname), '[]'::jsonb)
+                FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE i.indrelid = rel
+                  AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)))
+  FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE t.oid = rel
 $f$;
 CREATE OR REPLACE FUNCTION tidemark.note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
-DECLARE r record; before jsonb; after jsonb;
+DECLARE r record; after jsonb; def jsonb;
 BEGIN
-  FOR r IN SELECT DISTINCT c.objid, n.nspname, t.relname
-           FROM pg_event_trigger_ddl_commands() c
-           JOIN pg_class t ON t.oid = c.objid AND t.relkind IN ('r', 'p')
-           JOIN pg_namespace n ON n.oid = t.relnamespace
-           WHERE c.classid = 'pg_class'::regclass LOOP
-    SELECT columns INTO before FROM tidemark.columns WHERE relid = r.objid;
-    after := tidemark.columns_of(r.objid);
-    IF before IS DISTINCT FROM after THEN
+  FOR r IN SELECT relid, columns, definition FROM tidemark.columns LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r.relid) THEN
+      IF r.definition IS NOT NULL THEN
+        PERFORM pg_logical_emit_message(true, 'tidemark.ddl', jsonb_build_object(
+          'schema', r.definition->'schema', 'name', r.definition->'name', 'dropped', true,
+          'before', r.columns)::text);
+      END IF;
+      DELETE FROM tidemark.columns WHERE relid = r.relid;
+      CONTINUE;
+    END IF;
+    after := tidemark.columns_of(r.relid);
+    def := tidemark.definition_of(r.relid);
+    IF r.columns IS DISTINCT FROM after OR r.definition IS DISTINCT FROM def THEN
       PERFORM pg_logical_emit_message(true, 'tidemark.ddl', jsonb_build_object(
-        'schema', r.nspname, 'name', r.relname, 'before', before, 'after', after)::text);
-      INSERT INTO tidemark.columns VALUES (r.objid, after)
-        ON CONFLICT (relid) DO UPDATE SET columns = excluded.columns;
+        'schema', def->'schema', 'name', def->'name', 'before', r.columns, 'after', after,
+        'renamed_from', CASE WHEN r.definition->'schema' IS DISTINCT FROM def->'schema'
+                               OR r.definition->'name' IS DISTINCT FROM def->'name'
+                             THEN r.definition - 'primary_key' - 'constraints' - 'indexes' END,
+        'definition', def - 'schema' - 'name')::text);
+      UPDATE tidemark.columns SET columns = after, definition = def WHERE relid = r.relid;
     END IF;
   END LOOP;
 END $f$;
@@ -147,21 +237,24 @@ DO $d$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'tidemark_ddl') THEN
     CREATE EVENT TRIGGER tidemark_ddl ON ddl_command_end EXECUTE FUNCTION tidemark.note_ddl();
   END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'tidemark_drop') THEN
+    CREATE EVENT TRIGGER tidemark_drop ON sql_drop EXECUTE FUNCTION tidemark.note_ddl();
+  END IF;
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'tidemark_rewrite') THEN
     CREATE EVENT TRIGGER tidemark_rewrite ON table_rewrite EXECUTE FUNCTION tidemark.note_rewrite();
   END IF;
 END $d$;
 "#;
 
-/// Records the watched tables' columns as they are now, so the first DDL's note has a `before`.
+/// Records the watched tables as they are now, so the first DDL's note has a `before`.
 pub fn remember_sql(tables: &[TableName]) -> String {
     tables
         .iter()
         .map(|t| {
             let regclass = crate::base::table::quote_literal(&t.quoted());
             format!(
-                "INSERT INTO tidemark.columns VALUES ({regclass}::regclass, tidemark.columns_of({regclass}::regclass)) \
-                 ON CONFLICT (relid) DO UPDATE SET columns = excluded.columns;"
+                "INSERT INTO tidemark.columns VALUES ({regclass}::regclass, tidemark.columns_of({regclass}::regclass), tidemark.definition_of({regclass}::regclass)) \
+                 ON CONFLICT (relid) DO UPDATE SET columns = excluded.columns, definition = excluded.definition;"
             )
         })
         .collect()
@@ -177,6 +270,8 @@ mod tests {
             name: name.into(),
             type_sql: type_sql.into(),
             missing: missing.map(Into::into),
+            default: None,
+            not_null: Some(false),
         }
     }
 
@@ -196,6 +291,9 @@ mod tests {
                 col(3, "v", "bigint", None),
                 col(5, "tier", "text", Some("basic")),
             ],
+            renamed_from: None,
+            dropped: false,
+            definition: None,
         };
         assert_eq!(
             note.changes().unwrap(),
@@ -233,5 +331,22 @@ mod tests {
         assert_eq!(note.table(), TableName::new("public", "accounts"));
         assert_eq!(note.after[1].missing.as_deref(), Some("basic"));
         assert!(Note::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn renames_drops_and_definitions_parse() {
+        let text = br#"{"schema": "app", "name": "documents", "before": [], "after": [],
+            "renamed_from": {"schema": "public", "name": "docs"},
+            "definition": {"primary_key": ["id"], "indexes": [],
+                           "constraints": [{"name": "docs_pkey", "sql": "PRIMARY KEY (id)"}]}}"#;
+        let note = Note::parse(text).unwrap();
+        assert_eq!(note.table_before(), TableName::new("public", "docs"));
+        assert_eq!(note.table(), TableName::new("app", "documents"));
+        assert_eq!(note.definition.unwrap().constraints[0].name, "docs_pkey");
+        let dropped =
+            Note::parse(br#"{"schema": "public", "name": "t", "dropped": true, "before": []}"#)
+                .unwrap();
+        assert!(dropped.dropped);
+        assert_eq!(dropped.table_before(), dropped.table());
     }
 }

@@ -163,6 +163,8 @@ pub struct Applier<E: Executor> {
     reread_points: HashMap<TableName, EndLsn>,
     /// The first re-read past the target, per table: where an inexact stretch ends.
     next_rereads: HashMap<TableName, Position>,
+    /// What the notes within bounds did to the tables themselves.
+    pub at_target: super::at_target::TablesAtTarget,
 }
 
 const BATCH_BYTES: usize = 1 << 20;
@@ -200,6 +202,7 @@ impl<E: Executor> Applier<E> {
             sequences: Default::default(),
             reread_points: HashMap::new(),
             next_rereads: HashMap::new(),
+            at_target: Default::default(),
         }
     }
 

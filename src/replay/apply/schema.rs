@@ -31,12 +31,15 @@ impl<E: Executor> Applier<E> {
 
     /// Applies a schema note at its place in the stream.
     fn follow_note(&mut self, txn: &TxnInfo, note: &Note) -> Result<(), ApplyError> {
-        let table = note.table();
+        let table = note.table_before();
         let Some(current) = self.tables.get(&table).cloned() else {
             return Ok(());
         };
         if self.reread_holds(txn, &table) {
             return Ok(());
+        }
+        if note.dropped {
+            return self.leave_out(txn, &table, "it was dropped at the source");
         }
         let changes = match note.changes() {
             Some(changes) => changes,
@@ -115,9 +118,83 @@ impl<E: Executor> Applier<E> {
         self.pending.remove(&table);
         // Type oids are learnt from the next Relation message.
         self.tables.insert(
-            table,
+            table.clone(),
             note.after.iter().map(|c| (c.name.clone(), 0)).collect(),
         );
+        let renamed = note.table();
+        if renamed != table {
+            self.follow_rename(txn, &table, &renamed)?;
+        }
+        self.at_target.definitions.insert(renamed, note.clone());
+        Ok(())
+    }
+
+    /// The table is gone from the source, or from what capture watches: from
+    /// here on it is not restored.
+    fn leave_out(
+        &mut self,
+        txn: &TxnInfo,
+        table: &TableName,
+        why: &'static str,
+    ) -> Result<(), ApplyError> {
+        self.pending.remove(table);
+        if let Some(stage) = self.staged.remove(table) {
+            self.batch += &stage.discard();
+        }
+        self.statement(txn, table, &format!("DROP TABLE {};\n", table.quoted()))?;
+        self.tables.remove(table);
+        self.at_target.definitions.remove(table);
+        self.at_target
+            .left_out
+            .push(super::super::at_target::LeftOut {
+                table: table.clone(),
+                since: crate::base::position::Position {
+                    commit_time: txn.commit_time,
+                    lsn: txn.end_lsn,
+                },
+                why,
+            });
+        Ok(())
+    }
+
+    /// The table took a new name (or schema); the target's follows.
+    fn follow_rename(
+        &mut self,
+        txn: &TxnInfo,
+        from: &TableName,
+        to: &TableName,
+    ) -> Result<(), ApplyError> {
+        self.settle(txn, from)?;
+        self.pending.remove(from);
+        let mut sql = String::new();
+        let mut moved = from.clone();
+        if to.schema != from.schema {
+            sql += &format!(
+                "CREATE SCHEMA IF NOT EXISTS {};\nALTER TABLE {} SET SCHEMA {};\n",
+                quote_ident(&to.schema),
+                from.quoted(),
+                quote_ident(&to.schema)
+            );
+            moved = TableName::new(&to.schema, &from.name);
+        }
+        if to.name != from.name {
+            sql += &format!(
+                "ALTER TABLE {} RENAME TO {};\n",
+                moved.quoted(),
+                quote_ident(&to.name)
+            );
+        }
+        self.statement(txn, from, &sql)?;
+        if let Some(columns) = self.tables.remove(from) {
+            self.tables.insert(to.clone(), columns);
+        }
+        if let Some(point) = self.reread_points.remove(from) {
+            self.reread_points.insert(to.clone(), point);
+        }
+        if let Some(definition) = self.at_target.definitions.remove(from) {
+            self.at_target.definitions.insert(to.clone(), definition);
+        }
+        self.at_target.renamed.push((from.clone(), to.clone()));
         Ok(())
     }
 
@@ -141,6 +218,16 @@ impl<E: Executor> Applier<E> {
             crate::source::sequences::PREFIX => {
                 let sample = crate::source::sequences::parse(content).map_err(unreadable)?;
                 self.sequences.extend(sample);
+                Ok(())
+            }
+            ddl::UNWATCHED_PREFIX => {
+                let left: ddl::Tables =
+                    serde_json::from_slice(content).map_err(|e| unreadable(e.to_string()))?;
+                for table in left.tables {
+                    if self.tables.contains_key(&table) && !self.reread_holds(txn, &table) {
+                        self.leave_out(txn, &table, "it left [source] tables")?;
+                    }
+                }
                 Ok(())
             }
             ddl::REWRITE_PREFIX => {
