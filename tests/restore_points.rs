@@ -82,7 +82,50 @@ fn steps() -> Vec<Vec<String>> {
             "ALTER TABLE accounts ADD COLUMN tier text DEFAULT 'basic'".into(),
             "UPDATE accounts SET tier = 'gold' WHERE org = 'org1'".into(),
         ],
+        vec![
+            "CREATE INDEX ledger_amount ON ledger (amount)".into(),
+            "ALTER TABLE codes ADD CONSTRAINT weight_positive CHECK (weight > 0)".into(),
+            "ALTER TABLE accounts ALTER COLUMN tier SET NOT NULL".into(),
+            "UPDATE codes SET weight = 5 WHERE code = 'after'".into(),
+        ],
+        // Rewrites: the stream does not carry the new values, so capture
+        // re-reads the table; the point is taken once the re-read is stored.
+        vec![
+            "ALTER TABLE ledger ALTER COLUMN amount TYPE numeric(12,1) USING round(amount, 1)".into(),
+            "UPDATE ledger SET amount = amount + 1 WHERE account = 'late'".into(),
+        ],
+        vec![
+            "ALTER TABLE events ADD COLUMN seen timestamptz DEFAULT clock_timestamp()".into(),
+            "INSERT INTO events (kind, payload) VALUES ('after', '{}')".into(),
+        ],
     ]
+}
+
+/// The table a step rewrites, whose re-read the point waits for.
+fn rewritten(step: &[String]) -> Option<&'static str> {
+    let first = step.first()?;
+    ["ledger", "events"].into_iter().find(|t| {
+        first.starts_with(&format!("ALTER TABLE {t} ALTER COLUMN"))
+            || first.contains(&format!("TABLE {t} ADD COLUMN seen"))
+    })
+}
+
+/// Rereads of `table` in the archive.
+fn rereads_of(config: &std::path::Path, table: &str) -> usize {
+    let out = harness::tidemark(
+        &["list", "--config", config.to_str().unwrap(), "--json"],
+        &[],
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list["rereads"].as_array().map_or(0, |r| {
+        r.iter()
+            .filter(|r| {
+                r["tables"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == table))
+            })
+            .count()
+    })
 }
 
 struct Point {
@@ -116,6 +159,16 @@ fn point(fx: &Fixture) -> Point {
 
 #[test]
 fn every_quiesce_point_restores_exactly() {
+    quiesce_points_restore_exactly(false);
+}
+
+/// The same, with capture SIGKILLed inside every other step and started again.
+#[test]
+fn every_quiesce_point_restores_exactly_across_capture_kills() {
+    quiesce_points_restore_exactly(true);
+}
+
+fn quiesce_points_restore_exactly(kills: bool) {
     let fx = Fixture::new(SCHEMA);
     let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
     let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
@@ -139,8 +192,21 @@ fn every_quiesce_point_restores_exactly() {
             );
             capture = Some(fx.start_capture(&fx.config(&tables, &archive)));
         }
-        for sql in step {
+        let rereads_before = rewritten(step).map(|t| rereads_of(&config, &format!("public.{t}")));
+        for (j, sql) in step.iter().enumerate() {
             fx.psql(sql);
+            if kills && i % 2 == 1 && j == 0 {
+                capture.take().unwrap().kill();
+                capture = Some(fx.start_capture(&config));
+            }
+        }
+        if let (Some(table), Some(before)) = (rewritten(step), rereads_before) {
+            let table = format!("public.{table}");
+            harness::wait_for(
+                Duration::from_secs(120),
+                "the re-read after a rewrite",
+                || rereads_of(&config, &table) > before,
+            );
         }
         points.push(point(&fx));
     }

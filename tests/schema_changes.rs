@@ -476,3 +476,39 @@ fn wait_reread_of(config: &std::path::Path, table: &str) {
             .is_some_and(|r| r.iter().any(|r| r["tables"][0] == table))
     });
 }
+
+/// A rewrite's re-read is not lost to a crash: capture killed right after
+/// the DDL commits still re-reads the table once started again.
+#[test]
+fn a_rewrite_is_re_read_across_a_capture_kill() {
+    let fx = Fixture::new(SCHEMA);
+    let config = fx.config_with_archive(&["public.docs"], "");
+    let capture = fx.start_capture(&config);
+    fx.wait_base_snapshot(&config);
+    fx.psql("ALTER TABLE docs ALTER COLUMN v TYPE bigint USING v * 2");
+    fx.wait_caught_up(Duration::from_secs(60));
+    capture.kill();
+    let capture = fx.start_capture(&config);
+    let waited = std::panic::catch_unwind(|| wait_reread_of(&config, "public.docs"));
+    if let Err(timeout) = waited {
+        eprintln!("capture's log:\n{}", capture.logs());
+        std::panic::resume_unwind(timeout);
+    }
+    fx.psql("UPDATE docs SET v = 0 WHERE id = 1");
+    let want = md5(&fx, None);
+    fx.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(capture.stop(), 0);
+    let db = format!("{}_target", fx.db);
+    fx.psql(&format!("CREATE DATABASE {db}"));
+    let out = harness::tidemark(
+        &["restore", "--config", config.to_str().unwrap()],
+        &["--to", "latest", "--target", &fx.cluster.url(&db)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(md5(&fx, Some(&db)), want);
+}

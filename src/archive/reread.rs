@@ -14,9 +14,11 @@
 //! re-read at or before the target and replays, for that table, only what
 //! commits after that re-read's C.
 //!
-//! A request lost to a crash before its re-read is stored is asked again: the
-//! compactor, meeting the change that needed it, asks for it, and so does the
-//! next start for a watched table the archive does not hold.
+//! A request survives a crash: capture writes it to `rereads.pending` in the
+//! log dir (fsynced) when the asking message arrives, before the log holds
+//! that message and so before the slot can confirm it; a re-read stored
+//! takes its tables off the file, and the next start asks for what is left.
+//! The compactor, meeting a change no re-read covers, asks too.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,6 +35,57 @@ use crate::source::ddl::{Tables, UNWATCHED_PREFIX};
 
 /// Where requests for re-reads go.
 pub type Requests = mpsc::UnboundedSender<TableName>;
+
+/// Requests not yet served, kept in the log dir across crashes.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    path: std::path::PathBuf,
+}
+
+/// Guards the file between capture's loop (adding) and the re-read task (taking off).
+static PENDING_FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Pending {
+    pub fn in_dir(log_dir: &std::path::Path) -> Pending {
+        Pending {
+            path: log_dir.join("rereads.pending"),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The tables asked for and not yet re-read; a missing or unreadable file holds none.
+    pub fn load(&self) -> BTreeSet<TableName> {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Adds `tables`, durably.
+    pub fn add(&self, tables: &BTreeSet<TableName>) -> std::io::Result<()> {
+        self.change(|pending| pending.extend(tables.iter().cloned()))
+    }
+
+    /// Takes `tables` off, once their re-read is stored.
+    pub fn remove(&self, tables: &[TableName]) -> std::io::Result<()> {
+        self.change(|pending| pending.retain(|t| !tables.contains(t)))
+    }
+
+    fn change(&self, edit: impl FnOnce(&mut BTreeSet<TableName>)) -> std::io::Result<()> {
+        let _guard = PENDING_FILE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.load();
+        let before = pending.clone();
+        edit(&mut pending);
+        if pending == before {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&pending).expect("table sets serialize");
+        crate::base::files::replace_durably(&self.path, &body)
+    }
+}
 
 pub fn channel() -> (Requests, mpsc::UnboundedReceiver<TableName>) {
     mpsc::unbounded_channel()
@@ -107,10 +160,12 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut retry = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
+    let pending = Pending::in_dir(uploader.log_dir());
     let (mut newly_watched, left) = match uploader.manifest().await {
         Ok(manifest) => (unheld(&manifest, &watched), unwatched(&manifest, &watched)),
         Err(_) => (Vec::new(), Vec::new()),
     };
+    newly_watched.extend(pending.load());
     if !left.is_empty() {
         say_unwatched(&pg, left).await;
     }
@@ -130,15 +185,17 @@ pub async fn serve(
         }
         let (tables, unwatched): (Vec<TableName>, Vec<TableName>) =
             tables.into_iter().partition(|t| watched.contains(t));
-        for table in unwatched {
+        for table in &unwatched {
             tracing::warn!(%table, "a re-read was asked of a table capture does not watch; add it to [source] tables");
         }
+        forget(&pending, &unwatched);
         if tables.is_empty() {
             continue;
         }
         loop {
             match uploader::take_snapshot(&uploader, &pg, &tables, Kind::Reread).await {
                 Ok(entry) => {
+                    forget(&pending, &tables);
                     metrics::counter!(crate::telemetry::REREADS).increment(1);
                     tracing::info!(lsn = %entry.lsn, tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "re-read stored: restores from here on are exact for these tables");
                     retry.reset();
@@ -155,6 +212,12 @@ pub async fn serve(
                 }
             }
         }
+    }
+}
+
+fn forget(pending: &Pending, tables: &[TableName]) {
+    if let Err(error) = pending.remove(tables) {
+        tracing::warn!(%error, "could not update rereads.pending; the next start re-reads those tables again");
     }
 }
 
@@ -180,6 +243,18 @@ mod tests {
             })
             .collect();
         entry
+    }
+
+    #[test]
+    fn pending_requests_survive_in_the_file_until_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = Pending::in_dir(dir.path());
+        assert!(pending.load().is_empty());
+        let t = |n: &str| TableName::new("public", n);
+        pending.add(&BTreeSet::from([t("a"), t("b")])).unwrap();
+        assert_eq!(Pending::in_dir(dir.path()).load().len(), 2);
+        pending.remove(&[t("a")]).unwrap();
+        assert_eq!(pending.load(), BTreeSet::from([t("b")]));
     }
 
     #[test]

@@ -145,7 +145,10 @@ impl Pump {
             last_full_warning: None,
             last_heard: now,
             probed: false,
-            rereads: super::rereads::RereadWatch::new(session.notes_ddl),
+            rereads: super::rereads::RereadWatch::new(
+                session.notes_ddl,
+                crate::archive::reread::Pending::in_dir(&session.log_dir),
+            ),
         }
     }
 
@@ -211,6 +214,7 @@ impl Pump {
 
     async fn send_batch(&mut self, session: &Session) -> Result<(), CaptureError> {
         self.batch_bytes = 0;
+        self.rereads.save()?;
         session
             .appender
             .append(std::mem::take(&mut self.batch))

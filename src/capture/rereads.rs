@@ -6,12 +6,15 @@
 //! transactions, so the transaction that asked has finished on the server
 //! before its re-read begins, and the re-read sees what it changed. A request
 //! from a transaction that then aborted costs an unneeded re-read, never a
-//! wrong one.
+//! wrong one. Each request is also written to `rereads.pending` as its
+//! message arrives, before the batch holding it goes to the log, so no crash
+//! can confirm the message to the server and lose the request.
 
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 
+use crate::archive::reread::Pending;
 use crate::base::table::TableName;
 use crate::source::ddl::{Rewrite, Tables, REREAD_PREFIX, REWRITE_PREFIX};
 use crate::source::pgoutput::{self, Message, Peek, PeekKind};
@@ -21,15 +24,20 @@ type Columns = Vec<(String, u32)>;
 
 pub(super) struct RereadWatch {
     asked: BTreeSet<TableName>,
+    /// Asked since the last write of the pending file.
+    unsaved: BTreeSet<TableName>,
     /// Without schema notes, each relation's columns as last seen; `None` with them.
     relations: Option<HashMap<u32, Columns>>,
+    pending: Pending,
 }
 
 impl RereadWatch {
-    pub(super) fn new(notes_ddl: bool) -> Self {
+    pub(super) fn new(notes_ddl: bool, pending: Pending) -> Self {
         RereadWatch {
             asked: BTreeSet::new(),
+            unsaved: BTreeSet::new(),
             relations: (!notes_ddl).then(HashMap::new),
+            pending,
         }
     }
 
@@ -51,7 +59,7 @@ impl RereadWatch {
                     .collect();
                 if let Some(before) = relations.insert(relation.oid, columns.clone()) {
                     if before != columns {
-                        self.asked.insert(relation.table());
+                        self.ask(relation.table());
                     }
                 }
             }
@@ -63,17 +71,37 @@ impl RereadWatch {
         match prefix {
             REWRITE_PREFIX => {
                 if let Ok(rewrite) = serde_json::from_slice::<Rewrite>(content) {
-                    self.asked
-                        .insert(TableName::new(rewrite.schema, rewrite.name));
+                    self.ask(TableName::new(rewrite.schema, rewrite.name));
                 }
             }
             REREAD_PREFIX => {
                 if let Ok(request) = serde_json::from_slice::<Tables>(content) {
-                    self.asked.extend(request.tables);
+                    request.tables.into_iter().for_each(|t| self.ask(t));
                 }
             }
             _ => {}
         }
+    }
+
+    fn ask(&mut self, table: TableName) {
+        self.unsaved.insert(table.clone());
+        self.asked.insert(table);
+    }
+
+    /// Writes what was asked since last time to the pending file; call
+    /// before the records that asked go to the log.
+    pub(super) fn save(&mut self) -> Result<(), crate::log::LogError> {
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        self.pending
+            .add(&self.unsaved)
+            .map_err(|source| crate::log::LogError::Io {
+                path: self.pending.path().to_path_buf(),
+                source,
+            })?;
+        self.unsaved.clear();
+        Ok(())
     }
 
     /// The tables asked for, once the stream is between transactions.
@@ -97,7 +125,8 @@ mod tests {
 
     #[test]
     fn rewrites_and_requests_are_due_between_transactions() {
-        let mut watch = RereadWatch::new(true);
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = RereadWatch::new(true, Pending::in_dir(dir.path()));
         seen(
             &mut watch,
             build::message(REWRITE_PREFIX, br#"{"schema": "public", "name": "docs"}"#),
@@ -131,7 +160,9 @@ mod tests {
                 .collect();
             pgoutput::encode(&Message::Relation(relation))
         };
-        let mut watch = RereadWatch::new(false);
+        let dir = tempfile::tempdir().unwrap();
+        let pending = || Pending::in_dir(dir.path());
+        let mut watch = RereadWatch::new(false, pending());
         seen(&mut watch, relation(&[("id", 23), ("v", 23)]));
         seen(&mut watch, relation(&[("id", 23), ("v", 23)]));
         assert!(
@@ -140,7 +171,7 @@ mod tests {
         );
         seen(&mut watch, relation(&[("id", 23), ("v", 20)]));
         assert_eq!(watch.due(true).len(), 1, "a type change");
-        let mut noted = RereadWatch::new(true);
+        let mut noted = RereadWatch::new(true, pending());
         seen(&mut noted, relation(&[("id", 23)]));
         seen(&mut noted, relation(&[("id", 23), ("v", 23)]));
         assert!(noted.due(true).is_empty(), "schema notes carry it");

@@ -34,7 +34,7 @@ pub(super) struct Session {
     pub(super) start: EndLsn,
     pub(super) source: SourceId,
     pub(super) archive: Option<SealSchedule>,
-    log_dir: std::path::PathBuf,
+    pub(super) log_dir: std::path::PathBuf,
     pub(super) max_log_bytes: u64,
     pub(super) progress: Arc<Progress>,
     /// Whether the event triggers write schema notes into the stream.
