@@ -288,9 +288,10 @@ fn a_column_added_without_a_schema_note_is_refused_until_read_again() {
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
     fx.psql("DROP EVENT TRIGGER tidemark_ddl");
+    let before = fx.psql(NOW);
     fx.psql("ALTER TABLE docs ADD COLUMN tier text DEFAULT 'basic'");
     fx.psql("UPDATE docs SET v = v + 1 WHERE id = 1");
-    fx.wait_caught_up(Duration::from_secs(60));
+    wait_window_past(&config, &before);
     let config_arg = config.to_str().unwrap();
     let restore = |label: &str| {
         let db = format!("{}_{label}", fx.db);
@@ -461,6 +462,24 @@ fn tables_join_and_leave_the_watched_set() {
         };
         assert_eq!(left, expected, "point {i}: {summary}");
     }
+}
+
+/// Waits until the archive restores past `time`: what committed before it is archived.
+fn wait_window_past(config: &std::path::Path, time: &str) {
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the archive to pass a point",
+        || {
+            let out = harness::tidemark(
+                &["list", "--config", config.to_str().unwrap(), "--json"],
+                &[],
+            );
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            list["window"]["latest"]["time"]
+                .as_str()
+                .is_some_and(|t| t > time)
+        },
+    );
 }
 
 /// Waits until the archive lists a re-read of `table`.

@@ -101,6 +101,13 @@ pub fn chain_end(manifest: &Manifest, snapshot: Position) -> Position {
             }
         }
     }
+    // Past the chain's end, nothing but heartbeats finished until `quiet`.
+    if let Some(quiet) = &manifest.quiet {
+        if quiet.after == end.lsn && quiet.until.lsn > end.lsn {
+            end.lsn = quiet.until.lsn;
+            end.commit_time = end.commit_time.max(quiet.until.commit_time);
+        }
+    }
     end
 }
 
@@ -282,6 +289,34 @@ mod tests {
                 from: EndLsn(Lsn(200)),
                 to: EndLsn(Lsn(250))
             }]
+        );
+    }
+
+    #[test]
+    fn a_quiet_source_carries_the_window_past_the_last_segment() {
+        use crate::archive::manifest::Quiet;
+        let mut m = manifest(
+            vec![snapshot(50, 5)],
+            vec![segment(0, 100, 10), segment(100, 200, 20)],
+        );
+        let quiet = |after: u64| Quiet {
+            after: EndLsn(Lsn(after)),
+            until: Position {
+                commit_time: PgTimestamp(90),
+                lsn: EndLsn(Lsn(260)),
+            },
+        };
+        m.quiet = Some(quiet(200));
+        let latest = inventory(Some(("k", &m))).window.unwrap().latest;
+        assert_eq!(
+            (latest.lsn, latest.commit_time),
+            (EndLsn(Lsn(260)), PgTimestamp(90))
+        );
+        // Said of an older end: a segment since may hold changes, so it says nothing.
+        m.quiet = Some(quiet(100));
+        assert_eq!(
+            inventory(Some(("k", &m))).window.unwrap().latest.lsn,
+            EndLsn(Lsn(200))
         );
     }
 

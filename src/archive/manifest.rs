@@ -36,6 +36,21 @@ pub struct Manifest {
     /// segments before it say of its tables (`method` is `reread`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rereads: Vec<SnapshotEntry>,
+    /// The source was quiet past the last segment: see `Quiet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet: Option<Quiet>,
+}
+
+/// No transaction that changed anything finished in (`after`, `until.lsn`],
+/// where `after` is the last segment's end; `until.time` is the commit time of
+/// the newest transaction there (a heartbeat). Capture records this instead
+/// of uploading segments that hold only heartbeats, so an idle source adds
+/// no objects while the restore window still follows its clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quiet {
+    pub after: EndLsn,
+    pub until: Position,
 }
 
 /// A base snapshot: every watched table as of `lsn` (all transactions that
@@ -179,6 +194,7 @@ impl Manifest {
             snapshots: Vec::new(),
             segments: Vec::new(),
             rereads: Vec::new(),
+            quiet: None,
         }
     }
 

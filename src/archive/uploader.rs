@@ -25,7 +25,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex, Notify};
 
-use super::manifest::{self, Manifest, SegmentEntry, SnapshotEntry, SourceId};
+use super::manifest::{self, Manifest, Quiet, SegmentEntry, SnapshotEntry, SourceId};
 use super::store::ObjectStore;
 use super::ArchiveError;
 use crate::base::position::{EndLsn, PgTimestamp};
@@ -219,6 +219,8 @@ impl Uploader {
                     .record(started.elapsed().as_secs_f64());
             }
             next.segments.push(entry);
+            // Whatever it said of the stretch past the old end, the segment now says.
+            next.quiet = None;
             done.push((seq, path));
             uploaded += 1;
         }
@@ -247,6 +249,30 @@ impl Uploader {
             })?;
         }
         Ok(uploaded)
+    }
+
+    /// Records that the source was quiet past the last archived segment, if
+    /// `quiet` continues it and says more than the manifest does: a manifest
+    /// instead of a segment of heartbeats, so idling adds no objects (the
+    /// manifests themselves are trimmed to the newest few).
+    pub async fn record_quiet(&self, quiet: Quiet) -> Result<(), ArchiveError> {
+        let mut manifest = self.manifest.lock().await;
+        let mut next = match manifest.as_ref() {
+            Some(m) => m.clone(),
+            None => self.load().await?,
+        };
+        // What was sealed before the quiet stretch is not all archived yet.
+        if next.segments.last().map(|s| s.end_lsn) != Some(quiet.after) {
+            return Ok(());
+        }
+        if next.quiet.is_some_and(|q| q.until.lsn >= quiet.until.lsn) {
+            return Ok(());
+        }
+        next.quiet = Some(quiet);
+        self.commit(&mut next).await?;
+        self.progress.archived(quiet.until.commit_time);
+        *manifest = Some(next);
+        Ok(())
     }
 
     /// Stores `next` as the following manifest: the commit point of everything it lists.
@@ -449,12 +475,21 @@ pub async fn snapshot_when_missing(
 pub async fn run(
     uploader: Arc<Uploader>,
     sealed: Arc<Notify>,
+    quiet: watch::Receiver<Option<Quiet>>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut retry = Retry::new(interval, Duration::from_secs(30).max(interval));
     loop {
-        let wait = match uploader.archive_sealed().await {
+        let passed = async {
+            uploader.archive_sealed().await?;
+            let said = *quiet.borrow();
+            match said {
+                Some(said) => uploader.record_quiet(said).await,
+                None => Ok(()),
+            }
+        };
+        let wait = match passed.await {
             Ok(_) => {
                 retry.reset();
                 interval

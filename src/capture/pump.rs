@@ -9,10 +9,12 @@ use tokio::sync::watch;
 
 use super::session::Session;
 use super::CaptureError;
-use crate::base::position::{EndLsn, Lsn, PgTimestamp};
+use crate::archive::manifest::Quiet;
+use crate::base::position::{EndLsn, Lsn, PgTimestamp, Position};
 use crate::log::{Record, RecordKind};
 use crate::source::conn::StreamFrame;
-use crate::source::pgoutput::TxnState;
+use crate::source::pgoutput::{self, Message, Peek, PeekKind, TxnState};
+use crate::source::sequences::HEARTBEAT_PREFIX;
 use crate::source::wire::{self, ServerFrame};
 use crate::source::SourceError;
 use crate::telemetry::{self, ChangeCounts};
@@ -66,6 +68,13 @@ pub(super) struct Pump {
     probed: bool,
     /// Tables the stream asks capture to read again.
     rereads: super::rereads::RereadWatch,
+    /// Whether anything but heartbeats arrived since the last seal. True at
+    /// the start: the open segment may hold what an earlier run wrote.
+    content_since_seal: bool,
+    /// Where the last sealed segment ends.
+    last_seal_end: EndLsn,
+    /// The newest transaction finished, and when.
+    last_finished: Option<Position>,
 }
 
 impl Session {
@@ -119,6 +128,19 @@ impl Session {
     }
 }
 
+/// Whether a message changes nothing a restore reads: a transaction's
+/// begin or commit, or a heartbeat.
+fn carries_nothing(peek: &Peek, payload: &bytes::Bytes) -> bool {
+    match peek.kind {
+        PeekKind::Begin | PeekKind::Commit => true,
+        PeekKind::Message => matches!(
+            pgoutput::decode(payload, false),
+            Ok(Message::LogicalMessage(m)) if m.prefix == HEARTBEAT_PREFIX
+        ),
+        _ => false,
+    }
+}
+
 impl Pump {
     fn new(session: &Session) -> Pump {
         let now = Instant::now();
@@ -149,6 +171,9 @@ impl Pump {
                 session.notes_ddl,
                 crate::archive::reread::Pending::in_dir(&session.log_dir),
             ),
+            content_since_seal: true,
+            last_seal_end: session.start,
+            last_finished: None,
         }
     }
 
@@ -167,10 +192,21 @@ impl Pump {
                 } => {
                     self.server_end = self.server_end.max(wal_end);
                     // What cannot be peeked at is logged as it came; readers name it.
-                    if let Ok(peek) = self.txn_state.observe(&payload) {
+                    let observed = self.txn_state.observe(&payload);
+                    if !observed
+                        .as_ref()
+                        .is_ok_and(|peek| carries_nothing(peek, &payload))
+                    {
+                        self.content_since_seal = true;
+                    }
+                    if let Ok(peek) = observed {
                         if let Some(done) = peek.finished {
                             self.appended_ack = self.appended_ack.max(done.end_lsn);
                             session.progress.captured(done.time);
+                            self.last_finished = Some(Position {
+                                commit_time: done.time,
+                                lsn: done.end_lsn,
+                            });
                         }
                         let in_block = self.txn_state.block().is_some();
                         self.counts.observe(&peek, &payload, in_block);
@@ -323,14 +359,33 @@ impl Pump {
     }
 
     /// Seals what was appended since the last seal, for the uploader.
+    /// Seals what was appended since the last seal, so the uploader takes
+    /// it. If that is only heartbeats (and progress markers), it says so
+    /// instead, once durable: the archive records the quiet stretch in its
+    /// manifest rather than a segment that changes nothing.
     async fn seal(&mut self, session: &Session) -> Result<(), CaptureError> {
-        if self.unsealed {
-            session
-                .appender
-                .seal()
-                .await
-                .map_err(|()| CaptureError::Source(SourceError::Closed))?;
-            self.unsealed = false;
+        let durable = *self.durable.borrow();
+        let quiet = self
+            .last_finished
+            .filter(|f| !self.content_since_seal && f.lsn > self.last_seal_end && f.lsn <= durable);
+        match (&session.archive, quiet) {
+            (Some(archive), Some(until)) => {
+                archive.quiet.send_replace(Some(Quiet {
+                    after: self.last_seal_end,
+                    until,
+                }));
+            }
+            _ if self.unsealed && self.content_since_seal => {
+                session
+                    .appender
+                    .seal()
+                    .await
+                    .map_err(|()| CaptureError::Source(SourceError::Closed))?;
+                self.unsealed = false;
+                self.content_since_seal = false;
+                self.last_seal_end = self.appended_ack;
+            }
+            _ => {}
         }
         self.next_seal = session
             .archive

@@ -26,6 +26,8 @@ pub(super) struct SealSchedule {
     pub(super) interval: Duration,
     /// Where the stream's own requests for re-reads go.
     pub(super) rereads: crate::archive::reread::Requests,
+    /// Where a quiet stretch past the last seal is said, instead of sealing heartbeats.
+    pub(super) quiet: Arc<watch::Sender<Option<crate::archive::manifest::Quiet>>>,
 }
 
 /// Starts the Kafka feed if `[kafka]` is set. Returns the oldest segment the
@@ -112,14 +114,16 @@ pub(super) async fn start_archive(
         progress: progress.clone(),
     };
     tasks.spawn("heartbeat", move |stop| beat.run(stop));
+    let (quiet, said_quiet) = watch::channel(None);
     let seals = SealSchedule {
         sealed: Arc::new(Notify::new()),
         interval: archive.upload_interval,
         rereads,
+        quiet: Arc::new(quiet),
     };
     let (runner, sealed, interval) = (uploader.clone(), seals.sealed.clone(), seals.interval);
     tasks.spawn("uploader", move |stop| {
-        uploader::run(runner, sealed, interval, stop)
+        uploader::run(runner, sealed, said_quiet, interval, stop)
     });
     Ok((uploader, seals))
 }
