@@ -531,3 +531,51 @@ fn a_rewrite_is_re_read_across_a_capture_kill() {
     );
     assert_eq!(md5(&fx, Some(&db)), want);
 }
+
+/// Where the role may not create event triggers (not a superuser, as on
+/// managed services), capture says so once, and re-reads a table whose
+/// columns change in the stream: a later point restores exactly.
+#[test]
+fn without_event_triggers_a_changed_table_is_re_read() {
+    let fx = Fixture::new(SCHEMA);
+    let role = format!("cap_{}", fx.db);
+    fx.psql(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'capture-pw';
+         ALTER TABLE docs OWNER TO {role};
+         GRANT CREATE ON DATABASE {} TO {role}",
+        fx.db
+    ));
+    let archive = format!(
+        "\n[archive]\nurl = {:?}\nupload_interval = \"200ms\"\n",
+        fx.archive_url()
+    );
+    let url = fx.cluster.url_as(&role, "capture-pw", &fx.db);
+    let config = fx.config_with_url(&url, &["public.docs"], &archive);
+    let capture = fx.start_capture(&config);
+    fx.wait_base_snapshot(&config);
+    assert!(
+        capture.logs().contains("may not create event triggers"),
+        "{}",
+        capture.logs()
+    );
+    fx.psql("ALTER TABLE docs ADD COLUMN tier text DEFAULT 'basic'");
+    fx.psql("UPDATE docs SET v = v + 1 WHERE id = 1");
+    wait_reread_of(&config, "public.docs");
+    fx.psql("UPDATE docs SET tier = 'gold' WHERE id = 2");
+    let want = md5(&fx, None);
+    fx.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(capture.stop(), 0);
+    let db = format!("{}_target", fx.db);
+    fx.psql(&format!("CREATE DATABASE {db}"));
+    let out = harness::tidemark(
+        &["restore", "--config", config.to_str().unwrap()],
+        &["--to", "latest", "--target", &fx.cluster.url(&db)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(md5(&fx, Some(&db)), want);
+}

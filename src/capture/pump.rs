@@ -169,6 +169,7 @@ impl Pump {
             probed: false,
             rereads: super::rereads::RereadWatch::new(
                 session.notes_ddl,
+                session.columns_at_start.clone(),
                 crate::archive::reread::Pending::in_dir(&session.log_dir),
             ),
             content_since_seal: true,

@@ -32,11 +32,13 @@ pub(super) struct RereadWatch {
 }
 
 impl RereadWatch {
-    pub(super) fn new(notes_ddl: bool, pending: Pending) -> Self {
+    /// Without notes, `columns` (the tables' columns at the start, by oid)
+    /// are what the first Relation message of each is compared with.
+    pub(super) fn new(notes_ddl: bool, columns: HashMap<u32, Columns>, pending: Pending) -> Self {
         RereadWatch {
             asked: BTreeSet::new(),
             unsaved: BTreeSet::new(),
-            relations: (!notes_ddl).then(HashMap::new),
+            relations: (!notes_ddl).then_some(columns),
             pending,
         }
     }
@@ -126,7 +128,7 @@ mod tests {
     #[test]
     fn rewrites_and_requests_are_due_between_transactions() {
         let dir = tempfile::tempdir().unwrap();
-        let mut watch = RereadWatch::new(true, Pending::in_dir(dir.path()));
+        let mut watch = RereadWatch::new(true, HashMap::new(), Pending::in_dir(dir.path()));
         seen(
             &mut watch,
             build::message(REWRITE_PREFIX, br#"{"schema": "public", "name": "docs"}"#),
@@ -162,7 +164,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let pending = || Pending::in_dir(dir.path());
-        let mut watch = RereadWatch::new(false, pending());
+        let mut watch = RereadWatch::new(false, HashMap::new(), pending());
         seen(&mut watch, relation(&[("id", 23), ("v", 23)]));
         seen(&mut watch, relation(&[("id", 23), ("v", 23)]));
         assert!(
@@ -171,7 +173,15 @@ mod tests {
         );
         seen(&mut watch, relation(&[("id", 23), ("v", 20)]));
         assert_eq!(watch.due(true).len(), 1, "a type change");
-        let mut noted = RereadWatch::new(true, pending());
+        let seeded = HashMap::from([(1, vec![("id".to_string(), 23)])]);
+        let mut watch = RereadWatch::new(false, seeded, pending());
+        seen(&mut watch, relation(&[("id", 23), ("v", 23)]));
+        assert_eq!(
+            watch.due(true).len(),
+            1,
+            "a change before the first sight, seen against the start"
+        );
+        let mut noted = RereadWatch::new(true, HashMap::new(), pending());
         seen(&mut noted, relation(&[("id", 23)]));
         seen(&mut noted, relation(&[("id", 23), ("v", 23)]));
         assert!(noted.due(true).is_empty(), "schema notes carry it");

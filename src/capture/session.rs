@@ -39,6 +39,8 @@ pub(super) struct Session {
     pub(super) progress: Arc<Progress>,
     /// Whether the event triggers write schema notes into the stream.
     pub(super) notes_ddl: bool,
+    /// Without notes, the watched tables' columns at the start (`source::setup::Prepared`).
+    pub(super) columns_at_start: std::collections::HashMap<u32, Vec<(String, u32)>>,
 }
 
 /// A failed session's error, and the log writer when it survived.
@@ -147,6 +149,7 @@ impl Session {
             max_log_bytes: checked.config.log.max_size.as_u64(),
             progress: progress.clone(),
             notes_ddl: prepared.notes_ddl,
+            columns_at_start: prepared.columns,
         };
         if session
             .appender

@@ -15,6 +15,9 @@ pub struct Prepared {
     /// `None` when the slot does not exist yet.
     pub slot: Option<SlotState>,
     pub wal_sender_timeout_ms: u64,
+    /// Without schema notes: each watched table's columns now (name, type oid),
+    /// by table oid, as a Relation message lists them; empty with notes.
+    pub columns: std::collections::HashMap<u32, Vec<(String, u32)>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +79,7 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
         .map_err(sql_err)?;
     // Event triggers need a superuser (PostgreSQL 15).
     let notes_ddl = row.get::<_, bool>(6);
+    let mut columns = std::collections::HashMap::new();
     if notes_ddl {
         client
             .batch_execute(&format!(
@@ -85,6 +89,23 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
             ))
             .await
             .map_err(sql_err)?;
+    } else {
+        // Generated columns are not in Relation messages.
+        for row in client
+            .query(
+                "SELECT a.attrelid::oid, a.attname::text, a.atttypid::oid FROM pg_attribute a
+                 WHERE a.attrelid = ANY($1::text[]::regclass[]) AND a.attnum > 0
+                   AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attrelid, a.attnum",
+                &[&spec.tables.iter().map(|t| t.quoted()).collect::<Vec<_>>()],
+            )
+            .await
+            .map_err(sql_err)?
+        {
+            columns
+                .entry(row.get::<_, u32>(0))
+                .or_insert_with(Vec::new)
+                .push((row.get(1), row.get(2)));
+        }
     }
 
     let slot = client
@@ -129,6 +150,7 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
         notes_ddl,
         slot,
         wal_sender_timeout_ms,
+        columns,
     })
 }
 
