@@ -253,6 +253,13 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
                 );
                 let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                 assert_eq!(summary["inexact"][0]["table"], "public.docs", "{summary}");
+                let column = match name.as_str() {
+                    "alter type by a plain cast" => "column n ",
+                    "alter type with USING" => "column v ",
+                    _ => "column created ",
+                };
+                let why = summary["inexact"][0]["why"].as_str().unwrap_or("");
+                assert!(why.contains(column), "{name}: {why}");
             }
         }
     }

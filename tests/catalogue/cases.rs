@@ -307,6 +307,20 @@ pub(super) fn cases(w: &World) -> Vec<Case> {
         // Arguments.
         case(
             "arguments",
+            "a re-read of a table capture does not watch",
+            args(&["snapshot", "--config", &good, "--table", "public.other"]),
+            2,
+            "is not watched",
+        ),
+        case(
+            "server",
+            "a re-read while capture is not running",
+            args(&["snapshot", "--config", &good, "--table", "public.payments"]),
+            2,
+            "capture is not running",
+        ),
+        case(
+            "arguments",
             "an unknown command",
             args(&["restor"]),
             2,

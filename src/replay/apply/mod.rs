@@ -466,6 +466,15 @@ impl<E: Executor> TxnSink for Applier<E> {
     }
 
     fn commit(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        // A rewrite no schema note followed (the columns kept their types).
+        let rewritten: Vec<TableName> = self
+            .rewritten
+            .drain()
+            .filter(|t| self.tables.contains_key(t))
+            .collect();
+        for table in rewritten {
+            self.rewritten_inexact(txn, &table, &[])?;
+        }
         if self.in_bounds {
             self.applied_txns += 1;
             self.last = Some(txn.clone());

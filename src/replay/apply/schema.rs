@@ -121,12 +121,43 @@ impl<E: Executor> Applier<E> {
             table.clone(),
             note.after.iter().map(|c| (c.name.clone(), 0)).collect(),
         );
+        if self.rewritten.remove(&table) {
+            let columns: Vec<&str> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    ColumnChange::Added(column) => Some(column.name.as_str()),
+                    ColumnChange::Retyped { name, .. } => Some(name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            self.rewritten_inexact(txn, &table, &columns)?;
+        }
         let renamed = note.table();
         if renamed != table {
             self.follow_rename(txn, &table, &renamed)?;
         }
         self.at_target.definitions.insert(renamed, note.clone());
         Ok(())
+    }
+
+    /// A rewritten table: the new values of `columns` (all, if none are
+    /// known) are not in the stream.
+    pub(super) fn rewritten_inexact(
+        &mut self,
+        txn: &TxnInfo,
+        table: &TableName,
+        columns: &[&str],
+    ) -> Result<(), ApplyError> {
+        let which = match columns {
+            [] => "its values".to_string(),
+            [one] => format!("the values of column {one}"),
+            many => format!("the values of columns {}", many.join(", ")),
+        };
+        self.inexact(
+            txn,
+            table,
+            format!("it was rewritten (ALTER TYPE, a volatile default), and {which} may differ: the stream does not carry them"),
+        )
     }
 
     /// The table is gone from the source, or from what capture watches: from
@@ -237,8 +268,10 @@ impl<E: Executor> Applier<E> {
                 if !self.tables.contains_key(&table) || self.reread_holds(txn, &table) {
                     return Ok(());
                 }
-                self.rewritten.insert(table.clone());
-                self.inexact(txn, &table, "it was rewritten (ALTER TYPE, a volatile default), and the rewritten values are not in the stream".into())
+                // Judged at the schema note that follows (it names the
+                // columns), or at commit if none does.
+                self.rewritten.insert(table);
+                Ok(())
             }
             _ => Ok(()),
         }
