@@ -51,7 +51,8 @@ async fn contract(store: &dyn ObjectStore) {
     assert_eq!(store.list("segments/").await.unwrap().len(), 1);
     assert!(store.list("nothing/").await.unwrap().is_empty());
 
-    // A file bigger than one multipart part goes up whole.
+    // A file bigger than one multipart part goes up whole, and comes down
+    // whole (from S3 in ranges fetched at once).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big");
     let big: Vec<u8> = (0..(70u32 << 20)).map(|i| (i % 251) as u8).collect();
@@ -68,6 +69,10 @@ async fn contract(store: &dyn ObjectStore) {
         big.len() as u64
     );
     assert!(std::fs::read(&copy).unwrap() == big);
+    assert!(matches!(
+        store.get_to_file("segments/zzz", &copy).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]

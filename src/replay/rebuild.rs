@@ -195,7 +195,7 @@ pub struct Rebuilt {
     pub rows_loaded: u64,
     /// Wall time of the snapshot load (tables, rows, primary keys).
     pub load_seconds: f64,
-    /// Wall time of fetching and replaying the segments.
+    /// Wall time of replaying the segments (they download during the load).
     pub replay_seconds: f64,
     /// With `allow_inexact`: the tables whose rows may differ from the source's, and since when.
     pub inexact: Vec<Inexact>,
@@ -337,16 +337,24 @@ pub async fn rebuild_scoped(
         objects.iter().map(|o| o.raw_size).sum(),
         Unit::Bytes,
     );
-    let rows_loaded = load::load_tables(clients, store, objects, work_dir, &bar).await?;
-    bar.finish();
+    // The segments download while the snapshot loads: one waits on the
+    // store, the other on the target.
+    let (rows_loaded, segments) = tokio::join!(
+        async {
+            let rows = load::load_tables(clients, store, objects, work_dir, &bar).await;
+            bar.finish();
+            rows
+        },
+        fetch(store, plan, work_dir, phases),
+    );
+    let (rows_loaded, segments) = (rows_loaded?, segments?);
     let load_seconds = loading.elapsed().as_secs_f64();
     let replaying = std::time::Instant::now();
     let executor = PipelinedExecutor::start(client, tokio::runtime::Handle::current());
-    let replayed = replay(
-        store,
+    let replayed = apply(
         plan,
         &schema,
-        work_dir,
+        segments,
         executor,
         phases,
         scope.allow_inexact,
@@ -385,11 +393,11 @@ pub async fn count(
     allow_inexact: bool,
 ) -> Result<Replayed, RebuildError> {
     let schema = plan_schema(store, plan).await?.only(tables);
-    replay(
-        store,
+    let segments = fetch(store, plan, work_dir, &Phases::hidden()).await?;
+    apply(
         plan,
         &schema,
-        work_dir,
+        segments,
         Discard,
         &Phases::hidden(),
         allow_inexact,
@@ -427,17 +435,13 @@ impl Executor for Discard {
     }
 }
 
-/// Fetches the plan's segments and applies the in-bounds transactions on
-/// `schema`'s tables through `executor`.
-async fn replay<E: Executor + Send + 'static>(
+/// Fetches the plan's segments into a temporary local log under `work_dir`.
+async fn fetch(
     store: &dyn ObjectStore,
     plan: &Plan,
-    schema: &SchemaSet,
     work_dir: &Path,
-    executor: E,
     phases: &Phases,
-    allow_inexact: bool,
-) -> Result<Replayed, RebuildError> {
+) -> Result<tempfile::TempDir, RebuildError> {
     let segment_dir = tempfile::tempdir_in(work_dir).map_err(|source| {
         ArchiveError::from(crate::log::LogError::Dir {
             path: work_dir.to_path_buf(),
@@ -451,6 +455,19 @@ async fn replay<E: Executor + Send + 'static>(
     );
     load::fetch_segments(store, &plan.segments, segment_dir.path(), &bar).await?;
     bar.finish();
+    Ok(segment_dir)
+}
+
+/// Applies the in-bounds transactions of the fetched segments on `schema`'s
+/// tables through `executor`.
+async fn apply<E: Executor + Send + 'static>(
+    plan: &Plan,
+    schema: &SchemaSet,
+    segment_dir: tempfile::TempDir,
+    executor: E,
+    phases: &Phases,
+    allow_inexact: bool,
+) -> Result<Replayed, RebuildError> {
     let tables: HashMap<TableName, Vec<(String, u32)>> = schema
         .tables
         .iter()

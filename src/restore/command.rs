@@ -172,7 +172,7 @@ pub struct Summary {
     /// With --dry-run: the expected wall time, from reference rates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_seconds: Option<f64>,
-    /// Snapshot load (with primary keys), and segment fetch plus replay.
+    /// Snapshot load (segments download meanwhile), and replay.
     pub load_seconds: f64,
     pub replay_seconds: f64,
     pub seconds: f64,

@@ -10,11 +10,16 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{ObjectInfo, ObjectStore, S3Options, StoreError};
 
 /// Objects above this size go up in parts of this size (S3 allows 5 MiB to 5 GiB per part).
 const MULTIPART_PART: u64 = 64 << 20;
+/// Objects above this size come down in ranges of this size, several at once:
+/// one stream per object leaves most of a link's bandwidth unused.
+const RANGE: u64 = 16 << 20;
+const RANGES_AT_ONCE: usize = 4;
 
 pub struct S3Store {
     client: Client,
@@ -104,17 +109,46 @@ impl S3Store {
         Ok(())
     }
 
+    /// The object, or the bytes `first..=last` of it.
     async fn get_object(
         &self,
         key: &str,
+        range: Option<(u64, u64)>,
     ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
         self.client
             .get_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
+            .set_range(range.map(|(first, last)| format!("bytes={first}-{last}")))
             .send()
             .await
             .map_err(|e| self.error("get", key, e))
+    }
+
+    /// Streams a body into `file` from where it stands; returns the bytes written.
+    async fn write_body(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mut file: tokio::fs::File,
+    ) -> Result<u64, StoreError> {
+        let mut body = body.into_async_read();
+        let written = tokio::io::copy(&mut body, &mut file)
+            .await
+            .map_err(|e| self.unavailable(key, e.to_string()))?;
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| self.local_error(key, e))?;
+        Ok(written)
+    }
+
+    fn unavailable(&self, key: &str, message: String) -> StoreError {
+        StoreError::Unavailable {
+            store: self.describe(),
+            action: "get",
+            key: key.to_string(),
+            message,
+        }
     }
 
     fn local_error(&self, key: &str, e: impl std::fmt::Display) -> StoreError {
@@ -255,7 +289,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let output = self.get_object(key).await?;
+        let output = self.get_object(key, None).await?;
         let body = output
             .body
             .collect()
@@ -270,21 +304,52 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> Result<u64, StoreError> {
-        let output = self.get_object(key).await?;
-        let unavailable = |message: String| StoreError::Unavailable {
-            store: self.describe(),
-            action: "get",
-            key: key.to_string(),
-            message,
+        let size = match self.head(key).await? {
+            Some(info) => info.size,
+            None => {
+                return Err(StoreError::NotFound {
+                    store: self.describe(),
+                    key: key.to_string(),
+                })
+            }
         };
-        let mut body = output.body.into_async_read();
-        let mut file = tokio::fs::File::create(path)
+        let file = tokio::fs::File::create(path)
             .await
             .map_err(|e| self.local_error(key, e))?;
-        let size = tokio::io::copy(&mut body, &mut file)
+        if size <= RANGE {
+            let output = self.get_object(key, None).await?;
+            return self.write_body(key, output.body, file).await;
+        }
+        file.set_len(size)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        Ok(size)
+            .map_err(|e| self.local_error(key, e))?;
+        drop(file);
+        // Each range writes its own stretch of the file, through its own handle.
+        let ranges = (0..size.div_ceil(RANGE)).map(|i| (i * RANGE, (i * RANGE + RANGE).min(size)));
+        let fetches = ranges.map(|(start, end)| async move {
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .await
+                .map_err(|e| self.local_error(key, e))?;
+            tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| self.local_error(key, e))?;
+            let output = self.get_object(key, Some((start, end - 1))).await?;
+            let written = self.write_body(key, output.body, file).await?;
+            if written != end - start {
+                return Err(self.unavailable(
+                    key,
+                    format!("range {start}-{} gave {written} bytes", end - 1),
+                ));
+            }
+            Ok(written)
+        });
+        let written: Vec<u64> = futures_util::stream::iter(fetches)
+            .buffer_unordered(RANGES_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(written.into_iter().sum())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
