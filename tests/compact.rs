@@ -241,6 +241,8 @@ async fn capture_compacts_and_prunes_on_its_own() {
         ),
     );
     let capture = fx.start_capture_async(&config).await;
+    // Changes after the base snapshot, or there is nothing to compact.
+    fx.base_snapshot(&config).arrives().await;
     for sql in &WORKLOAD[..4] {
         fx.psql(sql);
     }

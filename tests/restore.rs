@@ -613,6 +613,34 @@ fn the_window_follows_a_quiet_source() {
     );
 }
 
+/// A source quiet since before its base snapshot: no segment follows the
+/// snapshot, and the window still follows the source's clock.
+#[test]
+fn the_window_follows_a_source_quiet_since_its_snapshot() {
+    let fx = Fixture::new("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
+    let config = fx.config_with_archive(&["public.t"], "heartbeat_interval = \"1s\"\n");
+    let capture = fx.start_capture(&config);
+    fx.wait_base_snapshot(&config);
+    let after = fx.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the window to pass the snapshot",
+        || {
+            let out = harness::tidemark(
+                &["list", "--config", config.to_str().unwrap(), "--json"],
+                &[],
+            );
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            list["window"]["latest"]["time"]
+                .as_str()
+                .is_some_and(|t| t > after.as_str())
+        },
+    );
+    assert_eq!(capture.stop(), 0);
+}
+
 /// Replay's SQL runs on its own task: a failure stops it, is reported by the
 /// next call and by `sync`, and leaves the connection usable for cleanup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

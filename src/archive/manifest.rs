@@ -42,8 +42,9 @@ pub struct Manifest {
 }
 
 /// No transaction that changed anything finished in (`after`, `until.lsn`],
-/// where `after` is the last segment's end; `until.time` is the commit time of
-/// the newest transaction there (a heartbeat). Capture records this instead
+/// where `after` is where the newest chain ended when this was written (the
+/// last segment's end, or a newer snapshot's point); `until.time` is the
+/// commit time of the newest transaction there (a heartbeat). Capture records this instead
 /// of uploading segments that hold only heartbeats, so an idle source adds
 /// no objects while the restore window still follows its clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -261,14 +261,30 @@ impl Uploader {
             Some(m) => m.clone(),
             None => self.load().await?,
         };
-        // What was sealed before the quiet stretch is not all archived yet.
-        if next.segments.last().map(|s| s.end_lsn) != Some(quiet.after) {
+        // Where the archive's newest chain ends: the last segment, or a newer
+        // snapshot with no segment after it yet.
+        let archived_to = next
+            .segments
+            .last()
+            .map(|s| s.end_lsn)
+            .into_iter()
+            .chain(next.snapshots.iter().map(|s| s.lsn))
+            .max();
+        let Some(archived_to) = archived_to else {
+            return Ok(());
+        };
+        // Below `after`, what was sealed is not all archived yet; at or past
+        // `until`, a segment since says more than the quiet stretch does.
+        if archived_to < quiet.after || quiet.until.lsn <= archived_to {
             return Ok(());
         }
         if next.quiet.is_some_and(|q| q.until.lsn >= quiet.until.lsn) {
             return Ok(());
         }
-        next.quiet = Some(quiet);
+        next.quiet = Some(Quiet {
+            after: archived_to,
+            until: quiet.until,
+        });
         self.commit(&mut next).await?;
         self.progress.archived(quiet.until.commit_time);
         *manifest = Some(next);

@@ -359,7 +359,6 @@ impl Pump {
         }
     }
 
-    /// Seals what was appended since the last seal, for the uploader.
     /// Seals what was appended since the last seal, so the uploader takes
     /// it. If that is only heartbeats (and progress markers), it says so
     /// instead, once durable: the archive records the quiet stretch in its
