@@ -586,3 +586,63 @@ fn without_event_triggers_a_changed_table_is_re_read() {
     );
     assert_eq!(md5(&fx, Some(&db)), want);
 }
+
+/// A table renamed, then rewritten: a restore refused between the rewrite
+/// and its re-read (taken under the new name) leaves neither name behind, and
+/// past the re-read the table restores whole, once, under its new name.
+#[test]
+fn a_renamed_then_rewritten_table_restores_once_or_leaves_nothing() {
+    let fx = Fixture::new(SCHEMA);
+    let config = fx.config_with_archive(&["public.docs"], "");
+    let capture = fx.start_capture(&config);
+    fx.wait_base_snapshot(&config);
+    fx.psql("ALTER TABLE docs RENAME TO documents");
+    let time = fx.psql(&format!(
+        "BEGIN; ALTER TABLE documents ALTER COLUMN v TYPE bigint USING v * 2; COMMIT; {NOW}"
+    ));
+    wait_reread_of(&config, "public.documents");
+    // A commit past the point carries the window over it.
+    fx.psql("UPDATE documents SET v = v + 1 WHERE id = 1");
+    let want = state(&fx, None, "documents");
+    fx.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(capture.stop(), 0);
+    let db = format!("{}_target", fx.db);
+    fx.psql(&format!("CREATE DATABASE {db}"));
+    let out = harness::tidemark(
+        &["restore", "--config", config.to_str().unwrap()],
+        &["--to", &time, "--target", &fx.cluster.url(&db)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("table public.documents cannot be restored exactly"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fx.cluster
+            .psql(
+                &db,
+                "SELECT count(*) FROM pg_class WHERE relname IN ('docs', 'documents')"
+            )
+            .unwrap(),
+        "0"
+    );
+    // Past the re-read (taken under the new name), the table restores whole, once.
+    let out = harness::tidemark(
+        &["restore", "--config", config.to_str().unwrap()],
+        &["--to", "latest", "--target", &fx.cluster.url(&db)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&fx, Some(&db), "documents"), want);
+    assert_eq!(
+        fx.cluster
+            .psql(&db, "SELECT to_regclass('public.docs') IS NULL")
+            .unwrap(),
+        "t"
+    );
+}

@@ -155,6 +155,7 @@ async fn say_unwatched(pg: &crate::pg::ConnInfo, tables: Vec<TableName>) {
 pub async fn serve(
     uploader: Arc<Uploader>,
     pg: crate::pg::ConnInfo,
+    publication: &str,
     watched: Vec<TableName>,
     mut requests: mpsc::UnboundedReceiver<TableName>,
     mut stop: watch::Receiver<bool>,
@@ -183,6 +184,9 @@ pub async fn serve(
         while let Ok(more) = requests.try_recv() {
             tables.insert(more);
         }
+        // A watched table renamed at the source is watched under its new name.
+        let published = published(&pg, publication).await;
+        let watched = published.as_deref().unwrap_or(&watched);
         let (tables, unwatched): (Vec<TableName>, Vec<TableName>) =
             tables.into_iter().partition(|t| watched.contains(t));
         for table in &unwatched {
@@ -213,6 +217,23 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// The tables in the publication now, by their current names; `None` if the source cannot say.
+async fn published(pg: &crate::pg::ConnInfo, publication: &str) -> Option<Vec<TableName>> {
+    let client = pg.connect().await.ok()?;
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .ok()?;
+    Some(
+        rows.iter()
+            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect(),
+    )
 }
 
 fn forget(pending: &Pending, tables: &[TableName]) {

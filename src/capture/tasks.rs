@@ -94,8 +94,9 @@ pub(super) async fn start_archive(
     });
     let (rereads, requests) = crate::archive::reread::channel();
     let (rereader, pg, tables) = (uploader.clone(), checked.pg.clone(), checked.tables.clone());
-    tasks.spawn("re-reads", move |stop| {
-        crate::archive::reread::serve(rereader, pg, tables, requests, stop)
+    let publication = cfg.source.publication.clone();
+    tasks.spawn("re-reads", move |stop| async move {
+        crate::archive::reread::serve(rereader, pg, &publication, tables, requests, stop).await
     });
     let (compactor, interval, retention) = (
         uploader.clone(),

@@ -46,7 +46,10 @@ impl TablesAtTarget {
     /// NULLs on the target where they differ from what it was created with.
     pub fn settle(&self, schema: &mut SchemaSet) -> Vec<String> {
         for (from, to) in &self.renamed {
-            if let Some(table) = schema.tables.iter_mut().find(|t| &t.table_name() == from) {
+            // Loaded from a re-read under the new name: the old one is gone.
+            if schema.tables.iter().any(|t| &t.table_name() == to) {
+                schema.tables.retain(|t| &t.table_name() != from);
+            } else if let Some(table) = schema.tables.iter_mut().find(|t| &t.table_name() == from) {
                 table.schema = to.schema.clone();
                 table.name = to.name.clone();
             }

@@ -488,7 +488,10 @@ async fn apply<E: Executor + Send + 'static>(
         .filter(|(oid, _)| *oid >= 16384)
         .collect();
     let bounds = plan.bounds;
-    let (rereads, next_rereads) = (plan.reread_points(), plan.next_rereads.clone());
+    // Only a table this rebuild loads from its re-read is held by it.
+    let mut rereads = plan.reread_points();
+    rereads.retain(|table, _| tables.contains_key(table));
+    let next_rereads = plan.next_rereads.clone();
     let end = plan.target_lsn().unwrap_or(plan.chain_end.lsn);
     let bar = phases.bar(
         "change replay",

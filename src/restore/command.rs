@@ -319,13 +319,13 @@ pub async fn run(
         match rebuild::rebuild_scoped(store, &plan, &clients, work_dir, &scope, phases).await {
             Ok(rebuilt) => rebuilt,
             // Refused: the tables this restore made hold rows that may be wrong; none stay.
-            Err(refusal @ RebuildError::Apply(ApplyError::Inexact(_))) => {
-                for table in &tables {
+            Err(RebuildError::Apply(ApplyError::Inexact(refusal))) => {
+                for table in tables.iter().chain(&refusal.renamed_to) {
                     client
                         .batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", table.quoted()))
                         .await?;
                 }
-                return Err(refusal.into());
+                return Err(RebuildError::Apply(ApplyError::Inexact(refusal)).into());
             }
             Err(e) => return Err(e.into()),
         };

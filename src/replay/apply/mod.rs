@@ -60,6 +60,10 @@ pub struct Inexact {
     /// Where capture read the table again, which ends the stretch; `None`: not yet.
     pub until: Option<Position>,
     pub why: String,
+    /// The names replay had given restored tables by then (renames), so a
+    /// refused restore can remove them too.
+    #[serde(skip)]
+    pub renamed_to: Vec<TableName>,
 }
 
 impl std::fmt::Display for Inexact {

@@ -18,6 +18,12 @@ impl<E: Executor> Applier<E> {
             },
             until: self.next_rereads.get(table).copied(),
             why,
+            renamed_to: self
+                .at_target
+                .renamed
+                .iter()
+                .map(|(_, to)| to.clone())
+                .collect(),
         };
         if !self.allow_inexact {
             return Err(ApplyError::Inexact(inexact));
@@ -133,8 +139,8 @@ impl<E: Executor> Applier<E> {
             self.rewritten_inexact(txn, &table, &columns)?;
         }
         let renamed = note.table();
-        if renamed != table {
-            self.follow_rename(txn, &table, &renamed)?;
+        if renamed != table && !self.follow_rename(txn, &table, &renamed)? {
+            return Ok(());
         }
         self.at_target.definitions.insert(renamed, note.clone());
         Ok(())
@@ -188,15 +194,24 @@ impl<E: Executor> Applier<E> {
         Ok(())
     }
 
-    /// The table took a new name (or schema); the target's follows.
+    /// The table took a new name (or schema); the target's follows. If a
+    /// re-read taken under the new name was loaded already, the table under
+    /// the old name is dropped instead, and this returns false.
     fn follow_rename(
         &mut self,
         txn: &TxnInfo,
         from: &TableName,
         to: &TableName,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<bool, ApplyError> {
         self.settle(txn, from)?;
         self.pending.remove(from);
+        self.at_target.renamed.push((from.clone(), to.clone()));
+        if self.tables.contains_key(to) {
+            self.statement(txn, from, &format!("DROP TABLE {};\n", from.quoted()))?;
+            self.tables.remove(from);
+            self.at_target.definitions.remove(from);
+            return Ok(false);
+        }
         let mut sql = String::new();
         let mut moved = from.clone();
         if to.schema != from.schema {
@@ -225,8 +240,7 @@ impl<E: Executor> Applier<E> {
         if let Some(definition) = self.at_target.definitions.remove(from) {
             self.at_target.definitions.insert(to.clone(), definition);
         }
-        self.at_target.renamed.push((from.clone(), to.clone()));
-        Ok(())
+        Ok(true)
     }
 
     /// A logical message in the stream: tidemark's schema notes are applied, others ignored.
