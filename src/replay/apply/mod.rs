@@ -49,7 +49,7 @@ pub enum ApplyError {
         oid: u32,
     },
     #[error("{0}")]
-    Inexact(Inexact),
+    Inexact(Box<Inexact>),
 }
 
 /// A table whose restored rows may differ from the source's from some transaction on.

@@ -26,7 +26,7 @@ impl<E: Executor> Applier<E> {
                 .collect(),
         };
         if !self.allow_inexact {
-            return Err(ApplyError::Inexact(inexact));
+            return Err(ApplyError::Inexact(Box::new(inexact)));
         }
         if !self.inexact.iter().any(|i| &i.table == table) {
             tracing::warn!(%inexact, "going on (--allow-inexact)");
