@@ -164,6 +164,11 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
     let config = fx.config_with_archive(&["public.docs"], "compact_interval = \"2s\"\n");
     let capture = fx.start_capture(&config);
     fx.wait_base_snapshot(&config);
+    // A second slot shows the notes as the WAL holds them.
+    let peek = format!("peek_{}", fx.db);
+    fx.psql(&format!(
+        "SELECT pg_create_logical_replication_slot('{peek}', 'test_decoding')"
+    ));
 
     let mut points = Vec::new();
     let mut table = "docs";
@@ -202,6 +207,20 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
     ));
     fx.wait_caught_up(Duration::from_secs(60));
     assert!(capture.logs().contains("asking for a re-read"));
+    let notes = fx.psql(&format!(
+        "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('{peek}', NULL, NULL) WHERE data LIKE 'message:%tidemark.ddl%'"
+    ));
+    fx.psql(&format!("SELECT pg_drop_replication_slot('{peek}')"));
+    for command in ["ALTER TABLE", "CREATE INDEX", "DROP INDEX"] {
+        assert!(
+            notes.contains(&format!("\"command\": \"{command}\"")),
+            "no note of {command}: {notes}"
+        );
+    }
+    assert!(
+        notes.contains("\"renamed_from\": {\"name\": \"docs\""),
+        "{notes}"
+    );
     assert_eq!(capture.stop(), 0);
 
     let restore = |label: &str, to: &str, extra: &[&str]| {

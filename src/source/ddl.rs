@@ -71,6 +71,9 @@ pub struct Note {
     pub before: Option<Vec<NoteColumn>>,
     #[serde(default)]
     pub after: Vec<NoteColumn>,
+    /// The statement's command tag (`ALTER TABLE`, `CREATE INDEX`, …); older notes lack it.
+    #[serde(default)]
+    pub command: Option<String>,
     #[serde(default)]
     pub renamed_from: Option<NoteName>,
     #[serde(default)]
@@ -208,7 +211,7 @@ BEGIN
       IF r.definition IS NOT NULL THEN
         PERFORM pg_logical_emit_message(true, 'tidemark.ddl', jsonb_build_object(
           'schema', r.definition->'schema', 'name', r.definition->'name', 'dropped', true,
-          'before', r.columns)::text);
+          'command', TG_TAG, 'before', r.columns)::text);
       END IF;
       DELETE FROM tidemark.columns WHERE relid = r.relid;
       CONTINUE;
@@ -217,7 +220,8 @@ BEGIN
     def := tidemark.definition_of(r.relid);
     IF r.columns IS DISTINCT FROM after OR r.definition IS DISTINCT FROM def THEN
       PERFORM pg_logical_emit_message(true, 'tidemark.ddl', jsonb_build_object(
-        'schema', def->'schema', 'name', def->'name', 'before', r.columns, 'after', after,
+        'schema', def->'schema', 'name', def->'name', 'command', TG_TAG,
+        'before', r.columns, 'after', after,
         'renamed_from', CASE WHEN r.definition->'schema' IS DISTINCT FROM def->'schema'
                                OR r.definition->'name' IS DISTINCT FROM def->'name'
                              THEN r.definition - 'primary_key' - 'constraints' - 'indexes' END,
@@ -291,6 +295,7 @@ mod tests {
                 col(3, "v", "bigint", None),
                 col(5, "tier", "text", Some("basic")),
             ],
+            command: Some("ALTER TABLE".into()),
             renamed_from: None,
             dropped: false,
             definition: None,
@@ -335,13 +340,14 @@ mod tests {
 
     #[test]
     fn renames_drops_and_definitions_parse() {
-        let text = br#"{"schema": "app", "name": "documents", "before": [], "after": [],
+        let text = br#"{"schema": "app", "name": "documents", "command": "ALTER TABLE", "before": [], "after": [],
             "renamed_from": {"schema": "public", "name": "docs"},
             "definition": {"primary_key": ["id"], "indexes": [],
                            "constraints": [{"name": "docs_pkey", "sql": "PRIMARY KEY (id)"}]}}"#;
         let note = Note::parse(text).unwrap();
         assert_eq!(note.table_before(), TableName::new("public", "docs"));
         assert_eq!(note.table(), TableName::new("app", "documents"));
+        assert_eq!(note.command.as_deref(), Some("ALTER TABLE"));
         assert_eq!(note.definition.unwrap().constraints[0].name, "docs_pkey");
         let dropped =
             Note::parse(br#"{"schema": "public", "name": "t", "dropped": true, "before": []}"#)
