@@ -63,7 +63,7 @@ write_config() {
 url = "$URL/src"
 tables = ["public.t"]
 slot = "$2"
-publication = "tidemark_bench"
+publication = "bench_$2"
 [log]
 dir = "$1"
 [metrics]
@@ -74,6 +74,13 @@ upload_interval = "200ms"
 $(cat)
 TOML
   echo "$WORK/$2.toml"
+}
+
+# Fails the bench if a process it started (a capture, say) has stopped.
+still_running() {
+  for pid in "$@"; do
+    kill -0 "$pid" 2>/dev/null || { echo "process $pid stopped; its log:" >&2; tail -5 "$WORK"/*.log >&2; exit 1; }
+  done
 }
 
 # Whether the archive of config $1 restores at or past LSN $2.

@@ -33,10 +33,10 @@ for config in "$S3" "$LOCAL"; do
   "$TM" capture --config "$config" 2>>"$WORK/capture.log" &
   BACKGROUND+=("$!")
 done
-until window_past "$S3" 0/0 && window_past "$LOCAL" 0/0; do sleep 0.2; done
+until window_past "$S3" 0/0 && window_past "$LOCAL" 0/0; do still_running "${BACKGROUND[@]}"; sleep 0.2; done
 $P -d src -c "CALL churn($STATEMENTS, $ROWS)"
 END_LSN=$($P -d src -c "SELECT pg_current_wal_lsn()")
-until window_past "$S3" "$END_LSN" && window_past "$LOCAL" "$END_LSN"; do sleep 0.2; done
+until window_past "$S3" "$END_LSN" && window_past "$LOCAL" "$END_LSN"; do still_running "${BACKGROUND[@]}"; sleep 0.2; done
 for pid in "${BACKGROUND[@]:1}"; do kill "$pid"; wait "$pid" || true; done
 SOURCE_MD5=$(table_md5 src)
 restore() { # config, database: prints seconds and whether the rows are the source's

@@ -26,10 +26,10 @@ CONFIG=$(write_config "$WORK/log" tidemark "file://$WORK/archive" </dev/null)
 "$TM" capture --config "$CONFIG" 2>"$WORK/capture.log" &
 CAPTURE=$!
 BACKGROUND+=("$CAPTURE")
-until window_past "$CONFIG" 0/0; do sleep 0.2; done
+until window_past "$CONFIG" 0/0; do still_running "$CAPTURE"; sleep 0.2; done
 $P -d src -c "CALL churn($STATEMENTS, $ROWS)"
 END_LSN=$($P -d src -c "SELECT pg_current_wal_lsn()")
-until window_past "$CONFIG" "$END_LSN"; do sleep 0.2; done
+until window_past "$CONFIG" "$END_LSN"; do still_running "$CAPTURE"; sleep 0.2; done
 kill "$CAPTURE"; wait "$CAPTURE" || true
 SOURCE_MD5=$(table_md5 src)
 FINAL_ROWS=$($P -d src -c "SELECT count(*) FROM t")

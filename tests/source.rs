@@ -136,3 +136,43 @@ fn the_exported_snapshot_meets_the_slot_exactly() {
         "the stream holds exactly the rows after it"
     );
 }
+
+/// Two captures starting at once on one database (two slots, two table
+/// sets) both install the schema-note triggers: the install runs under a
+/// lock, where CREATE … IF NOT EXISTS alone races.
+#[tokio::test]
+async fn two_captures_preparing_at_once_both_succeed() {
+    use tidemark::base::table::TableName;
+    use tidemark::source::setup::{prepare, SourceSpec};
+    let fx =
+        Fixture::new("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)");
+    let config = pg_config(&fx.url());
+    for round in 0..5 {
+        let (a, b) = (
+            [TableName::new("public", "a")],
+            [TableName::new("public", "b")],
+        );
+        let (slot_a, slot_b) = (format!("race_a_{round}"), format!("race_b_{round}"));
+        let spec_a = SourceSpec {
+            config: &config,
+            tables: &a,
+            publication: &slot_a,
+            slot: &slot_a,
+        };
+        let spec_b = SourceSpec {
+            config: &config,
+            tables: &b,
+            publication: &slot_b,
+            slot: &slot_b,
+        };
+        // A fresh start each round: the race is on creating what is missing.
+        fx.psql("DROP SCHEMA IF EXISTS tidemark CASCADE");
+        let (first, second) = tokio::join!(prepare(&spec_a), prepare(&spec_b));
+        assert!(
+            first.is_ok() && second.is_ok(),
+            "round {round}: {:?} {:?}",
+            first.err(),
+            second.err()
+        );
+    }
+}

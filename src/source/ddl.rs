@@ -163,6 +163,9 @@ pub struct Rewrite {
     pub name: String,
 }
 
+/// The advisory lock key the install runs under ('tdmk' as a number).
+pub const INSTALL_LOCK: i64 = 0x7464_6d6b;
+
 /// SQL that installs (or refreshes) the triggers; needs a superuser, as event triggers do.
 ///
 /// After every DDL (`ddl_command_end`, and `sql_drop` for drops), the

@@ -82,8 +82,11 @@ pub async fn prepare(spec: &SourceSpec<'_>) -> Result<Prepared, SourceError> {
     let mut columns = std::collections::HashMap::new();
     if notes_ddl {
         client
+            // One transaction under a lock: two captures starting at once on
+            // one database would otherwise race on CREATE … IF NOT EXISTS.
             .batch_execute(&format!(
-                "{}{}",
+                "BEGIN; SELECT pg_advisory_xact_lock({}); {}{} COMMIT;",
+                super::ddl::INSTALL_LOCK,
                 super::ddl::INSTALL_SQL,
                 super::ddl::remember_sql(spec.tables)
             ))
