@@ -32,8 +32,8 @@ LOCAL=$(write_config "$WORK/log-local" local "file://$WORK/archive" </dev/null)
 for config in "$S3" "$LOCAL"; do
   "$TM" capture --config "$config" 2>>"$WORK/capture.log" &
   BACKGROUND+=("$!")
+  until window_past "$config" 0/0; do still_running "${BACKGROUND[@]}"; sleep 0.2; done
 done
-until window_past "$S3" 0/0 && window_past "$LOCAL" 0/0; do still_running "${BACKGROUND[@]}"; sleep 0.2; done
 $P -d src -c "CALL churn($STATEMENTS, $ROWS)"
 END_LSN=$($P -d src -c "SELECT pg_current_wal_lsn()")
 until window_past "$S3" "$END_LSN" && window_past "$LOCAL" "$END_LSN"; do still_running "${BACKGROUND[@]}"; sleep 0.2; done

@@ -71,7 +71,7 @@ while kill -0 "$COMPACT" 2>/dev/null; do
     hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
     [ -n "$hwm" ] && [ "$hwm" -gt "$scratch" ] && scratch=$hwm
   done
-  io=$(awk '/^rchar/ {r = $2} /^wchar/ {w = $2} END {print r + 0, w + 0}' "/proc/$COMPACT/io" 2>/dev/null || true)
+  io=$(awk '/^rchar/ {r = $2} /^wchar/ {w = $2} END {printf "%.0f %.0f\n", r, w}' "/proc/$COMPACT/io" 2>/dev/null || true)
   [ -n "$io" ] && read -r rchar wchar <<<"$io"
   sleep 0.1
 done
