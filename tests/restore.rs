@@ -563,41 +563,26 @@ fn the_window_follows_a_quiet_source() {
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     );
     let want = fx.md5("t");
-    let list = || -> serde_json::Value {
-        let out = harness::tidemark(
-            &["list", "--config", config.to_str().unwrap(), "--json"],
-            &[],
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    };
-    let latest_after = |time: &str| {
-        let time = time.to_string();
-        move || {
-            list()["window"]["latest"]["time"]
-                .as_str()
-                .is_some_and(|t| t > time.as_str())
-        }
-    };
     harness::wait_for(
         Duration::from_secs(30),
         "the window to pass a quiet moment",
-        latest_after(&quiet),
+        || harness::window_past(&config, &quiet),
     );
     // Idle, the window moves on through the manifest alone: no new segments.
-    let idle = list();
+    let idle = harness::list(&config);
     for _ in 0..2 {
-        let latest = list()["window"]["latest"]["time"]
+        let latest = harness::list(&config)["window"]["latest"]["time"]
             .as_str()
             .unwrap()
             .to_string();
         harness::wait_for(
             Duration::from_secs(30),
             "the window to move on while idle",
-            latest_after(&latest),
+            || harness::window_past(&config, &latest),
         );
     }
     assert_eq!(
-        list()["segments"]["count"],
+        harness::list(&config)["segments"]["count"],
         idle["segments"]["count"],
         "an idle source adds no segments"
     );
@@ -627,16 +612,7 @@ fn the_window_follows_a_source_quiet_since_its_snapshot() {
     harness::wait_for(
         Duration::from_secs(30),
         "the window to pass the snapshot",
-        || {
-            let out = harness::tidemark(
-                &["list", "--config", config.to_str().unwrap(), "--json"],
-                &[],
-            );
-            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            list["window"]["latest"]["time"]
-                .as_str()
-                .is_some_and(|t| t > after.as_str())
-        },
+        || harness::window_past(&config, &after),
     );
     assert_eq!(capture.stop(), 0);
 }

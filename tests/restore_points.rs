@@ -112,12 +112,7 @@ fn rewritten(step: &[String]) -> Option<&'static str> {
 
 /// Rereads of `table` in the archive.
 fn rereads_of(config: &std::path::Path, table: &str) -> usize {
-    let out = harness::tidemark(
-        &["list", "--config", config.to_str().unwrap(), "--json"],
-        &[],
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    list["rereads"].as_array().map_or(0, |r| {
+    harness::list(config)["rereads"].as_array().map_or(0, |r| {
         r.iter()
             .filter(|r| {
                 r["tables"]

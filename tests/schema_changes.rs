@@ -291,15 +291,13 @@ const NOW: &str =
 /// Waits until the archive lists a re-read of public.docs taken after `time`.
 fn wait_reread_after(config: &std::path::Path, time: &str) {
     harness::wait_for(Duration::from_secs(60), "a re-read of public.docs", || {
-        let out = harness::tidemark(
-            &["list", "--config", config.to_str().unwrap(), "--json"],
-            &[],
-        );
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        list["rereads"].as_array().is_some_and(|r| {
-            r.iter()
-                .any(|r| r["time"].as_str().unwrap_or("") > time && r["tables"][0] == "public.docs")
-        })
+        harness::list(config)["rereads"]
+            .as_array()
+            .is_some_and(|r| {
+                r.iter().any(|r| {
+                    r["time"].as_str().unwrap_or("") > time && r["tables"][0] == "public.docs"
+                })
+            })
     });
 }
 
@@ -490,33 +488,51 @@ fn tables_join_and_leave_the_watched_set() {
     }
 }
 
+/// Restores `--to latest` into a new database `<test db>_<label>`, which it
+/// returns, and asserts the restore succeeded.
+fn restore_latest(fx: &Fixture, config: &std::path::Path, label: &str) -> String {
+    let db = format!("{}_{label}", fx.db);
+    fx.psql(&format!("CREATE DATABASE {db}"));
+    let out = harness::tidemark(
+        &["restore", "--config", config.to_str().unwrap()],
+        &["--to", "latest", "--target", &fx.cluster.url(&db)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db
+}
+
+/// Stops capture once it has everything, restores `--to latest` and asserts
+/// public.docs equals the source's.
+fn latest_restores_as_the_source_is(
+    fx: &Fixture,
+    capture: harness::Capture,
+    config: &std::path::Path,
+) {
+    let want = md5(fx, None);
+    fx.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(capture.stop(), 0);
+    let db = restore_latest(fx, config, "target");
+    assert_eq!(md5(fx, Some(&db)), want);
+}
+
 /// Waits until the archive restores past `time`: what committed before it is archived.
 fn wait_window_past(config: &std::path::Path, time: &str) {
     harness::wait_for(
         Duration::from_secs(60),
         "the archive to pass a point",
-        || {
-            let out = harness::tidemark(
-                &["list", "--config", config.to_str().unwrap(), "--json"],
-                &[],
-            );
-            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            list["window"]["latest"]["time"]
-                .as_str()
-                .is_some_and(|t| t > time)
-        },
+        || harness::window_past(config, time),
     );
 }
 
 /// Waits until the archive lists a re-read of `table`.
 fn wait_reread_of(config: &std::path::Path, table: &str) {
     harness::wait_for(Duration::from_secs(60), "a re-read", || {
-        let out = harness::tidemark(
-            &["list", "--config", config.to_str().unwrap(), "--json"],
-            &[],
-        );
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        list["rereads"]
+        harness::list(config)["rereads"]
             .as_array()
             .is_some_and(|r| r.iter().any(|r| r["tables"][0] == table))
     });
@@ -540,22 +556,7 @@ fn a_rewrite_is_re_read_across_a_capture_kill() {
         std::panic::resume_unwind(timeout);
     }
     fx.psql("UPDATE docs SET v = 0 WHERE id = 1");
-    let want = md5(&fx, None);
-    fx.wait_caught_up(Duration::from_secs(60));
-    assert_eq!(capture.stop(), 0);
-    let db = format!("{}_target", fx.db);
-    fx.psql(&format!("CREATE DATABASE {db}"));
-    let out = harness::tidemark(
-        &["restore", "--config", config.to_str().unwrap()],
-        &["--to", "latest", "--target", &fx.cluster.url(&db)],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(md5(&fx, Some(&db)), want);
+    latest_restores_as_the_source_is(&fx, capture, &config);
 }
 
 /// Where the role may not create event triggers (not a superuser, as on
@@ -588,22 +589,7 @@ fn without_event_triggers_a_changed_table_is_re_read() {
     fx.psql("UPDATE docs SET v = v + 1 WHERE id = 1");
     wait_reread_of(&config, "public.docs");
     fx.psql("UPDATE docs SET tier = 'gold' WHERE id = 2");
-    let want = md5(&fx, None);
-    fx.wait_caught_up(Duration::from_secs(60));
-    assert_eq!(capture.stop(), 0);
-    let db = format!("{}_target", fx.db);
-    fx.psql(&format!("CREATE DATABASE {db}"));
-    let out = harness::tidemark(
-        &["restore", "--config", config.to_str().unwrap()],
-        &["--to", "latest", "--target", &fx.cluster.url(&db)],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(md5(&fx, Some(&db)), want);
+    latest_restores_as_the_source_is(&fx, capture, &config);
 }
 
 /// A table renamed, then rewritten: a restore refused between the rewrite
@@ -647,16 +633,7 @@ fn a_renamed_then_rewritten_table_restores_once_or_leaves_nothing() {
         "0"
     );
     // Past the re-read (taken under the new name), the table restores whole, once.
-    let out = harness::tidemark(
-        &["restore", "--config", config.to_str().unwrap()],
-        &["--to", "latest", "--target", &fx.cluster.url(&db)],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let db = restore_latest(&fx, &config, "latest");
     assert_eq!(state(&fx, Some(&db), "documents"), want);
     assert_eq!(
         fx.cluster

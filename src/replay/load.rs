@@ -15,6 +15,15 @@ use crate::base::hashing::HashingWriter;
 use crate::base::table::quote_ident;
 use crate::source::schema::SchemaSet;
 
+/// A store error for an object the manifest lists: one the store does not
+/// have is missing from the archive.
+fn listed(error: crate::archive::store::StoreError) -> ArchiveError {
+    match error {
+        crate::archive::store::StoreError::NotFound { key, .. } => ArchiveError::Missing { key },
+        other => other.into(),
+    }
+}
+
 /// Fetches an object and checks it against the manifest's size and SHA-256.
 pub async fn fetch_verified(
     store: &dyn ObjectStore,
@@ -22,10 +31,7 @@ pub async fn fetch_verified(
     size: u64,
     sha256: &str,
 ) -> Result<Bytes, ArchiveError> {
-    let data = store.get(key).await.map_err(|e| match e {
-        crate::archive::store::StoreError::NotFound { key, .. } => ArchiveError::Missing { key },
-        other => other.into(),
-    })?;
+    let data = store.get(key).await.map_err(listed)?;
     manifest::check_object(
         key,
         data.len() as u64,
@@ -77,12 +83,7 @@ async fn fetch_segment(
     store
         .get_to_file(&entry.key, &stored)
         .await
-        .map_err(|e| match e {
-            crate::archive::store::StoreError::NotFound { key, .. } => {
-                ArchiveError::Missing { key }
-            }
-            other => other.into(),
-        })?;
+        .map_err(listed)?;
     let owned = entry.clone();
     tokio::task::spawn_blocking(move || decompress_verified(&stored, &path, &owned))
         .await
@@ -238,12 +239,7 @@ async fn load_table(
     let size = store
         .get_to_file(&object.key, temp.path())
         .await
-        .map_err(|e| match e {
-            crate::archive::store::StoreError::NotFound { key, .. } => {
-                ArchiveError::Missing { key }
-            }
-            other => other.into(),
-        })?;
+        .map_err(listed)?;
     let path = temp.path().to_path_buf();
     let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut file = std::fs::File::open(path)?;

@@ -269,12 +269,24 @@ pub fn rows_md5_sql(table: &str, filter: &str) -> String {
 
 /// Whether `tidemark list` shows a restore window for the archive at `config`.
 pub fn archive_window_open(config: &Path) -> bool {
+    !list(config)["window"].is_null()
+}
+
+/// `tidemark list --json` of the archive at `config`; null when it cannot be read.
+pub fn list(config: &Path) -> serde_json::Value {
     let out = tidemark(
         &["list", "--config", config.to_str().unwrap(), "--json"],
         &[],
     );
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .is_ok_and(|list| !list["window"].is_null())
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Whether the archive at `config` restores past `time` (as the tests print
+/// times: RFC 3339 in UTC with microseconds, which sort as text).
+pub fn window_past(config: &Path, time: &str) -> bool {
+    list(config)["window"]["latest"]["time"]
+        .as_str()
+        .is_some_and(|t| t > time)
 }
 
 /// Whether the process `pid` has exited (so a wait for it to stream can stop).
