@@ -189,7 +189,7 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
             table,
         ));
         if expect == Expect::Refused {
-            wait_reread_after(&config, &time);
+            wait_reread(&config, "public.docs", &time);
             fx.psql("UPDATE docs SET v = v + 1 WHERE id = 5");
             let after = fx.psql(NOW);
             points.push((
@@ -287,19 +287,6 @@ fn migrations_restore_exactly_or_are_refused_by_name() {
 /// The source's clock as restore reads a time.
 const NOW: &str =
     "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
-
-/// Waits until the archive lists a re-read of public.docs taken after `time`.
-fn wait_reread_after(config: &std::path::Path, time: &str) {
-    harness::wait_for(Duration::from_secs(60), "a re-read of public.docs", || {
-        harness::list(config)["rereads"]
-            .as_array()
-            .is_some_and(|r| {
-                r.iter().any(|r| {
-                    r["time"].as_str().unwrap_or("") > time && r["tables"][0] == "public.docs"
-                })
-            })
-    });
-}
 
 /// Without the event trigger (a role that may not create one), a new column is
 /// seen only in the stream: what older rows read there is unknown, so the
@@ -421,7 +408,7 @@ fn tables_join_and_leave_the_watched_set() {
         vec![before_ledger, point(&["docs"])]
     });
     let (_, more) = run(&["public.docs", "public.ledger"], &|config, _| {
-        wait_reread_of(config, "public.ledger");
+        wait_reread(config, "public.ledger", "");
         fx.psql("UPDATE ledger SET amount = 0 WHERE id = 1");
         vec![point(&["docs", "ledger"])]
     });
@@ -529,12 +516,16 @@ fn wait_window_past(config: &std::path::Path, time: &str) {
     );
 }
 
-/// Waits until the archive lists a re-read of `table`.
-fn wait_reread_of(config: &std::path::Path, table: &str) {
+/// Waits until the archive lists a re-read of `table` taken after `time`
+/// (any, with "").
+fn wait_reread(config: &std::path::Path, table: &str, time: &str) {
     harness::wait_for(Duration::from_secs(60), "a re-read", || {
         harness::list(config)["rereads"]
             .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["tables"][0] == table))
+            .is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["time"].as_str().unwrap_or("") > time && r["tables"][0] == table)
+            })
     });
 }
 
@@ -550,7 +541,7 @@ fn a_rewrite_is_re_read_across_a_capture_kill() {
     fx.wait_caught_up(Duration::from_secs(60));
     capture.kill();
     let capture = fx.start_capture(&config);
-    let waited = std::panic::catch_unwind(|| wait_reread_of(&config, "public.docs"));
+    let waited = std::panic::catch_unwind(|| wait_reread(&config, "public.docs", ""));
     if let Err(timeout) = waited {
         eprintln!("capture's log:\n{}", capture.logs());
         std::panic::resume_unwind(timeout);
@@ -587,7 +578,7 @@ fn without_event_triggers_a_changed_table_is_re_read() {
     );
     fx.psql("ALTER TABLE docs ADD COLUMN tier text DEFAULT 'basic'");
     fx.psql("UPDATE docs SET v = v + 1 WHERE id = 1");
-    wait_reread_of(&config, "public.docs");
+    wait_reread(&config, "public.docs", "");
     fx.psql("UPDATE docs SET tier = 'gold' WHERE id = 2");
     latest_restores_as_the_source_is(&fx, capture, &config);
 }
@@ -605,7 +596,7 @@ fn a_renamed_then_rewritten_table_restores_once_or_leaves_nothing() {
     let time = fx.psql(&format!(
         "BEGIN; ALTER TABLE documents ALTER COLUMN v TYPE bigint USING v * 2; COMMIT; {NOW}"
     ));
-    wait_reread_of(&config, "public.documents");
+    wait_reread(&config, "public.documents", "");
     // A commit past the point carries the window over it.
     fx.psql("UPDATE documents SET v = v + 1 WHERE id = 1");
     let want = state(&fx, None, "documents");
