@@ -8,6 +8,7 @@ use futures_util::SinkExt;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
+use super::fold::SnapshotFilter;
 use crate::archive::manifest::{self, SegmentEntry, TableObject};
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
@@ -231,16 +232,38 @@ async fn load_table(
     work_dir: &Path,
     bar: &ProgressBar,
 ) -> Result<u64, ArchiveError> {
-    let temp =
+    let held = fetch_table(store, object, work_dir).await?;
+    copy_table(client, &held, None, bar).await
+}
+
+/// Snapshot tables held back for folds, by table: the applier takes one to
+/// load it whole, the rebuild takes the rest to load them folded.
+pub type HeldTables = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<crate::base::table::TableName, HeldTable>>,
+>;
+
+/// A snapshot table downloaded and verified, waiting to be loaded.
+pub struct HeldTable {
+    pub object: TableObject,
+    file: tempfile::NamedTempFile,
+}
+
+/// Downloads `object` into a temp file in `work_dir` and checks it against the manifest.
+pub async fn fetch_table(
+    store: &dyn ObjectStore,
+    object: &TableObject,
+    work_dir: &Path,
+) -> Result<HeldTable, ArchiveError> {
+    let file =
         tempfile::NamedTempFile::new_in(work_dir).map_err(|source| crate::log::LogError::Dir {
             path: work_dir.to_path_buf(),
             source,
         })?;
     let size = store
-        .get_to_file(&object.key, temp.path())
+        .get_to_file(&object.key, file.path())
         .await
         .map_err(listed)?;
-    let path = temp.path().to_path_buf();
+    let path = file.path().to_path_buf();
     let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut file = std::fs::File::open(path)?;
         let mut hasher = Sha256::new();
@@ -250,34 +273,81 @@ async fn load_table(
     .await
     .expect("hashing a snapshot table")
     .map_err(|source| crate::log::LogError::Io {
-        path: temp.path().to_path_buf(),
+        path: file.path().to_path_buf(),
         source,
     })?;
     manifest::check_object(&object.key, size, &actual, object.size, &object.sha256)?;
+    Ok(HeldTable {
+        object: object.clone(),
+        file,
+    })
+}
 
+/// Downloads the objects of tables held back for folds, a few at once.
+pub async fn fetch_tables(
+    store: &dyn ObjectStore,
+    objects: Vec<&TableObject>,
+    work_dir: &Path,
+) -> Result<HeldTables, ArchiveError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let fetches: Vec<_> = objects
+        .into_iter()
+        .map(|object| fetch_table(store, object, work_dir))
+        .collect();
+    let held: Vec<HeldTable> = futures_util::stream::iter(fetches)
+        .buffer_unordered(SEGMENTS_AT_ONCE)
+        .try_collect()
+        .await?;
+    let by_table = held
+        .into_iter()
+        .map(|h| (h.object.table.clone(), h))
+        .collect();
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(by_table)))
+}
+
+/// Takes `table`'s held snapshot, if it is still held.
+pub fn take_held(held: &HeldTables, table: &crate::base::table::TableName) -> Option<HeldTable> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(table)
+}
+
+/// Decompresses a held table into binary COPY, without the rows `filter`
+/// leaves out. Returns the snapshot's rows (kept or not).
+pub async fn copy_table(
+    client: &tokio_postgres::Client,
+    held: &HeldTable,
+    filter: Option<SnapshotFilter>,
+    bar: &ProgressBar,
+) -> Result<u64, ArchiveError> {
     let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let path = temp.path().to_path_buf();
-    let key = object.key.clone();
-    let decompressor = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let path = held.file.path().to_path_buf();
+    let object = &held.object;
+    let decompressor = tokio::task::spawn_blocking(move || -> Result<Option<u64>, String> {
         let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
         let mut decoder = zstd::stream::Decoder::new(file).map_err(|e| e.to_string())?;
+        let mut filter = filter;
         loop {
             let mut chunk = vec![0u8; 1 << 20];
             let n = std::io::Read::read(&mut decoder, &mut chunk).map_err(|e| e.to_string())?;
             if n == 0 {
-                return Ok(());
+                return filter.map(|f| f.finish()).transpose();
             }
             chunk.truncate(n);
-            if chunks.blocking_send(Bytes::from(chunk)).is_err() {
-                return Ok(());
+            if let Some(filter) = &mut filter {
+                let mut kept = Vec::with_capacity(n);
+                filter.push(&chunk, &mut kept)?;
+                chunk = kept;
+            }
+            if !chunk.is_empty() && chunks.blocking_send(Bytes::from(chunk)).is_err() {
+                return Ok(None);
             }
         }
     });
     let columns: Vec<String> = object.columns.iter().map(|c| quote_ident(c)).collect();
-    let table = &object.table;
     let sql = format!(
         "COPY {} ({}) FROM STDIN (FORMAT binary)",
-        table.quoted(),
+        object.table.quoted(),
         columns.join(", ")
     );
     let load = async {
@@ -290,17 +360,21 @@ async fn load_table(
         sink.finish().await
     };
     let loaded = load.await;
-    let decompressed = decompressor.await.expect("decompressing a snapshot table");
-    if let Err(problem) = decompressed {
-        return Err(ArchiveError::Corrupt {
-            key,
-            problem: format!("does not decompress: {problem}"),
-        });
-    }
-    loaded.map_err(|e| ArchiveError::Corrupt {
+    let key = object.key.clone();
+    let rows_read = match decompressor.await.expect("decompressing a snapshot table") {
+        Ok(rows) => rows,
+        Err(problem) => {
+            return Err(ArchiveError::Corrupt {
+                key,
+                problem: format!("does not decompress: {problem}"),
+            })
+        }
+    };
+    let copied = loaded.map_err(|e| ArchiveError::Corrupt {
         key,
         problem: format!("the target refused its rows: {e}"),
-    })
+    })?;
+    Ok(rows_read.unwrap_or(copied))
 }
 
 #[cfg(test)]

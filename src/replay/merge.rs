@@ -145,13 +145,7 @@ impl TableBatch {
     /// A stage on the target to collect this table's net effects in, flush
     /// after flush, until they are merged into the table at once.
     pub fn stage(&self, name: String) -> NetStage {
-        NetStage {
-            name,
-            columns: self.columns.iter().map(|c| quote_ident(c)).collect(),
-            key: self.key.clone(),
-            flushes: 0,
-            partial: BTreeSet::new(),
-        }
+        NetStage::new(name, &self.columns, self.key.clone())
     }
 
     /// Whether a row keeps a TOASTed value only the target holds: such a
@@ -163,7 +157,7 @@ impl TableBatch {
     /// The batch as rows of `stage`'s COPY, tagged with the stage's next
     /// flush number; the batch is left empty.
     pub fn take_into(&mut self, stage: &mut NetStage) -> Bytes {
-        stage.flushes += 1;
+        let flush = stage.next_flush();
         let mut data = Vec::with_capacity(self.bytes + 16 * self.rows.len());
         for (key, net) in self.rows.drain() {
             let (op, values) = match net {
@@ -177,18 +171,11 @@ impl TableBatch {
                 Net::Row(values) => ('u', values),
             };
             let unchanged = unchanged_mask(&values);
-            let _ = write!(data, "{}\t{op}\t", stage.flushes);
+            let _ = write!(data, "{flush}\t{op}\t");
             copy_text(&mut data, unchanged.as_bytes());
             for value in &values {
                 data.push(b'\t');
-                match value {
-                    TupleValue::Null | TupleValue::UnchangedToast => data.extend_from_slice(b"\\N"),
-                    TupleValue::Text(bytes) => copy_text(&mut data, bytes),
-                    TupleValue::Binary(bytes) => {
-                        data.extend_from_slice(b"\\\\x");
-                        data.extend_from_slice(hex::encode(bytes).as_bytes());
-                    }
-                }
+                copy_value(&mut data, value);
             }
             data.push(b'\n');
             if !unchanged.is_empty() {
@@ -214,6 +201,23 @@ pub struct NetStage {
 }
 
 impl NetStage {
+    /// A stage for a table of `columns` (unquoted), keyed by the columns at `key`.
+    pub fn new(name: String, columns: &[String], key: Vec<usize>) -> NetStage {
+        NetStage {
+            name,
+            columns: columns.iter().map(|c| quote_ident(c)).collect(),
+            key,
+            flushes: 0,
+            partial: BTreeSet::new(),
+        }
+    }
+
+    /// The number of the flush about to be sent.
+    pub fn next_flush(&mut self) -> u64 {
+        self.flushes += 1;
+        self.flushes
+    }
+
     /// Creates the stage shaped like `table` (quoted).
     pub fn create(&self, table: &str) -> String {
         format!(
@@ -312,10 +316,23 @@ fn value_len(value: &TupleValue) -> usize {
     }
 }
 
+/// Appends one value in COPY's text format; an unchanged TOAST value
+/// reads as NULL (the stage's mask says which it was).
+pub(super) fn copy_value(out: &mut Vec<u8>, value: &TupleValue) {
+    match value {
+        TupleValue::Null | TupleValue::UnchangedToast => out.extend_from_slice(b"\\N"),
+        TupleValue::Text(bytes) => copy_text(out, bytes),
+        TupleValue::Binary(bytes) => {
+            out.extend_from_slice(b"\\\\x");
+            out.extend_from_slice(hex::encode(bytes).as_bytes());
+        }
+    }
+}
+
 /// Appends `bytes` escaped for COPY's text format. Byte by byte: the four
 /// escaped characters are ASCII, which never occurs inside a multi-byte
 /// UTF-8 character, so every other byte goes through exactly as it came.
-fn copy_text(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn copy_text(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut rest = bytes;
     while let Some(at) = rest
         .iter()

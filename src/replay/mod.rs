@@ -18,10 +18,15 @@
 //!   applied them, so replaying them in that order reproduces the source's
 //!   state at the target. Per-key merging (`merge`) keeps only each key's
 //!   last image within a batch, which that order makes equal to replaying
-//!   every change.
+//!   every change. A table the rebuild creates, with an integer or uuid key,
+//!   waits for its changes: they fold into its snapshot's COPY (`fold`), so
+//!   each row is loaded once; anything a fold cannot carry loads the table
+//!   whole and goes the way of `merge`. Inserts into tables without a key go
+//!   in as COPY: a multiset takes rows in any order.
 
 pub mod apply;
 pub mod at_target;
+pub mod fold;
 pub mod load;
 pub mod merge;
 pub mod pipeline;

@@ -14,6 +14,9 @@ use futures_util::SinkExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::Executor;
+use super::fold::SnapshotFilter;
+use super::load::HeldTables;
+use crate::base::table::TableName;
 
 /// Queued work: a few flushes' worth, so memory stays bounded while the
 /// target catches up.
@@ -31,6 +34,8 @@ pub struct PipelinedExecutor {
     client: std::sync::Arc<tokio_postgres::Client>,
     runtime: tokio::runtime::Handle,
     failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Snapshot tables held back for folds, loaded whole when the applier asks.
+    held: HeldTables,
 }
 
 impl PipelinedExecutor {
@@ -67,7 +72,14 @@ impl PipelinedExecutor {
             client,
             runtime,
             failed,
+            held: Default::default(),
         }
+    }
+
+    /// The snapshot tables the applier loads itself (`Executor::load`).
+    pub fn with_held(mut self, held: HeldTables) -> Self {
+        self.held = held;
+        self
     }
 
     fn queue(&mut self, job: Job) -> Result<(), String> {
@@ -104,6 +116,22 @@ impl Executor for PipelinedExecutor {
             )
             .map(|row| row.get(0))
             .map_err(|e| message(&e))
+    }
+
+    fn load(&mut self, table: &TableName, filter: Option<SnapshotFilter>) -> Result<u64, String> {
+        let held = super::load::take_held(&self.held, table)
+            .ok_or_else(|| format!("no snapshot of {table} is held back"))?;
+        // The load runs on this connection once what was queued before it has.
+        self.sync()?;
+        let hidden = indicatif::ProgressBar::hidden();
+        self.runtime
+            .block_on(super::load::copy_table(
+                &self.client,
+                &held,
+                filter,
+                &hidden,
+            ))
+            .map_err(|e| e.to_string())
     }
 
     fn sync(&mut self) -> Result<(), String> {

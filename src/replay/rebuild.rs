@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::apply::{Applier, ApplyError, Bounds, Executor, Inexact, Target};
+use super::fold::Fold;
 use super::load;
 use super::pipeline::PipelinedExecutor;
 use super::progress::{Phases, Unit};
@@ -15,7 +16,7 @@ use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
 use crate::base::exit::ExitCode;
 use crate::base::position::{EndLsn, Position};
-use crate::base::table::TableName;
+use crate::base::table::{quote_ident, TableName};
 use crate::log::committed::Assembler;
 use crate::source::schema::SchemaSet;
 
@@ -214,6 +215,9 @@ pub struct Scope {
     pub data_only: bool,
     /// Go on past a schema change the stream cannot carry, and report it, instead of refusing.
     pub allow_inexact: bool,
+    /// Fold changes into fresh tables' snapshots (`fold`): faster, for up to
+    /// `fold::BUDGET` more memory. Compaction keeps its memory low instead.
+    pub fold: bool,
 }
 
 impl Plan {
@@ -332,6 +336,21 @@ pub async fn rebuild_scoped(
         .filter(|(table, _)| schema.table(table).is_some())
         .filter_map(|(table, entry)| entry.tables.iter().find(|o| &o.table == table))
         .collect();
+    // A table this rebuild creates loads once its changes are folded into
+    // its snapshot, when its key allows (`fold`) and the changes are few
+    // enough to hold (a record's bytes roughly bound what its fold holds);
+    // the others load now, while the segments download.
+    let changes_fit =
+        plan.segments.iter().map(|s| s.raw_size).sum::<u64>() <= super::fold::BUDGET as u64;
+    let mut folds = HashMap::new();
+    let (held, objects): (Vec<_>, Vec<_>) = objects.into_iter().partition(|object| {
+        let fold = schema
+            .table(&object.table)
+            .filter(|_| scope.fold && !scope.data_only && changes_fit)
+            .and_then(|table| Fold::new(object, table));
+        fold.map(|fold| folds.insert(object.table.clone(), fold))
+            .is_some()
+    });
     let bar = phases.bar(
         "snapshot load",
         objects.iter().map(|o| o.raw_size).sum(),
@@ -339,27 +358,32 @@ pub async fn rebuild_scoped(
     );
     // The segments download while the snapshot loads: one waits on the
     // store, the other on the target.
-    let (rows_loaded, segments) = tokio::join!(
+    let (rows_loaded, segments, held) = tokio::join!(
         async {
             let rows = load::load_tables(clients, store, objects, work_dir, &bar).await;
             bar.finish();
             rows
         },
         fetch(store, plan, work_dir, phases),
+        load::fetch_tables(store, held, work_dir),
     );
-    let (rows_loaded, segments) = (rows_loaded?, segments?);
+    let (rows_loaded, segments, held) = (rows_loaded?, segments?, held?);
     let load_seconds = loading.elapsed().as_secs_f64();
     let replaying = std::time::Instant::now();
-    let executor = PipelinedExecutor::start(client, tokio::runtime::Handle::current());
-    let replayed = apply(
+    let executor =
+        PipelinedExecutor::start(client, tokio::runtime::Handle::current()).with_held(held.clone());
+    let mut replayed = apply(
         plan,
         &schema,
         segments,
         executor,
+        folds,
         phases,
         scope.allow_inexact,
     )
     .await?;
+    let folded = std::mem::take(&mut replayed.folds);
+    let rows_folded = load_folded(clients, &held, folded).await?;
     let mut schema = schema;
     let settle_sql = replayed.at_target.settle(&mut schema);
     // Built once over the final rows: replay's merges join the table whole,
@@ -374,7 +398,7 @@ pub async fn rebuild_scoped(
         schema,
         transactions: replayed.transactions,
         changes: replayed.changes,
-        rows_loaded,
+        rows_loaded: rows_loaded + replayed.rows_loaded + rows_folded,
         load_seconds,
         replay_seconds: replaying.elapsed().as_secs_f64(),
         inexact: replayed.inexact,
@@ -399,6 +423,7 @@ pub async fn count(
         &schema,
         segments,
         Discard,
+        HashMap::new(),
         &Phases::hidden(),
         allow_inexact,
     )
@@ -412,6 +437,70 @@ pub struct Replayed {
     pub inexact: Vec<Inexact>,
     pub sequences: crate::source::sequences::Sample,
     pub at_target: super::at_target::TablesAtTarget,
+    /// Snapshot rows replay loaded itself (of folds it gave up).
+    pub rows_loaded: u64,
+    /// Tables whose changes all folded: loaded after replay.
+    pub folds: HashMap<TableName, Fold>,
+}
+
+/// Loads each folded table, one worker per client, largest first: its
+/// snapshot without the keys its changes touched, and, on its own
+/// connection when there is one free, those keys' final rows. Returns the
+/// snapshot rows read.
+async fn load_folded(
+    clients: &[Arc<tokio_postgres::Client>],
+    held: &load::HeldTables,
+    folds: HashMap<TableName, Fold>,
+) -> Result<u64, RebuildError> {
+    enum Part {
+        Snapshot(Box<(load::HeldTable, super::fold::SnapshotFilter)>),
+        Rows(String, bytes::Bytes),
+    }
+    let mut queue = Vec::new();
+    for (table, fold) in folds {
+        let Some(snapshot) = load::take_held(held, &table) else {
+            continue;
+        };
+        let columns: Vec<String> = fold.columns().iter().map(|c| quote_ident(c)).collect();
+        let copy = format!(
+            "COPY {} ({}) FROM STDIN",
+            table.quoted(),
+            columns.join(", ")
+        );
+        let (filter, rows) = fold.into_parts();
+        let size = snapshot.object.raw_size;
+        queue.push((size, Part::Snapshot(Box::new((snapshot, filter)))));
+        if !rows.is_empty() {
+            queue.push((rows.len() as u64, Part::Rows(copy, rows)));
+        }
+    }
+    queue.sort_by_key(|(size, _)| *size);
+    let queue = std::sync::Mutex::new(queue);
+    let worker = |client: &Arc<tokio_postgres::Client>| {
+        let (queue, client) = (&queue, client.clone());
+        async move {
+            let mut read = 0;
+            loop {
+                let next = queue.lock().expect("the fold queue").pop();
+                match next.map(|(_, part)| part) {
+                    None => return Ok::<u64, RebuildError>(read),
+                    Some(Part::Snapshot(part)) => {
+                        let (snapshot, filter) = *part;
+                        let hidden = indicatif::ProgressBar::hidden();
+                        read += load::copy_table(&client, &snapshot, Some(filter), &hidden).await?;
+                    }
+                    Some(Part::Rows(copy, rows)) => {
+                        let sink = client.copy_in(copy.as_str()).await?;
+                        futures_util::pin_mut!(sink);
+                        futures_util::SinkExt::send(&mut sink, rows).await?;
+                        sink.finish().await?;
+                    }
+                }
+            }
+        }
+    };
+    let loaded = futures_util::future::try_join_all(clients.iter().map(worker)).await?;
+    Ok(loaded.into_iter().sum())
 }
 
 /// Runs the applier's SQL nowhere, for counting.
@@ -432,6 +521,14 @@ impl Executor for Discard {
 
     fn sync(&mut self) -> Result<(), String> {
         Ok(())
+    }
+
+    fn load(
+        &mut self,
+        _table: &TableName,
+        _filter: Option<super::fold::SnapshotFilter>,
+    ) -> Result<u64, String> {
+        Ok(0)
     }
 }
 
@@ -465,6 +562,7 @@ async fn apply<E: Executor + Send + 'static>(
     schema: &SchemaSet,
     segment_dir: tempfile::TempDir,
     executor: E,
+    folds: HashMap<TableName, Fold>,
     phases: &Phases,
     allow_inexact: bool,
 ) -> Result<Replayed, RebuildError> {
@@ -502,6 +600,7 @@ async fn apply<E: Executor + Send + 'static>(
     let applied = tokio::task::spawn_blocking(move || -> Result<Replayed, ApplyError> {
         let mut applier = Applier::new(executor, bounds, tables, type_names)
             .with_rereads(rereads, next_rereads)
+            .with_folds(folds)
             .with_progress(bar.clone())
             .allow_inexact(allow_inexact);
         let applied = Assembler::run(&dir, &mut applier).and_then(|()| applier.finish());
@@ -516,6 +615,8 @@ async fn apply<E: Executor + Send + 'static>(
             inexact: std::mem::take(&mut applier.inexact),
             sequences: std::mem::take(&mut applier.sequences),
             at_target: std::mem::take(&mut applier.at_target),
+            rows_loaded: applier.rows_loaded,
+            folds: applier.take_folds(),
         })
     })
     .await

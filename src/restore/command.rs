@@ -314,6 +314,7 @@ pub async fn run(
         tables: Some(tables.clone()),
         data_only: request.data_only,
         allow_inexact: request.allow_inexact,
+        fold: true,
     };
     let rebuilt =
         match rebuild::rebuild_scoped(store, &plan, &clients, work_dir, &scope, phases).await {

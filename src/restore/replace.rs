@@ -127,6 +127,7 @@ pub async fn replace_rows(
             tables: Some(tables.to_vec()),
             data_only: false,
             allow_inexact: request.allow_inexact,
+            fold: true,
         };
         let rebuilt =
             rebuild::rebuild_scoped(store, plan, &clients, work_dir, &scope, phases).await?;

@@ -25,6 +25,19 @@ impl Executor for &mut Recorder {
     fn sync(&mut self) -> Result<(), String> {
         Ok(())
     }
+    fn load(
+        &mut self,
+        table: &TableName,
+        filter: Option<crate::replay::fold::SnapshotFilter>,
+    ) -> Result<u64, String> {
+        let how = if filter.is_some() {
+            "filtered"
+        } else {
+            "whole"
+        };
+        self.0.push(format!("LOAD {table} {how}"));
+        Ok(0)
+    }
 }
 
 fn relation(columns: &[(&str, bool)], identity: u8) -> Arc<Relation> {
@@ -240,4 +253,109 @@ fn full_identity_deletes_one_matching_row_and_columns_follow_the_source() {
         sql.contains("DELETE FROM \"public\".\"t\" WHERE ctid = (SELECT ctid FROM \"public\".\"t\" WHERE \"id\"::text = '1' AND \"v\" IS NULL AND \"extra\"::text = 'x' LIMIT 1);"),
         "{sql}"
     );
+}
+
+/// Runs `changes` with public.t (bigint key) folded into its snapshot.
+fn run_folded(changes: Vec<(TxnInfo, Change)>) -> Vec<String> {
+    let object = crate::archive::manifest::TableObject {
+        table: TableName::new("public", "t"),
+        key: "snapshot/t".into(),
+        columns: vec!["id".into(), "v".into()],
+        size: 0,
+        sha256: String::new(),
+        raw_size: 0,
+    };
+    let column = |name: &str, type_oid| crate::source::schema::ColumnDef {
+        name: name.into(),
+        type_sql: String::new(),
+        type_oid,
+        default: None,
+        not_null: false,
+        identity: None,
+        generated: None,
+    };
+    let schema = crate::source::schema::TableSchema {
+        schema: "public".into(),
+        name: "t".into(),
+        columns: vec![column("id", 20), column("v", 25)],
+        replica_identity: "d".into(),
+        primary_key: vec!["id".into()],
+        constraints: vec![],
+        indexes: vec![],
+        row_security: false,
+        force_row_security: false,
+        policies: vec![],
+        sequences: vec![],
+    };
+    let fold = crate::replay::fold::Fold::new(&object, &schema).unwrap();
+    let mut recorder = Recorder::default();
+    let mut folded = Vec::new();
+    {
+        let tables = HashMap::from([(
+            TableName::new("public", "t"),
+            vec![("id".to_string(), 25), ("v".to_string(), 25)],
+        )]);
+        let bounds = Bounds {
+            after: EndLsn(Lsn(100)),
+            until: Target::Latest,
+        };
+        let mut applier = Applier::new(&mut recorder, bounds, tables, HashMap::new())
+            .with_folds(HashMap::from([(TableName::new("public", "t"), fold)]));
+        for (t, change) in changes {
+            applier.begin(&t).unwrap();
+            applier.change(&t, Lsn(0), change).unwrap();
+            applier.commit(&t).unwrap();
+        }
+        applier.finish().unwrap();
+        // What is still folded loads after replay: its final rows, as that load sends them.
+        for (table, fold) in applier.take_folds() {
+            let (_, rows) = fold.into_parts();
+            let rows = String::from_utf8_lossy(&rows).into_owned();
+            folded.push(format!("FOLDED {table}\n{rows}"));
+        }
+    }
+    recorder.0.extend(folded);
+    recorder.0
+}
+
+#[test]
+fn a_fresh_table_loads_once_with_its_changes_folded_in() {
+    let rel = relation(&[("id", true), ("v", false)], b'd');
+    let insert = |id: &str, v: &str| Change::Insert {
+        relation: rel.clone(),
+        new: Tuple(vec![text(id), text(v)]),
+    };
+    let sql = run_folded(vec![
+        (txn(150, 160), insert("1", "a")),
+        (txn(170, 180), insert("1", "b")),
+        (txn(190, 200), insert("2", "c")),
+    ]);
+    assert_eq!(
+        sql.len(),
+        1,
+        "nothing loaded, staged or merged during replay: {sql:?}"
+    );
+    let mut lines = sql[0].lines();
+    assert_eq!(lines.next(), Some("FOLDED public.t"));
+    let folded = lines.collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(folded, ["1\tb", "2\tc"].into_iter().collect());
+
+    // A TOASTed value the change left out is only in the snapshot: load it whole, then stage.
+    let toast = Change::Update {
+        relation: rel.clone(),
+        old: None,
+        new: Tuple(vec![text("1"), TupleValue::UnchangedToast]),
+    };
+    let sql = run_folded(vec![
+        (txn(150, 160), insert("2", "c")),
+        (txn(170, 180), toast),
+    ]);
+    assert_eq!(sql[0], "LOAD public.t whole", "{sql:?}");
+    let all = sql.join("\n");
+    assert!(all.contains("1\tu\t\t2\tc"), "the fold staged: {all}");
+    assert!(
+        all.contains("UPDATE \"public\".\"t\" t SET \"id\" = s.\"id\""),
+        "{all}"
+    );
+    assert!(!all.contains("FOLDED"), "{all}");
 }
