@@ -47,6 +47,7 @@ fn a_small_bench_runs_every_phase_and_writes_its_outputs() {
         "/latency/200/durable_p99_ms",
         "/restore/ratio_vs_copy",
         "/restore/ratio_vs_pg_restore",
+        "/restore/restore_vs_copy",
         "/memory/capture_peak_rss_mib",
         "/capture/scenarios/pgbench/walsender_busy",
         "/restore/compaction/seconds",
@@ -63,9 +64,17 @@ fn a_small_bench_runs_every_phase_and_writes_its_outputs() {
         busy.is_null() || busy.as_f64().is_some_and(|v| v > 0.0),
         "pg_recvlogical_walsender_busy: {busy}"
     );
+    // 2,000 accounts, one branch and its ten tellers.
     assert_eq!(
-        results["restore"]["rows"], 2000,
+        results["restore"]["rows"], 2011,
         "the restore phase restored every row"
+    );
+    assert!(
+        results["restore"]["changes"]
+            .as_u64()
+            .is_some_and(|c| c >= 4000),
+        "the pgbench backlog was replayed: {}",
+        results["restore"]
     );
     // Compaction wrote a new snapshot: its scratch server wrote the rows out.
     assert!(

@@ -17,7 +17,7 @@ use crate::base::position::EndLsn;
 use crate::telemetry::Progress;
 
 const DB: &str = "tidemark_bench_drain";
-const PGBENCH_TABLES: [&str; 4] = [
+pub(super) const PGBENCH_TABLES: [&str; 4] = [
     "public.pgbench_accounts",
     "public.pgbench_branches",
     "public.pgbench_tellers",

@@ -240,12 +240,18 @@ fn rss_mib(pid: i32) -> f64 {
 /// Runs this binary with `args` to its end, sampling it and its children
 /// every 20 ms: peak RSS and bytes read and written, its own and theirs.
 pub fn measure(server: &Server, args: &[&str]) -> Result<ProcessCost, BenchError> {
+    measure_output(server, args).map(|(cost, _)| cost)
+}
+
+/// Like [`measure`], and what the process printed (a JSON report, say:
+/// small enough for the pipe to hold until it exits).
+pub fn measure_output(server: &Server, args: &[&str]) -> Result<(ProcessCost, String), BenchError> {
     let started = Instant::now();
     let mut child = server
         .command("/proc/self/exe")
         .args(args)
         .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
     let pid = child.id() as i32;
@@ -283,5 +289,10 @@ pub fn measure(server: &Server, args: &[&str]) -> Result<ProcessCost, BenchError
             detail: said.trim().to_string(),
         });
     }
-    Ok(cost)
+    let mut printed = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        use std::io::Read;
+        stdout.read_to_string(&mut printed)?;
+    }
+    Ok((cost, printed))
 }
