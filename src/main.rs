@@ -292,10 +292,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Capture is one loop on one socket: on a single thread, a read wakes the
+    // loop itself, with no hand-off between worker threads per read, and the
+    // CPU it leaves is the server's walsender's (heavy work runs on blocking
+    // threads either way).
+    let mut builder = match cli.command {
+        Command::Capture { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

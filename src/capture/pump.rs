@@ -28,6 +28,15 @@ const MEASURE_EVERY: Duration = Duration::from_secs(1);
 const BATCH_BYTES: usize = 1 << 20;
 /// How often a full log is said again while it stays full.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// A read smaller than this means capture has caught up with what the server
+/// sent; it then waits `COALESCE` before reading again, so the next read takes
+/// many messages with one wakeup, one batch to the writer and one fsync,
+/// where reading each message as it came cost all three per message and took
+/// CPU the server's walsender needed (2 cores, a pgbench backlog: walsender
+/// busy 0.77 without the wait, 0.87 with it).
+const SMALL_READ: usize = 16 << 10;
+/// Added to commit-to-durable latency at most, and only after small reads.
+const COALESCE: Duration = Duration::from_millis(1);
 /// How often capture logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// After this long without a byte from the server, capture asks it to answer
@@ -75,6 +84,8 @@ pub(super) struct Pump {
     last_seal_end: EndLsn,
     /// The newest transaction finished, and when.
     last_finished: Option<Position>,
+    /// After a small read, the socket is read again from then on.
+    read_after: Option<Instant>,
 }
 
 impl Session {
@@ -102,11 +113,14 @@ impl Session {
             pump.log_progress();
             let listen_until = pump.check_liveness(self, now, log_full).await?;
             let seal_at = pump.next_seal;
+            let read_after = pump.read_after.filter(|&at| at > now);
             tokio::select! {
-                filled = self.conn.fill(), if !log_full => {
-                    filled?;
-                    pump.heard(Instant::now());
+                filled = self.conn.fill(), if !log_full && read_after.is_none() => {
+                    let now = Instant::now();
+                    pump.read_after = (filled? < SMALL_READ).then(|| now + COALESCE);
+                    pump.heard(now);
                 }
+                _ = tokio::time::sleep_until(read_after.unwrap_or(now).into()), if read_after.is_some() => {}
                 _ = tokio::time::sleep_until(listen_until.into()), if !log_full => {}
                 _ = tokio::time::sleep_until(seal_at.unwrap_or(now).into()), if seal_at.is_some() => {
                     pump.seal(self).await?;
@@ -175,6 +189,7 @@ impl Pump {
             content_since_seal: true,
             last_seal_end: session.start,
             last_finished: None,
+            read_after: None,
         }
     }
 

@@ -242,14 +242,14 @@ impl ReplicationConnection {
         Ok(())
     }
 
-    /// Reads more bytes from the socket. Cancel-safe: usable in `select!`.
-    pub async fn fill(&mut self) -> Result<(), SourceError> {
+    /// Reads more bytes from the socket; returns how many. Cancel-safe: usable in `select!`.
+    pub async fn fill(&mut self) -> Result<usize, SourceError> {
         if self.read.capacity() - self.read.len() < 8192 {
             self.read.reserve(1 << 16);
         }
         match self.socket.read_buf(&mut self.read).await? {
             0 => Err(SourceError::Closed),
-            _ => Ok(()),
+            read => Ok(read),
         }
     }
 
