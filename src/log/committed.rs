@@ -85,6 +85,11 @@ pub trait TxnSink {
         .into())
     }
 
+    /// Whether the sink needs nothing more: reading stops.
+    fn satisfied(&self) -> bool {
+        false
+    }
+
     /// Every transaction ending at or before `lsn` has been emitted (a
     /// Progress record read while no transaction was open). Most sinks need
     /// not care.
@@ -166,6 +171,9 @@ impl Assembler<LogDir> {
         let mut reader = LogReader::open(dir)?;
         while let Some((position, record)) = reader.next_record()? {
             assembler.push(position, record, sink)?;
+            if sink.satisfied() {
+                break;
+            }
         }
         Ok(())
     }

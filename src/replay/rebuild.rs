@@ -149,7 +149,13 @@ pub fn plan(manifest: &Manifest, target: Target) -> Result<Plan, RebuildError> {
     if beyond {
         return Err(outside_window(manifest, target, Some(chain_end)));
     }
-    let segments = chain_segments(manifest, snapshot.lsn, chain_end.lsn)?;
+    // Past an LSN target nothing is read: a transaction ending at or before
+    // it has every record in a segment that starts before it.
+    let read_to = match target {
+        Target::Lsn(lsn) => lsn.min(chain_end.lsn),
+        Target::Time(_) | Target::Latest => chain_end.lsn,
+    };
+    let segments = chain_segments(manifest, snapshot.lsn, read_to)?;
     let after_base = |r: &&SnapshotEntry| r.lsn > snapshot.lsn && r.lsn <= chain_end.lsn;
     let mut rereads: Vec<SnapshotEntry> = manifest
         .rereads
@@ -453,7 +459,7 @@ async fn load_folded(
     folds: HashMap<TableName, Fold>,
 ) -> Result<u64, RebuildError> {
     enum Part {
-        Snapshot(Box<(load::HeldTable, super::fold::SnapshotFilter)>),
+        Snapshot(Box<(load::HeldTable, Option<super::fold::SnapshotFilter>)>),
         Rows(String, bytes::Bytes),
     }
     let mut queue = Vec::new();
@@ -467,7 +473,10 @@ async fn load_folded(
             table.quoted(),
             columns.join(", ")
         );
+        // With no key touched, the snapshot's bytes go through unread.
+        let touched = !fold.is_empty();
         let (filter, rows) = fold.into_parts();
+        let filter = touched.then_some(filter);
         let size = snapshot.object.raw_size;
         queue.push((size, Part::Snapshot(Box::new((snapshot, filter)))));
         if !rows.is_empty() {
@@ -487,7 +496,7 @@ async fn load_folded(
                     Some(Part::Snapshot(part)) => {
                         let (snapshot, filter) = *part;
                         let hidden = indicatif::ProgressBar::hidden();
-                        read += load::copy_table(&client, &snapshot, Some(filter), &hidden).await?;
+                        read += load::copy_table(&client, &snapshot, filter, &hidden).await?;
                     }
                     Some(Part::Rows(copy, rows)) => {
                         let sink = client.copy_in(copy.as_str()).await?;
@@ -668,6 +677,11 @@ mod tests {
         assert_eq!(starts(&p), vec![200, 400]);
         let p = plan(&m, Target::Latest).unwrap();
         assert_eq!(p.bounds.until, Target::Lsn(EndLsn(Lsn(500))));
+        // Nothing past an LSN target is read: the segment starting at it holds no transaction ending by it.
+        let p = plan(&m, Target::Lsn(EndLsn(Lsn(400)))).unwrap();
+        assert_eq!(starts(&p), vec![200]);
+        let p = plan(&m, Target::Lsn(EndLsn(Lsn(150)))).unwrap();
+        assert_eq!(starts(&p), vec![50]);
     }
 
     #[test]

@@ -621,6 +621,11 @@ impl<E: Executor> TxnSink for Applier<E> {
         Ok(())
     }
 
+    /// Past the target, everything later is too (commit order).
+    fn satisfied(&self) -> bool {
+        self.reached_target
+    }
+
     fn incomplete(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
         // Harmless if the snapshot holds it, or if it is past the target.
         if txn.commit_lsn.precedes(self.bounds.after)
