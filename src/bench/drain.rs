@@ -78,22 +78,7 @@ async fn backlog(
     let client = server.connect(DB).await?;
     match scenario {
         Scenario::Pgbench => {
-            // TPC-B-like: 3 updates and 1 insert per transaction, 4 clients.
-            let per_client = (changes / 4 / 4).max(1).to_string();
-            let conninfo = server.conninfo(DB);
-            let args = [
-                "-n",
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-M",
-                "prepared",
-                "-t",
-                &per_client,
-                &conninfo,
-            ];
-            server.run_tool("pgbench", &args)?;
+            super::pgbench_backlog(server, DB, changes, &[])?;
         }
         Scenario::Wide => {
             // Half inserts, half updates of the big column, 100 rows a transaction.

@@ -206,6 +206,33 @@ impl Server {
     }
 }
 
+/// Runs a pgbench backlog of `changes` changes into `db`: TPC-B-like, 4
+/// changes per transaction, 4 clients; `extra` adds pgbench arguments (a
+/// script of its own, say).
+pub fn pgbench_backlog(
+    server: &Server,
+    db: &str,
+    changes: u64,
+    extra: &[&str],
+) -> Result<(), BenchError> {
+    let per_client = (changes / 4 / 4).max(1).to_string();
+    let conninfo = server.conninfo(db);
+    let mut args = vec![
+        "-n",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-M",
+        "prepared",
+        "-t",
+        &per_client,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&conninfo);
+    server.run_tool("pgbench", &args).map(drop)
+}
+
 /// The server's WAL insert position. The bench reads it between its own
 /// transactions, so it is a position between transactions.
 pub async fn current_lsn(client: &tokio_postgres::Client) -> Result<EndLsn, BenchError> {

@@ -137,34 +137,16 @@ pub async fn run(server: &Server, options: &Options) -> Result<RestoreResult, Be
     };
     let script = options.work_dir.join("tpcb.sql");
     std::fs::write(&script, TPCB)?;
-    // 4 changes per transaction, 4 clients.
-    let per_client = (options.changes / 4 / 4).max(1).to_string();
     let (accounts_var, branches_var) = (
         format!("accounts={accounts}"),
         format!("branches={branches}"),
     );
-    let conninfo = server.conninfo(SOURCE);
     let script_arg = script.display().to_string();
-    server.run_tool(
-        "pgbench",
-        &[
-            "-n",
-            "-c",
-            "4",
-            "-j",
-            "2",
-            "-M",
-            "prepared",
-            "-t",
-            &per_client,
-            "-D",
-            &accounts_var,
-            "-D",
-            &branches_var,
-            "-f",
-            &script_arg,
-            &conninfo,
-        ],
+    super::pgbench_backlog(
+        server,
+        SOURCE,
+        options.changes,
+        &["-D", &accounts_var, "-D", &branches_var, "-f", &script_arg],
     )?;
     let end = current_lsn(&client).await?;
     let mut archived = progress.archived.subscribe();

@@ -462,31 +462,9 @@ impl SnapshotFilter {
 mod tests {
     use super::*;
     use crate::source::pgoutput::build::{text, text_relation};
-    use crate::source::schema::ColumnDef;
 
     fn schema(key_oid: u32) -> TableSchema {
-        let column = |name: &str, type_oid| ColumnDef {
-            name: name.into(),
-            type_sql: String::new(),
-            type_oid,
-            default: None,
-            not_null: false,
-            identity: None,
-            generated: None,
-        };
-        TableSchema {
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![column("id", key_oid), column("v", 25)],
-            replica_identity: "d".into(),
-            primary_key: vec!["id".into()],
-            constraints: vec![],
-            indexes: vec![],
-            row_security: false,
-            force_row_security: false,
-            policies: vec![],
-            sequences: vec![],
-        }
+        crate::source::schema::test_table("t", &[("id", key_oid), ("v", 25)], &["id"])
     }
 
     fn object() -> TableObject {

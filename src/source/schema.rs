@@ -484,6 +484,36 @@ impl TableSchema {
     }
 }
 
+/// A table of `columns` (name, type oid) keyed by `primary_key`, with
+/// nothing else, for tests.
+#[cfg(test)]
+pub fn test_table(name: &str, columns: &[(&str, u32)], primary_key: &[&str]) -> TableSchema {
+    TableSchema {
+        schema: "public".into(),
+        name: name.into(),
+        columns: columns
+            .iter()
+            .map(|&(name, type_oid)| ColumnDef {
+                name: name.into(),
+                type_sql: String::new(),
+                type_oid,
+                default: None,
+                not_null: false,
+                identity: None,
+                generated: None,
+            })
+            .collect(),
+        replica_identity: "d".into(),
+        primary_key: primary_key.iter().map(|k| k.to_string()).collect(),
+        constraints: vec![],
+        indexes: vec![],
+        row_security: false,
+        force_row_security: false,
+        policies: vec![],
+        sequences: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,28 +265,7 @@ fn run_folded(changes: Vec<(TxnInfo, Change)>) -> Vec<String> {
         sha256: String::new(),
         raw_size: 0,
     };
-    let column = |name: &str, type_oid| crate::source::schema::ColumnDef {
-        name: name.into(),
-        type_sql: String::new(),
-        type_oid,
-        default: None,
-        not_null: false,
-        identity: None,
-        generated: None,
-    };
-    let schema = crate::source::schema::TableSchema {
-        schema: "public".into(),
-        name: "t".into(),
-        columns: vec![column("id", 20), column("v", 25)],
-        replica_identity: "d".into(),
-        primary_key: vec!["id".into()],
-        constraints: vec![],
-        indexes: vec![],
-        row_security: false,
-        force_row_security: false,
-        policies: vec![],
-        sequences: vec![],
-    };
+    let schema = crate::source::schema::test_table("t", &[("id", 20), ("v", 25)], &["id"]);
     let fold = crate::replay::fold::Fold::new(&object, &schema).unwrap();
     let mut recorder = Recorder::default();
     let mut folded = Vec::new();
