@@ -14,7 +14,6 @@ use futures_util::SinkExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::Executor;
-use super::fold::SnapshotFilter;
 use super::load::HeldTables;
 use crate::base::table::TableName;
 
@@ -118,19 +117,14 @@ impl Executor for PipelinedExecutor {
             .map_err(|e| message(&e))
     }
 
-    fn load(&mut self, table: &TableName, filter: Option<SnapshotFilter>) -> Result<u64, String> {
+    fn load(&mut self, table: &TableName) -> Result<u64, String> {
         let held = super::load::take_held(&self.held, table)
             .ok_or_else(|| format!("no snapshot of {table} is held back"))?;
         // The load runs on this connection once what was queued before it has.
         self.sync()?;
         let hidden = indicatif::ProgressBar::hidden();
         self.runtime
-            .block_on(super::load::copy_table(
-                &self.client,
-                &held,
-                filter,
-                &hidden,
-            ))
+            .block_on(super::load::copy_table(&self.client, &held, None, &hidden))
             .map_err(|e| e.to_string())
     }
 

@@ -532,11 +532,7 @@ impl Executor for Discard {
         Ok(())
     }
 
-    fn load(
-        &mut self,
-        _table: &TableName,
-        _filter: Option<super::fold::SnapshotFilter>,
-    ) -> Result<u64, String> {
+    fn load(&mut self, _table: &TableName) -> Result<u64, String> {
         Ok(0)
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::fold::{Fold, SnapshotFilter};
+use super::fold::Fold;
 use super::merge::{NetStage, TableBatch};
 use crate::base::exit::ExitCode;
 use crate::base::position::{CommitLsn, EndLsn, Lsn, Position};
@@ -135,10 +135,10 @@ pub trait Executor {
     fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String, String>;
     /// Returns once everything asked so far has run, with the first failure.
     fn sync(&mut self) -> Result<(), String>;
-    /// Loads `table`'s snapshot, which the rebuild held back for a fold,
-    /// without the rows `filter` leaves out (all of them if `None`), after
-    /// everything asked so far. Returns the snapshot's rows.
-    fn load(&mut self, table: &TableName, filter: Option<SnapshotFilter>) -> Result<u64, String>;
+    /// Loads `table`'s snapshot whole, which the rebuild held back for a
+    /// fold that could not go on, after everything asked so far. Returns
+    /// the snapshot's rows.
+    fn load(&mut self, table: &TableName) -> Result<u64, String>;
 }
 
 /// Applies the changes of in-bounds transactions, batching statements.
@@ -303,7 +303,7 @@ impl<E: Executor> Applier<E> {
         let Some(fold) = self.folds.remove(table) else {
             return Ok(());
         };
-        self.rows_loaded += self.load(table, None)?;
+        self.rows_loaded += self.load(table)?;
         if fold.is_empty() {
             return Ok(());
         }
@@ -318,13 +318,9 @@ impl<E: Executor> Applier<E> {
         Ok(())
     }
 
-    fn load(
-        &mut self,
-        table: &TableName,
-        filter: Option<SnapshotFilter>,
-    ) -> Result<u64, ApplyError> {
+    fn load(&mut self, table: &TableName) -> Result<u64, ApplyError> {
         self.executor
-            .load(table, filter)
+            .load(table)
             .map_err(|message| ApplyError::Load {
                 table: table.clone(),
                 message,

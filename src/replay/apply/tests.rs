@@ -25,17 +25,8 @@ impl Executor for &mut Recorder {
     fn sync(&mut self) -> Result<(), String> {
         Ok(())
     }
-    fn load(
-        &mut self,
-        table: &TableName,
-        filter: Option<crate::replay::fold::SnapshotFilter>,
-    ) -> Result<u64, String> {
-        let how = if filter.is_some() {
-            "filtered"
-        } else {
-            "whole"
-        };
-        self.0.push(format!("LOAD {table} {how}"));
+    fn load(&mut self, table: &TableName) -> Result<u64, String> {
+        self.0.push(format!("LOAD {table} whole"));
         Ok(0)
     }
 }
