@@ -181,25 +181,47 @@ pub async fn load_tables(
     work_dir: &Path,
     bar: &ProgressBar,
 ) -> Result<u64, ArchiveError> {
-    let mut queue = objects;
-    queue.sort_by_key(|o| o.raw_size);
-    let queue = std::sync::Mutex::new(queue);
+    largest_first(
+        clients,
+        objects,
+        |o| o.raw_size,
+        |client, object| async move { load_table(&client, store, object, work_dir, bar).await },
+    )
+    .await
+}
+
+/// Runs `work` on every item, one worker per client, largest first by
+/// `size`, so the last to finish is a small one. Returns the sum of what
+/// each run returned.
+pub async fn largest_first<T, E, Fut>(
+    clients: &[std::sync::Arc<tokio_postgres::Client>],
+    mut items: Vec<T>,
+    size: impl Fn(&T) -> u64,
+    work: impl Fn(std::sync::Arc<tokio_postgres::Client>, T) -> Fut,
+) -> Result<u64, E>
+where
+    Fut: std::future::Future<Output = Result<u64, E>>,
+{
+    items.sort_by_key(|item| size(item));
+    let queue = std::sync::Mutex::new(items);
     let worker = |client: &std::sync::Arc<tokio_postgres::Client>| {
-        let queue = &queue;
-        let client = client.clone();
+        let (queue, work, client) = (&queue, &work, client.clone());
         async move {
-            let mut rows = 0;
+            let mut total = 0;
             loop {
-                let next = queue.lock().expect("the load queue").pop();
-                let Some(object) = next else {
-                    return Ok::<u64, ArchiveError>(rows);
+                let next = queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop();
+                let Some(item) = next else {
+                    return Ok::<u64, E>(total);
                 };
-                rows += load_table(&client, store, object, work_dir, bar).await?;
+                total += work(client.clone(), item).await?;
             }
         }
     };
-    let loaded = futures_util::future::try_join_all(clients.iter().map(worker)).await?;
-    Ok(loaded.into_iter().sum())
+    let done = futures_util::future::try_join_all(clients.iter().map(worker)).await?;
+    Ok(done.into_iter().sum())
 }
 
 /// Creates the enums, schemas, sequences and tables (columns only: constraints come after the load).

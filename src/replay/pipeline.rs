@@ -138,7 +138,8 @@ impl Executor for PipelinedExecutor {
     }
 }
 
-async fn copy_in(
+/// Runs `sql` (a `COPY … FROM STDIN`) with `data` on `client`.
+pub(super) async fn copy_in(
     client: &tokio_postgres::Client,
     sql: &str,
     data: Bytes,

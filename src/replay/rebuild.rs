@@ -483,33 +483,25 @@ async fn load_folded(
             queue.push((rows.len() as u64, Part::Rows(copy, rows)));
         }
     }
-    queue.sort_by_key(|(size, _)| *size);
-    let queue = std::sync::Mutex::new(queue);
-    let worker = |client: &Arc<tokio_postgres::Client>| {
-        let (queue, client) = (&queue, client.clone());
-        async move {
-            let mut read = 0;
-            loop {
-                let next = queue.lock().expect("the fold queue").pop();
-                match next.map(|(_, part)| part) {
-                    None => return Ok::<u64, RebuildError>(read),
-                    Some(Part::Snapshot(part)) => {
-                        let (snapshot, filter) = *part;
-                        let hidden = indicatif::ProgressBar::hidden();
-                        read += load::copy_table(&client, &snapshot, filter, &hidden).await?;
-                    }
-                    Some(Part::Rows(copy, rows)) => {
-                        let sink = client.copy_in(copy.as_str()).await?;
-                        futures_util::pin_mut!(sink);
-                        futures_util::SinkExt::send(&mut sink, rows).await?;
-                        sink.finish().await?;
-                    }
+    load::largest_first(
+        clients,
+        queue,
+        |(size, _)| *size,
+        |client, (_, part)| async move {
+            match part {
+                Part::Snapshot(part) => {
+                    let (snapshot, filter) = *part;
+                    let hidden = indicatif::ProgressBar::hidden();
+                    Ok(load::copy_table(&client, &snapshot, filter, &hidden).await?)
+                }
+                Part::Rows(copy, rows) => {
+                    super::pipeline::copy_in(&client, &copy, rows).await?;
+                    Ok::<u64, RebuildError>(0)
                 }
             }
-        }
-    };
-    let loaded = futures_util::future::try_join_all(clients.iter().map(worker)).await?;
-    Ok(loaded.into_iter().sum())
+        },
+    )
+    .await
 }
 
 /// Runs the applier's SQL nowhere, for counting.
