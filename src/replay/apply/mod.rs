@@ -163,6 +163,9 @@ pub struct Applier<E: Executor> {
     next_stage: u64,
     /// Fresh tables whose snapshot waits for the changes to fold into it.
     folds: HashMap<TableName, Fold>,
+    /// What all folds hold, kept as they grow: summed per change, it would
+    /// cost a pass over every folded table.
+    fold_bytes: usize,
     /// Snapshot rows loaded by replay itself (those of folded tables).
     pub rows_loaded: u64,
     in_bounds: bool,
@@ -222,6 +225,7 @@ impl<E: Executor> Applier<E> {
             staged: HashMap::new(),
             next_stage: 0,
             folds: HashMap::new(),
+            fold_bytes: 0,
             rows_loaded: 0,
             in_bounds: false,
             applied_txns: 0,
@@ -259,6 +263,7 @@ impl<E: Executor> Applier<E> {
 
     /// Fresh tables whose snapshot the executor holds back: their changes fold into it.
     pub fn with_folds(mut self, folds: HashMap<TableName, Fold>) -> Self {
+        self.fold_bytes = folds.values().map(Fold::bytes).sum();
         self.folds = folds;
         self
     }
@@ -275,6 +280,7 @@ impl<E: Executor> Applier<E> {
         let Some(fold) = self.folds.get_mut(table) else {
             return Ok(false);
         };
+        let before = fold.bytes();
         let folded = fold.fits(relation)
             && match change {
                 Change::Insert { new, .. } => fold.insert(new).is_ok(),
@@ -282,9 +288,10 @@ impl<E: Executor> Applier<E> {
                 Change::Delete { old, .. } => fold.delete(old.tuple()).is_ok(),
                 Change::Truncate { .. } | Change::Message { .. } => false,
             };
+        self.fold_bytes += fold.bytes() - before;
         if !folded {
             self.unfold(txn, table)?;
-        } else if self.folds.values().map(Fold::bytes).sum::<usize>() > super::fold::BUDGET {
+        } else if self.fold_bytes > super::fold::BUDGET {
             let largest = self
                 .folds
                 .iter()
@@ -303,6 +310,7 @@ impl<E: Executor> Applier<E> {
         let Some(fold) = self.folds.remove(table) else {
             return Ok(());
         };
+        self.fold_bytes -= fold.bytes();
         self.rows_loaded += self.load(table)?;
         if fold.is_empty() {
             return Ok(());
