@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::SinkExt;
+
 use super::apply::{Applier, ApplyError, Bounds, Executor, Inexact, Target};
 use super::fold::Fold;
 use super::load;
@@ -343,17 +345,14 @@ pub async fn rebuild_scoped(
         .filter_map(|(table, entry)| entry.tables.iter().find(|o| &o.table == table))
         .collect();
     // A table this rebuild creates loads once its changes are folded into
-    // its snapshot, when its key allows (`fold`) and the changes are few
-    // enough to hold (a record's bytes roughly bound what its fold holds);
-    // the others load now, while the segments download.
-    let changes_fit =
-        plan.segments.iter().map(|s| s.raw_size).sum::<u64>() <= super::fold::BUDGET as u64;
+    // its snapshot, when its key allows (`fold`); the others load now, while
+    // the segments download. A fold that outgrows its budget loads then.
     let mut folds = HashMap::new();
     let (held, objects): (Vec<_>, Vec<_>) = objects.into_iter().partition(|object| {
         let fold = schema
             .table(&object.table)
-            .filter(|_| scope.fold && !scope.data_only && changes_fit)
-            .and_then(|table| Fold::new(object, table));
+            .filter(|_| scope.fold && !scope.data_only)
+            .and_then(|table| Fold::new(object, table, work_dir));
         fold.map(|fold| folds.insert(object.table.clone(), fold))
             .is_some()
     });
@@ -460,7 +459,7 @@ async fn load_folded(
 ) -> Result<u64, RebuildError> {
     enum Part {
         Snapshot(Box<(load::HeldTable, Option<super::fold::SnapshotFilter>)>),
-        Rows(String, bytes::Bytes),
+        Rows(TableName, String, super::fold::FinalRows),
     }
     let mut queue = Vec::new();
     for (table, fold) in folds {
@@ -479,8 +478,8 @@ async fn load_folded(
         let filter = touched.then_some(filter);
         let size = snapshot.object.raw_size;
         queue.push((size, Part::Snapshot(Box::new((snapshot, filter)))));
-        if !rows.is_empty() {
-            queue.push((rows.len() as u64, Part::Rows(copy, rows)));
+        for rows in rows {
+            queue.push((rows.size(), Part::Rows(table.clone(), copy.clone(), rows)));
         }
     }
     load::largest_first(
@@ -494,14 +493,48 @@ async fn load_folded(
                     let hidden = indicatif::ProgressBar::hidden();
                     Ok(load::copy_table(&client, &snapshot, filter, &hidden).await?)
                 }
-                Part::Rows(copy, rows) => {
-                    super::pipeline::copy_in(&client, &copy, rows).await?;
+                Part::Rows(table, copy, rows) => {
+                    copy_final_rows(&client, &table, &copy, rows).await?;
                     Ok::<u64, RebuildError>(0)
                 }
             }
         },
     )
     .await
+}
+
+/// Streams a fold's final rows into its table, read from memory and spill
+/// files on a blocking thread while the target takes the previous chunk.
+async fn copy_final_rows(
+    client: &tokio_postgres::Client,
+    table: &TableName,
+    copy: &str,
+    mut rows: super::fold::FinalRows,
+) -> Result<(), RebuildError> {
+    let (chunks, mut rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rows.next_chunk()? {
+            if chunks.blocking_send(chunk).is_err() {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let sink = client.copy_in(copy).await?;
+    futures_util::pin_mut!(sink);
+    while let Some(chunk) = rx.recv().await {
+        sink.send(chunk).await?;
+    }
+    // A read that failed ends the stream early: the COPY is dropped, not finished.
+    reader
+        .await
+        .expect("reading a fold's rows")
+        .map_err(|e| ApplyError::Spill {
+            table: table.clone(),
+            message: e.to_string(),
+        })?;
+    sink.finish().await?;
+    Ok(())
 }
 
 /// Runs the applier's SQL nowhere, for counting.
@@ -597,7 +630,7 @@ async fn apply<E: Executor + Send + 'static>(
     let applied = tokio::task::spawn_blocking(move || -> Result<Replayed, ApplyError> {
         let mut applier = Applier::new(executor, bounds, tables, type_names)
             .with_rereads(rereads, next_rereads)
-            .with_folds(folds)
+            .with_folds(folds, super::fold::BUDGET)
             .with_progress(bar.clone())
             .allow_inexact(allow_inexact);
         let applied = Assembler::run(&dir, &mut applier).and_then(|()| applier.finish());

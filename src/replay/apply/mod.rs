@@ -55,6 +55,8 @@ pub enum ApplyError {
     Inexact(Box<Inexact>),
     #[error("loading the snapshot of table {table} into the target failed: {message}")]
     Load { table: TableName, message: String },
+    #[error("holding the changes of table {table} on local disk failed: {message}; free space under [log] dir, and restore again")]
+    Spill { table: TableName, message: String },
 }
 
 /// A table whose restored rows may differ from the source's from some transaction on.
@@ -95,7 +97,8 @@ impl ApplyError {
             ApplyError::Log(e) => e.exit_code(),
             ApplyError::Target { .. }
             | ApplyError::UnknownType { .. }
-            | ApplyError::Load { .. } => ExitCode::Failure,
+            | ApplyError::Load { .. }
+            | ApplyError::Spill { .. } => ExitCode::Failure,
             ApplyError::Inexact(_) => ExitCode::BadInput,
         }
     }
@@ -166,6 +169,8 @@ pub struct Applier<E: Executor> {
     /// What all folds hold, kept as they grow: summed per change, it would
     /// cost a pass over every folded table.
     fold_bytes: usize,
+    /// What all folds may hold; past it, the largest loads its table and stages.
+    fold_budget: usize,
     /// Snapshot rows loaded by replay itself (those of folded tables).
     pub rows_loaded: u64,
     in_bounds: bool,
@@ -226,6 +231,7 @@ impl<E: Executor> Applier<E> {
             next_stage: 0,
             folds: HashMap::new(),
             fold_bytes: 0,
+            fold_budget: 0,
             rows_loaded: 0,
             in_bounds: false,
             applied_txns: 0,
@@ -261,9 +267,11 @@ impl<E: Executor> Applier<E> {
             .is_some_and(|point| txn.commit_lsn.precedes(*point))
     }
 
-    /// Fresh tables whose snapshot the executor holds back: their changes fold into it.
-    pub fn with_folds(mut self, folds: HashMap<TableName, Fold>) -> Self {
+    /// Fresh tables whose snapshot the executor holds back: their changes
+    /// fold into it, while all folds hold at most `budget` bytes.
+    pub fn with_folds(mut self, folds: HashMap<TableName, Fold>, budget: usize) -> Self {
         self.fold_bytes = folds.values().map(Fold::bytes).sum();
+        self.fold_budget = budget;
         self.folds = folds;
         self
     }
@@ -288,20 +296,34 @@ impl<E: Executor> Applier<E> {
                 Change::Delete { old, .. } => fold.delete(old.tuple()).is_ok(),
                 Change::Truncate { .. } | Change::Message { .. } => false,
             };
-        self.fold_bytes += fold.bytes() - before;
+        // A fold may shrink: it compacts as it goes.
+        self.fold_bytes = self.fold_bytes - before + fold.bytes();
         if !folded {
             self.unfold(txn, table)?;
-        } else if self.fold_bytes > super::fold::BUDGET {
-            let largest = self
-                .folds
-                .iter()
-                .max_by_key(|(_, f)| f.bytes())
-                .map(|(t, _)| t.clone());
-            if let Some(largest) = largest {
-                self.unfold(txn, &largest)?;
-            }
+        } else if self.fold_bytes > self.fold_budget {
+            self.relieve_folds(txn)?;
         }
         Ok(folded)
+    }
+
+    /// Brings the folds back within budget: the largest writes its rows to
+    /// disk, or, when what the keys hold leaves too little room for rows
+    /// (spills would come ever more often), loads its table.
+    fn relieve_folds(&mut self, txn: &TxnInfo) -> Result<(), ApplyError> {
+        let Some((table, fold)) = self.folds.iter_mut().max_by_key(|(_, f)| f.bytes()) else {
+            return Ok(());
+        };
+        if self.fold_bytes - fold.spillable() > self.fold_budget / 4 * 3 {
+            let table = table.clone();
+            return self.unfold(txn, &table);
+        }
+        let before = fold.bytes();
+        fold.spill().map_err(|e| ApplyError::Spill {
+            table: table.clone(),
+            message: e.to_string(),
+        })?;
+        self.fold_bytes = self.fold_bytes - before + fold.bytes();
+        Ok(())
     }
 
     /// Loads `table`'s snapshot whole and stages its fold, so its changes
@@ -318,10 +340,16 @@ impl<E: Executor> Applier<E> {
         let mut stage = fold.stage(format!("tidemark_stage_{}", self.next_stage));
         self.next_stage += 1;
         self.execute(txn, &stage.create(&table.quoted()))?;
-        let data = fold.into_stage(&mut stage);
-        self.executor
-            .copy_in(&stage.copy(), data)
-            .map_err(|message| target_failed(txn, message))?;
+        let mut rows = fold.into_stage(&mut stage);
+        let spill_failed = |e: std::io::Error| ApplyError::Spill {
+            table: table.clone(),
+            message: e.to_string(),
+        };
+        while let Some(data) = rows.next_chunk().map_err(spill_failed)? {
+            self.executor
+                .copy_in(&stage.copy(), data)
+                .map_err(|message| target_failed(txn, message))?;
+        }
         self.staged.insert(table.clone(), stage);
         Ok(())
     }

@@ -246,8 +246,9 @@ fn full_identity_deletes_one_matching_row_and_columns_follow_the_source() {
     );
 }
 
-/// Runs `changes` with public.t (bigint key) folded into its snapshot.
-fn run_folded(changes: Vec<(TxnInfo, Change)>) -> Vec<String> {
+/// Runs `changes` with public.t (bigint key) folded into its snapshot, in
+/// at most `budget` bytes.
+fn run_folded(changes: Vec<(TxnInfo, Change)>, budget: usize) -> Vec<String> {
     let object = crate::archive::manifest::TableObject {
         table: TableName::new("public", "t"),
         key: "snapshot/t".into(),
@@ -257,7 +258,7 @@ fn run_folded(changes: Vec<(TxnInfo, Change)>) -> Vec<String> {
         raw_size: 0,
     };
     let schema = crate::source::schema::test_table("t", &[("id", 20), ("v", 25)], &["id"]);
-    let fold = crate::replay::fold::Fold::new(&object, &schema).unwrap();
+    let fold = crate::replay::fold::Fold::new(&object, &schema, &std::env::temp_dir()).unwrap();
     let mut recorder = Recorder::default();
     let mut folded = Vec::new();
     {
@@ -269,8 +270,10 @@ fn run_folded(changes: Vec<(TxnInfo, Change)>) -> Vec<String> {
             after: EndLsn(Lsn(100)),
             until: Target::Latest,
         };
-        let mut applier = Applier::new(&mut recorder, bounds, tables, HashMap::new())
-            .with_folds(HashMap::from([(TableName::new("public", "t"), fold)]));
+        let mut applier = Applier::new(&mut recorder, bounds, tables, HashMap::new()).with_folds(
+            HashMap::from([(TableName::new("public", "t"), fold)]),
+            budget,
+        );
         for (t, change) in changes {
             applier.begin(&t).unwrap();
             applier.change(&t, Lsn(0), change).unwrap();
@@ -279,9 +282,13 @@ fn run_folded(changes: Vec<(TxnInfo, Change)>) -> Vec<String> {
         applier.finish().unwrap();
         // What is still folded loads after replay: its final rows, as that load sends them.
         for (table, fold) in applier.take_folds() {
-            let (_, rows) = fold.into_parts();
-            let rows = String::from_utf8_lossy(&rows).into_owned();
-            folded.push(format!("FOLDED {table}\n{rows}"));
+            let mut text = String::new();
+            for mut rows in fold.into_parts().1 {
+                while let Some(chunk) = rows.next_chunk().unwrap() {
+                    text += &String::from_utf8_lossy(&chunk);
+                }
+            }
+            folded.push(format!("FOLDED {table}\n{text}"));
         }
     }
     recorder.0.extend(folded);
@@ -295,11 +302,14 @@ fn a_fresh_table_loads_once_with_its_changes_folded_in() {
         relation: rel.clone(),
         new: Tuple(vec![text(id), text(v)]),
     };
-    let sql = run_folded(vec![
-        (txn(150, 160), insert("1", "a")),
-        (txn(170, 180), insert("1", "b")),
-        (txn(190, 200), insert("2", "c")),
-    ]);
+    let sql = run_folded(
+        vec![
+            (txn(150, 160), insert("1", "a")),
+            (txn(170, 180), insert("1", "b")),
+            (txn(190, 200), insert("2", "c")),
+        ],
+        FOLD_BUDGET,
+    );
     assert_eq!(
         sql.len(),
         1,
@@ -316,10 +326,10 @@ fn a_fresh_table_loads_once_with_its_changes_folded_in() {
         old: None,
         new: Tuple(vec![text("1"), TupleValue::UnchangedToast]),
     };
-    let sql = run_folded(vec![
-        (txn(150, 160), insert("2", "c")),
-        (txn(170, 180), toast),
-    ]);
+    let sql = run_folded(
+        vec![(txn(150, 160), insert("2", "c")), (txn(170, 180), toast)],
+        FOLD_BUDGET,
+    );
     assert_eq!(sql[0], "LOAD public.t whole", "{sql:?}");
     let all = sql.join("\n");
     assert!(all.contains("1\tu\t\t2\tc"), "the fold staged: {all}");
@@ -328,4 +338,43 @@ fn a_fresh_table_loads_once_with_its_changes_folded_in() {
         "{all}"
     );
     assert!(!all.contains("FOLDED"), "{all}");
+}
+
+const FOLD_BUDGET: usize = crate::replay::fold::BUDGET;
+
+#[test]
+fn a_fold_past_its_budget_spills_its_rows_and_past_that_loads_its_table() {
+    let rel = relation(&[("id", true), ("v", false)], b'd');
+    let inserts = |n: usize, v: &str| -> Vec<(TxnInfo, Change)> {
+        (0..n)
+            .map(|i| {
+                let insert = Change::Insert {
+                    relation: rel.clone(),
+                    new: Tuple(vec![text(&i.to_string()), text(v)]),
+                };
+                (txn(150 + 20 * i as u64, 160 + 20 * i as u64), insert)
+            })
+            .collect()
+    };
+    // Rows outweigh keys: they go to disk, and the fold still loads once.
+    let sql = run_folded(inserts(3000, &"v".repeat(1000)), 2 << 20);
+    assert_eq!(sql.len(), 1, "nothing loaded or staged: {:?}", &sql[..2]);
+    assert_eq!(sql[0].lines().count(), 3001, "every row, once");
+
+    // Keys alone fill the budget: the table loads, its fold stages as the
+    // first flush (rows read back from disk), and later keys follow as changes.
+    let sql = run_folded(inserts(100_000, "v"), 2 << 20);
+    assert_eq!(sql[0], "LOAD public.t whole");
+    let all = sql.join("\n");
+    assert!(!all.contains("FOLDED"), "nothing is left folded");
+    let staged: Vec<(&str, usize)> = all
+        .lines()
+        .filter_map(|l| {
+            let (flush, row) = l.split_once("\tu\t\t")?;
+            Some((flush, row.strip_suffix("\tv")?.parse().ok()?))
+        })
+        .collect();
+    let keys: HashSet<usize> = staged.iter().map(|&(_, id)| id).collect();
+    assert_eq!((staged.len(), keys.len()), (100_000, 100_000));
+    assert!(staged.contains(&("1", 0)) && !staged.contains(&("1", 99_999)));
 }
