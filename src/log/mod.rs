@@ -26,6 +26,7 @@ pub mod openings;
 pub mod reader;
 pub mod record;
 pub mod segment;
+mod syncer;
 pub mod writer;
 
 use crate::base::exit::ExitCode;

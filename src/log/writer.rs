@@ -23,12 +23,14 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
 
 use super::record::{Record, SegmentIndex};
 use super::segment::{self, SegmentReader, Tail, HEADER_LEN};
+use super::syncer::{SyncRequest, Syncer};
 use super::LogError;
 use crate::base::position::EndLsn;
 
@@ -195,9 +197,16 @@ impl LogWriter {
         Ok(self.durable_ack)
     }
 
-    /// Whether appended records hold a resume position not yet durable.
-    pub fn has_unsynced_ack(&self) -> bool {
-        self.index.ack_lsn > self.durable_ack
+    /// Writes what is buffered, and returns what makes it durable: a handle
+    /// on the segment file and the resume LSN all written to it covers.
+    fn written(&mut self) -> Result<SyncRequest, LogError> {
+        self.write_buffer()?;
+        let file = self.file.try_clone().map_err(|e| self.io_error(e))?;
+        Ok(SyncRequest {
+            file,
+            path: self.dir.join(segment::file_name(self.seq)),
+            ack: self.index.ack_lsn,
+        })
     }
 
     /// The resume LSN over everything appended, durable or not.
@@ -330,7 +339,8 @@ fn sealed_ack(path: &Path) -> Result<EndLsn, LogError> {
 }
 
 /// Runs a `LogWriter` on its own thread with group commit: while one fsync is
-/// in flight, arriving batches queue up, and the next fsync covers them all.
+/// in flight (on the sync thread, `syncer`), arriving batches are written,
+/// and the next fsync covers them all.
 pub struct Appender {
     commands: mpsc::Sender<Command>,
     durable: watch::Receiver<EndLsn>,
@@ -343,16 +353,24 @@ enum Command {
     Seal,
 }
 
-/// Publishes a resume LSN that an fsync has made durable. The gauge is set
-/// first, so nothing read from the watch is ever ahead of what it shows.
+/// Publishes a resume LSN that an fsync has made durable, if it advances:
+/// the writer (sealing) and the sync thread both publish. The gauge is set
+/// under the watch's lock, before the value is visible, so nothing read from
+/// the watch is ever ahead of what it shows.
 fn publish_durable(
     lsn: EndLsn,
     durable: &watch::Sender<EndLsn>,
     observed: Option<&watch::Sender<EndLsn>>,
 ) {
-    metrics::gauge!(crate::telemetry::LOG_DURABLE_LSN).set(lsn.as_u64() as f64);
-    durable.send_if_modified(|d| std::mem::replace(d, lsn) != lsn);
-    if let Some(observed) = observed {
+    let advanced = durable.send_if_modified(|d| {
+        if lsn <= *d {
+            return false;
+        }
+        metrics::gauge!(crate::telemetry::LOG_DURABLE_LSN).set(lsn.as_u64() as f64);
+        *d = lsn;
+        true
+    });
+    if let (true, Some(observed)) = (advanced, observed) {
         observed.send_replace(lsn);
     }
 }
@@ -364,14 +382,20 @@ impl Appender {
     /// Starts the writer thread; `observed` also receives each new durable LSN.
     pub fn start(writer: LogWriter, observed: Option<watch::Sender<EndLsn>>) -> Appender {
         let (commands, mut rx) = mpsc::channel::<Command>(QUEUE_DEPTH);
-        let (durable_tx, durable) = watch::channel(writer.durable_ack);
         // What the log held when it was opened is durable already.
-        publish_durable(writer.durable_ack, &durable_tx, None);
+        metrics::gauge!(crate::telemetry::LOG_DURABLE_LSN).set(writer.durable_ack.as_u64() as f64);
+        let (durable_tx, durable) = watch::channel(writer.durable_ack);
+        let (durable_tx, observed) = (Arc::new(durable_tx), observed.map(Arc::new));
+        let publish = move |lsn| publish_durable(lsn, &durable_tx, observed.as_deref());
         let (sealed_tx, sealed) = watch::channel(writer.sealed_seq);
         let thread = std::thread::Builder::new()
             .name("tidemark-log-writer".into())
             .spawn(move || {
                 let mut writer = writer;
+                // Syncs run beside the writing: the group of the next is
+                // what was written while the last ran.
+                let syncer = Syncer::<File>::start(publish.clone());
+                let mut requested = writer.durable_ack;
                 while let Some(command) = rx.blocking_recv() {
                     let mut next = Some(command);
                     while let Some(command) = next {
@@ -383,18 +407,23 @@ impl Appender {
                         }
                         next = rx.try_recv().ok();
                     }
-                    if writer.has_unsynced_ack() {
-                        let lsn = writer.sync()?;
-                        publish_durable(lsn, &durable_tx, observed.as_ref());
+                    if let Some(failed) = syncer.failure() {
+                        return Err(failed);
+                    }
+                    if writer.appended_ack() > requested {
+                        let request = writer.written()?;
+                        requested = request.ack;
+                        syncer.request(request);
                     }
                     if writer.sealed_seq != *sealed_tx.borrow() {
                         // Sealing fsynced everything before the seal.
-                        publish_durable(writer.durable_ack, &durable_tx, observed.as_ref());
+                        publish(writer.durable_ack);
                         sealed_tx.send_replace(writer.sealed_seq);
                     }
                 }
+                syncer.finish()?;
                 let lsn = writer.sync()?;
-                publish_durable(lsn, &durable_tx, observed.as_ref());
+                publish(lsn);
                 Ok(writer)
             })
             .expect("spawning the log writer thread");
@@ -624,5 +653,36 @@ mod tests {
             LogWriter::open(dir.path(), 1 << 20),
             Err(LogError::Locked { .. })
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_durable_lsn_rises_through_syncs_and_rolls_to_the_last_append() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small segments: rolls publish beside the sync thread.
+        let (writer, _) = LogWriter::open(dir.path(), 16 << 10).unwrap();
+        let appender = Appender::start(writer, None);
+        let mut durable = appender.durable();
+        let watcher = tokio::spawn(async move {
+            let mut seen = vec![*durable.borrow_and_update()];
+            while durable.changed().await.is_ok() {
+                seen.push(*durable.borrow_and_update());
+            }
+            seen
+        });
+        let ends: Vec<u64> = (1..=4000).map(|i| 100 + 10 * i).collect();
+        for batch in ends.chunks(40) {
+            appender
+                .append(batch.iter().map(|&end| commit(end)).collect())
+                .await
+                .unwrap();
+        }
+        let writer = appender.finish().await.unwrap();
+        let seen = watcher.await.unwrap();
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&EndLsn(Lsn(40_100))));
+        assert_eq!(writer.durable_ack(), EndLsn(Lsn(40_100)));
+        let expected: Vec<u64> = ends.iter().map(|end| end - 1).collect();
+        let records: Vec<u64> = lsns(dir.path()).into_iter().filter(|&l| l > 100).collect();
+        assert_eq!(records, expected);
     }
 }
