@@ -255,10 +255,7 @@ impl Results {
             drained.then_some(capture.bytes_ratio_vs_wal2json),
         );
         let p99 = self.latency.get("2000").map(|l| l.durable_p99_ms);
-        let busy = capture
-            .scenarios
-            .get("pgbench")
-            .and_then(|d| d.walsender_busy);
+        let busy = |scenario: &str| capture.scenarios.get(scenario)?.walsender_busy;
         let copy = self.restore.as_ref().map(|r| r.ratio_vs_copy);
         let replay = self.restore.as_ref().map(|r| r.restore_vs_copy);
         let rss = Some(self.memory.capture_peak_rss_mib);
@@ -281,9 +278,16 @@ impl Results {
         check(
             "walsender busy serving capture (pgbench)",
             "≥ 0.90",
-            busy,
+            busy("pgbench"),
             "",
             |m| m >= 0.9,
+        );
+        check(
+            "walsender busy serving capture (wide: large rows)",
+            "≥ 0.95",
+            busy("wide"),
+            "",
+            |m| m >= 0.95,
         );
         check(
             "stored bytes vs wal2json's file",
