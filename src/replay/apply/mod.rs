@@ -169,7 +169,7 @@ pub struct Applier<E: Executor> {
     /// What all folds hold, kept as they grow: summed per change, it would
     /// cost a pass over every folded table.
     fold_bytes: usize,
-    /// What all folds may hold; past it, the largest loads its table and stages.
+    /// What all folds may hold; past it, the largest spills (`relieve_folds`).
     fold_budget: usize,
     /// Snapshot rows loaded by replay itself (those of folded tables).
     pub rows_loaded: u64,
