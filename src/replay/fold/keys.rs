@@ -251,11 +251,9 @@ impl Keys {
 
     /// The key of a spilled row: a COPY text line without its newline.
     pub fn of_line<'a>(&self, line: &[u8], scratch: &'a mut Vec<u8>) -> Result<Key<'a>, String> {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b'\t').collect();
         let value = |i: usize| {
-            fields
-                .get(i)
-                .copied()
+            line.split(|&b| b == b'\t')
+                .nth(i)
                 .ok_or_else(|| format!("a spilled row has no column {}", i + 1))
         };
         if let Map::Int(_) = self.map {
