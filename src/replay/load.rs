@@ -9,6 +9,7 @@ use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 use super::fold::SnapshotFilter;
+use super::pipeline::CopyFailed;
 use crate::archive::manifest::{self, SegmentEntry, TableObject};
 use crate::archive::store::ObjectStore;
 use crate::archive::ArchiveError;
@@ -342,10 +343,9 @@ pub async fn copy_table(
     filter: Option<SnapshotFilter>,
     bar: &ProgressBar,
 ) -> Result<u64, ArchiveError> {
-    let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let path = held.file.path().to_path_buf();
     let object = &held.object;
-    let decompressor = tokio::task::spawn_blocking(move || -> Result<Option<u64>, String> {
+    let decompress = move |send: &dyn Fn(Bytes) -> bool| -> Result<Option<u64>, String> {
         let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
         let mut decoder = zstd::stream::Decoder::new(file).map_err(|e| e.to_string())?;
         let mut filter = filter;
@@ -361,42 +361,29 @@ pub async fn copy_table(
                 filter.push(&chunk, &mut kept)?;
                 chunk = kept;
             }
-            if !chunk.is_empty() && chunks.blocking_send(Bytes::from(chunk)).is_err() {
+            if !chunk.is_empty() && !send(Bytes::from(chunk)) {
                 return Ok(None);
             }
         }
-    });
+    };
     let columns: Vec<String> = object.columns.iter().map(|c| quote_ident(c)).collect();
     let sql = format!(
         "COPY {} ({}) FROM STDIN (FORMAT binary)",
         object.table.quoted(),
         columns.join(", ")
     );
-    let load = async {
-        let sink = client.copy_in(sql.as_str()).await?;
-        futures_util::pin_mut!(sink);
-        while let Some(chunk) = rx.recv().await {
-            bar.inc(chunk.len() as u64);
-            sink.send(chunk).await?;
-        }
-        sink.finish().await
-    };
-    let loaded = load.await;
     let key = object.key.clone();
-    let rows_read = match decompressor.await.expect("decompressing a snapshot table") {
-        Ok(rows) => rows,
-        Err(problem) => {
-            return Err(ArchiveError::Corrupt {
-                key,
-                problem: format!("does not decompress: {problem}"),
-            })
-        }
-    };
-    let copied = loaded.map_err(|e| ArchiveError::Corrupt {
-        key,
-        problem: format!("the target refused its rows: {e}"),
-    })?;
-    Ok(rows_read.unwrap_or(copied))
+    match super::pipeline::copy_produced(client, &sql, bar, decompress).await {
+        Ok((rows_read, copied)) => Ok(rows_read.unwrap_or(copied)),
+        Err(CopyFailed::Produce(problem)) => Err(ArchiveError::Corrupt {
+            key,
+            problem: format!("does not decompress: {problem}"),
+        }),
+        Err(CopyFailed::Target(e)) => Err(ArchiveError::Corrupt {
+            key,
+            problem: format!("the target refused its rows: {e}"),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,50 @@ impl Executor for PipelinedExecutor {
     }
 }
 
+/// Why a streamed COPY stopped.
+pub(super) enum CopyFailed<E> {
+    /// Making the rows failed; the COPY was abandoned, not finished with part of them.
+    Produce(E),
+    Target(tokio_postgres::Error),
+}
+
+/// Runs `sql` (a `COPY … FROM STDIN`) on `client` with the chunks `produce`
+/// makes on a blocking thread, handing each to its `send` (false once the
+/// COPY stopped), while the target takes the one before. Returns what
+/// `produce` returned and the rows copied.
+pub(super) async fn copy_produced<T, E>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    bar: &indicatif::ProgressBar,
+    produce: impl FnOnce(&dyn Fn(Bytes) -> bool) -> Result<T, E> + Send + 'static,
+) -> Result<(T, u64), CopyFailed<E>>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let (chunks, mut rx) = mpsc::channel::<Bytes>(8);
+    let producer =
+        tokio::task::spawn_blocking(move || produce(&|chunk| chunks.blocking_send(chunk).is_ok()));
+    let sink = client.copy_in(sql).await.map_err(CopyFailed::Target)?;
+    futures_util::pin_mut!(sink);
+    let mut sent = Ok(());
+    while let Some(chunk) = rx.recv().await {
+        bar.inc(chunk.len() as u64);
+        sent = sink.send(chunk).await;
+        if sent.is_err() {
+            break;
+        }
+    }
+    drop(rx);
+    let produced = producer
+        .await
+        .expect("producing a COPY's rows")
+        .map_err(CopyFailed::Produce)?;
+    sent.map_err(CopyFailed::Target)?;
+    let rows = sink.finish().await.map_err(CopyFailed::Target)?;
+    Ok((produced, rows))
+}
+
 /// Runs `sql` (a `COPY … FROM STDIN`) with `data` on `client`.
 pub(super) async fn copy_in(
     client: &tokio_postgres::Client,

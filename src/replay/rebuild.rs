@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::SinkExt;
-
 use super::apply::{Applier, ApplyError, Bounds, Executor, Inexact, Target};
 use super::fold::Fold;
 use super::load;
-use super::pipeline::PipelinedExecutor;
+use super::pipeline::{CopyFailed, PipelinedExecutor};
 use super::progress::{Phases, Unit};
 use crate::archive::inventory;
 use crate::archive::manifest::{Manifest, SegmentEntry, SnapshotEntry};
@@ -511,30 +509,24 @@ async fn copy_final_rows(
     copy: &str,
     mut rows: super::fold::FinalRows,
 ) -> Result<(), RebuildError> {
-    let (chunks, mut rx) = tokio::sync::mpsc::channel(4);
-    let reader = tokio::task::spawn_blocking(move || {
+    let read = move |send: &dyn Fn(bytes::Bytes) -> bool| {
         while let Some(chunk) = rows.next_chunk()? {
-            if chunks.blocking_send(chunk).is_err() {
+            if !send(chunk) {
                 break;
             }
         }
         Ok::<(), std::io::Error>(())
-    });
-    let sink = client.copy_in(copy).await?;
-    futures_util::pin_mut!(sink);
-    while let Some(chunk) = rx.recv().await {
-        sink.send(chunk).await?;
-    }
-    // A read that failed ends the stream early: the COPY is dropped, not finished.
-    reader
-        .await
-        .expect("reading a fold's rows")
-        .map_err(|e| ApplyError::Spill {
+    };
+    let hidden = indicatif::ProgressBar::hidden();
+    match super::pipeline::copy_produced(client, copy, &hidden, read).await {
+        Ok(_) => Ok(()),
+        Err(CopyFailed::Produce(e)) => Err(ApplyError::Spill {
             table: table.clone(),
             message: e.to_string(),
-        })?;
-    sink.finish().await?;
-    Ok(())
+        }
+        .into()),
+        Err(CopyFailed::Target(e)) => Err(RebuildError::Target(e)),
+    }
 }
 
 /// Runs the applier's SQL nowhere, for counting.
