@@ -214,7 +214,10 @@ impl Fold {
     /// Writes the rows held to a new spill file, and frees them.
     pub fn spill(&mut self) -> std::io::Result<()> {
         let number = self.spills.len() as u32;
-        let mut out = BufWriter::with_capacity(CHUNK, tempfile::tempfile_in(&self.spill_dir)?);
+        let file = tempfile::tempfile_in(&self.spill_dir)?;
+        // An unnamed file may still be created under the umask (0644 here).
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let mut out = BufWriter::with_capacity(CHUNK, file);
         let arena = std::mem::take(&mut self.arena);
         let (mut written, mut bytes) = (Ok(()), 0);
         self.keys.for_each_mut(|state| {

@@ -157,6 +157,13 @@ fn spilled_rows_read_back_as_each_key_ends() {
         }
         fold.spill().unwrap();
         assert!(fold.spillable() == 0 && !fold.is_empty());
+        // Files we write are 0600, and a spill file has no name to find it by.
+        let spilled = fold.spills[0].0.metadata().unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&spilled.permissions()) & 0o777,
+            0o600
+        );
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&spilled), 0);
         for n in (0..300).step_by(2) {
             fold.update(None, &row(n, "second")).unwrap();
         }
