@@ -520,11 +520,7 @@ async fn copy_final_rows(
     let hidden = indicatif::ProgressBar::hidden();
     match super::pipeline::copy_produced(client, copy, &hidden, read).await {
         Ok(_) => Ok(()),
-        Err(CopyFailed::Produce(e)) => Err(ApplyError::Spill {
-            table: table.clone(),
-            message: e.to_string(),
-        }
-        .into()),
+        Err(CopyFailed::Produce(e)) => Err(ApplyError::spill(table, e).into()),
         Err(CopyFailed::Target(e)) => Err(RebuildError::Target(e)),
     }
 }

@@ -92,6 +92,14 @@ impl std::fmt::Display for Inexact {
 }
 
 impl ApplyError {
+    /// Holding `table`'s folded rows on disk failed.
+    pub fn spill(table: &TableName, error: std::io::Error) -> ApplyError {
+        ApplyError::Spill {
+            table: table.clone(),
+            message: error.to_string(),
+        }
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         match self {
             ApplyError::Log(e) => e.exit_code(),
@@ -318,10 +326,7 @@ impl<E: Executor> Applier<E> {
             return self.unfold(txn, &table);
         }
         let before = fold.bytes();
-        fold.spill().map_err(|e| ApplyError::Spill {
-            table: table.clone(),
-            message: e.to_string(),
-        })?;
+        fold.spill().map_err(|e| ApplyError::spill(table, e))?;
         self.fold_bytes = self.fold_bytes - before + fold.bytes();
         Ok(())
     }
@@ -341,11 +346,7 @@ impl<E: Executor> Applier<E> {
         self.next_stage += 1;
         self.execute(txn, &stage.create(&table.quoted()))?;
         let mut rows = fold.into_stage(&mut stage);
-        let spill_failed = |e: std::io::Error| ApplyError::Spill {
-            table: table.clone(),
-            message: e.to_string(),
-        };
-        while let Some(data) = rows.next_chunk().map_err(spill_failed)? {
+        while let Some(data) = rows.next_chunk().map_err(|e| ApplyError::spill(table, e))? {
             self.executor
                 .copy_in(&stage.copy(), data)
                 .map_err(|message| target_failed(txn, message))?;
