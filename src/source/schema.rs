@@ -520,38 +520,15 @@ mod tests {
 
     #[test]
     fn create_table_keeps_order_types_defaults_and_not_null() {
-        let table = TableSchema {
-            schema: "public".into(),
-            name: "pay ments".into(),
-            columns: vec![
-                ColumnDef {
-                    name: "id".into(),
-                    type_sql: "bigint".into(),
-                    type_oid: 20,
-                    default: Some("nextval('s'::regclass)".into()),
-                    not_null: true,
-                    identity: None,
-                    generated: None,
-                },
-                ColumnDef {
-                    name: "cents".into(),
-                    type_sql: "numeric(12,2)".into(),
-                    type_oid: 1700,
-                    default: None,
-                    not_null: false,
-                    identity: None,
-                    generated: Some("(id * 2)".into()),
-                },
-            ],
-            replica_identity: "d".into(),
-            primary_key: vec!["id".into()],
-            constraints: vec![],
-            indexes: vec![],
-            row_security: false,
-            force_row_security: false,
-            policies: vec![],
-            sequences: vec![],
+        let mut table = test_table("pay ments", &[("id", 20), ("cents", 1700)], &["id"]);
+        let [id, cents] = &mut table.columns[..] else {
+            unreachable!("two columns")
         };
+        id.type_sql = "bigint".into();
+        id.default = Some("nextval('s'::regclass)".into());
+        id.not_null = true;
+        cents.type_sql = "numeric(12,2)".into();
+        cents.generated = Some("(id * 2)".into());
         assert_eq!(
             table.create_table_sql(),
             "CREATE TABLE \"public\".\"pay ments\" (\"id\" bigint DEFAULT nextval('s'::regclass) NOT NULL, \"cents\" numeric(12,2) GENERATED ALWAYS AS ((id * 2)) STORED)"
