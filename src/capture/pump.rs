@@ -19,8 +19,11 @@ use crate::source::wire::{self, ServerFrame};
 use crate::source::SourceError;
 use crate::telemetry::{self, ChangeCounts};
 
-/// Send a status update at least this often while durable progress is made,
-/// so the slot's lag stays small without a message per fsync.
+/// While durable progress is made behind the server's end, send a status
+/// update at least this often, so the slot's lag stays small without a
+/// message per fsync. Once the log holds all the server has, it is sent at
+/// once: the walsender has nothing left to send and would otherwise idle
+/// until the gap ends (a drained backlog: up to a sixth of the drain).
 const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
 /// How often capture measures the local log and flushes change counts to metrics.
 const MEASURE_EVERY: Duration = Duration::from_secs(1);
@@ -138,12 +141,30 @@ impl Session {
                 changed = pump.durable.changed() => {
                     // The writer thread stopped: its error surfaces from `fail`.
                     changed.map_err(|_| SourceError::Closed)?;
-                    pump.next_status = pump.next_status.min(pump.last_status + MIN_STATUS_GAP);
+                    let durable = *pump.durable.borrow();
+                    let (end, last) = (pump.server_end, pump.last_status);
+                    pump.next_status = status_due(durable, end, last, pump.next_status, Instant::now());
                 }
                 _ = tokio::time::sleep_until(pump.next_status.into()) => {}
                 _ = shutdown.wait_for(|stop| *stop).map(drop) => return Ok(()),
             }
         }
+    }
+}
+
+/// When to tell the server that `durable` is in the log, given the end of
+/// what it has sent, when it was last told and when it would be told next.
+fn status_due(
+    durable: EndLsn,
+    server_end: Lsn,
+    last_status: Instant,
+    next_status: Instant,
+    now: Instant,
+) -> Instant {
+    if durable.0 >= server_end {
+        now
+    } else {
+        next_status.min(last_status + MIN_STATUS_GAP)
     }
 }
 
@@ -419,5 +440,38 @@ impl Pump {
             .as_ref()
             .map(|a| Instant::now() + a.interval);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_holding_all_the_server_sent_is_reported_at_once() {
+        let now = Instant::now();
+        let (last, next) = (now, now + Duration::from_secs(1));
+        let end = Lsn(0x5000);
+        assert_eq!(status_due(EndLsn(end), end, last, next, now), now);
+        assert_eq!(
+            status_due(EndLsn(Lsn(0x6000)), end, last, next, now),
+            now,
+            "a keepalive may end beyond the last change"
+        );
+    }
+
+    #[test]
+    fn durable_progress_behind_the_server_waits_for_the_gap() {
+        let now = Instant::now();
+        let behind = EndLsn(Lsn(0x4000));
+        let end = Lsn(0x5000);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            status_due(behind, end, now, later, now),
+            now + MIN_STATUS_GAP
+        );
+        // A status already due sooner stays due then.
+        let sooner = now + Duration::from_millis(1);
+        assert_eq!(status_due(behind, end, now, sooner, now), sooner);
     }
 }
