@@ -32,16 +32,15 @@ const BATCH_BYTES: usize = 1 << 20;
 /// How often a full log is said again while it stays full.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// While the newest commit received is older than this (a backlog: a server
-/// clock this far off only moves the choice below), a read smaller than
-/// `SMALL_READ` means capture has caught up with the walsender, not with
-/// the server: it then waits `COALESCE` before reading again, so the next
-/// read takes many messages with one wakeup, one batch to the writer and
-/// one fsync. Reading each message as it came cost all three per message
-/// and took CPU the walsender needed (2 cores, a pgbench backlog: walsender
-/// busy 0.77 without the wait, 0.87 with it). Streaming live, capture reads
-/// as soon as anything arrives, for latency.
+/// clock this far off only moves the choice below), each read waits until
+/// `GULP` bytes are queued or `COALESCE` has passed, so it takes many
+/// messages with one wakeup, one batch to the writer and one fsync. The
+/// kernel does the waiting (a receive low-water mark): a timer alone still
+/// woke the loop for every segment that arrived. On 2 cores each wakeup
+/// may take the core the walsender needs. Streaming live, capture reads as
+/// soon as anything arrives, for latency.
 const BACKLOG_AGE_MICROS: i64 = 100_000;
-const SMALL_READ: usize = 16 << 10;
+const GULP: usize = 256 << 10;
 const COALESCE: Duration = Duration::from_millis(1);
 /// How often capture logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -91,8 +90,8 @@ pub(super) struct Pump {
     last_seal_end: EndLsn,
     /// The newest transaction finished, and when.
     last_finished: Option<Position>,
-    /// After a small read, the socket is read again from then on.
-    read_after: Option<Instant>,
+    /// While catching up, the next read waits for a gulp until then.
+    gather_until: Option<Instant>,
 }
 
 impl Session {
@@ -120,15 +119,19 @@ impl Session {
             pump.log_progress();
             let listen_until = pump.check_liveness(self, now, log_full).await?;
             let seal_at = pump.next_seal;
-            let read_after = pump.read_after.filter(|&at| at > now);
+            let gather_until = pump.gather_until;
             tokio::select! {
-                filled = self.conn.fill(), if !log_full && read_after.is_none() => {
+                filled = async {
+                    match gather_until {
+                        Some(until) => self.conn.fill_gathering(GULP, until).await,
+                        None => self.conn.fill().await,
+                    }
+                }, if !log_full => {
                     let now = Instant::now();
-                    let gulp = filled? < SMALL_READ && pump.catching_up();
-                    pump.read_after = gulp.then(|| now + COALESCE);
+                    filled?;
+                    pump.gather_until = pump.catching_up().then(|| now + COALESCE);
                     pump.heard(now);
                 }
-                _ = tokio::time::sleep_until(read_after.unwrap_or(now).into()), if read_after.is_some() => {}
                 _ = tokio::time::sleep_until(listen_until.into()), if !log_full => {}
                 _ = tokio::time::sleep_until(seal_at.unwrap_or(now).into()), if seal_at.is_some() => {
                     pump.seal(self).await?;
@@ -216,7 +219,7 @@ impl Pump {
             content_since_seal: true,
             last_seal_end: session.start,
             last_finished: None,
-            read_after: None,
+            gather_until: None,
         }
     }
 

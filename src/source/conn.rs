@@ -4,6 +4,7 @@
 //! authentication, simple-query and CopyBoth parts of the protocol itself.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
@@ -29,6 +30,11 @@ pub enum StreamFrame {
 
 pub struct ReplicationConnection {
     socket: Box<dyn Socket>,
+    /// The TCP socket under `socket` (and under TLS, if any), for its
+    /// receive low-water mark; None on a Unix socket.
+    tcp: Option<std::os::fd::RawFd>,
+    /// The low-water mark set on `tcp`: 1, the kernel's default, until raised.
+    low_water: usize,
     read: BytesMut,
     write: BytesMut,
     parameters: HashMap<String, String>,
@@ -75,6 +81,7 @@ impl ReplicationConnection {
             target: target.clone(),
             source,
         };
+        let mut tcp = None;
         let socket: Box<dyn Socket> = match config.get_hosts().first() {
             Some(Host::Unix(dir)) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -90,6 +97,7 @@ impl ReplicationConnection {
                     .await
                     .map_err(unreachable)?;
                 stream.set_nodelay(true).map_err(unreachable)?;
+                tcp = Some(std::os::fd::AsRawFd::as_raw_fd(&stream));
                 match attempt {
                     Attempt::Plain => Box::new(stream),
                     Attempt::Tls { or_plain } => secure(stream, info, or_plain).await?,
@@ -98,6 +106,8 @@ impl ReplicationConnection {
         };
         let mut conn = ReplicationConnection {
             socket,
+            tcp,
+            low_water: 1,
             read: BytesMut::with_capacity(1 << 16),
             write: BytesMut::new(),
             parameters: HashMap::new(),
@@ -242,15 +252,68 @@ impl ReplicationConnection {
         Ok(())
     }
 
-    /// Reads more bytes from the socket; returns how many. Cancel-safe: usable in `select!`.
+    /// Reads more bytes from the socket as soon as any arrive; returns how
+    /// many. Cancel-safe: usable in `select!`.
     pub async fn fill(&mut self) -> Result<usize, SourceError> {
-        if self.read.capacity() - self.read.len() < 8192 {
-            self.read.reserve(1 << 16);
+        self.set_low_water(1)?;
+        self.read_more().await
+    }
+
+    /// Reads more bytes once `bytes` are queued or `until` has passed,
+    /// whichever is first: one wakeup per gulp, not one per arriving
+    /// segment. Cancel-safe: usable in `select!`.
+    pub async fn fill_gathering(
+        &mut self,
+        bytes: usize,
+        until: Instant,
+    ) -> Result<usize, SourceError> {
+        if Instant::now() < until {
+            self.set_low_water(bytes)?;
+            if let Ok(read) = tokio::time::timeout_at(until.into(), self.read_more()).await {
+                return read;
+            }
+        }
+        // Lowering the mark wakes the read at once if anything is queued.
+        self.fill().await
+    }
+
+    async fn read_more(&mut self) -> Result<usize, SourceError> {
+        if self.read.capacity() - self.read.len() < 8192.max(self.low_water) {
+            self.read.reserve((1 << 16).max(2 * self.low_water));
         }
         match self.socket.read_buf(&mut self.read).await? {
             0 => Err(SourceError::Closed),
             read => Ok(read),
         }
+    }
+
+    /// Has the kernel report the socket readable only once `bytes` are
+    /// queued (SO_RCVLOWAT). Lowering the mark reports it at once if the
+    /// queue already holds that much. A read still takes whatever is queued.
+    fn set_low_water(&mut self, bytes: usize) -> Result<(), SourceError> {
+        let Some(fd) = self.tcp else {
+            return Ok(());
+        };
+        if bytes == self.low_water {
+            return Ok(());
+        }
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fd` is the socket `self.socket` owns, open while `self` lives;
+        // the option value is a c_int on the stack, passed with its size.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        self.low_water = bytes;
+        Ok(())
     }
 
     /// Splits one whole message (tag, length, body) off the read buffer, if there is one.
@@ -429,4 +492,80 @@ fn server_error(body: backend::ErrorResponseBody) -> SourceError {
         }
     }
     SourceError::Server { code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    const GATHER: usize = 256 << 10;
+    /// Far longer than any read below may take: a read still waiting then is stuck.
+    const STUCK: Duration = Duration::from_secs(5);
+
+    /// A connection over a loopback socket, and the server's end of it.
+    async fn connected() -> (ReplicationConnection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let tcp = Some(std::os::fd::AsRawFd::as_raw_fd(&client));
+        let conn = ReplicationConnection {
+            socket: Box::new(client),
+            tcp,
+            low_water: 1,
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            parameters: HashMap::new(),
+        };
+        (conn, server)
+    }
+
+    #[tokio::test]
+    async fn a_gathering_read_takes_what_came_once_its_time_is_up() {
+        let (mut conn, mut server) = connected().await;
+        server.write_all(b"0123456789").await.unwrap();
+        let until = Instant::now() + Duration::from_millis(20);
+        let read = tokio::time::timeout(STUCK, conn.fill_gathering(GATHER, until)).await;
+        assert_eq!(read.expect("the gathering read never woke").unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_gathering_read_wakes_as_soon_as_the_gulp_is_queued() {
+        let (mut conn, mut server) = connected().await;
+        let until = Instant::now() + 2 * STUCK;
+        let reader = tokio::spawn(async move {
+            let read = conn.fill_gathering(GATHER, until).await.unwrap();
+            (conn, read)
+        });
+        server.write_all(&vec![7u8; GATHER]).await.unwrap();
+        let (_, read) = tokio::time::timeout(STUCK, reader)
+            .await
+            .expect("the read waited for its deadline, not for the gulp")
+            .unwrap();
+        assert!(read > 0);
+    }
+
+    #[tokio::test]
+    async fn a_plain_read_after_a_gathering_one_wakes_on_a_few_bytes() {
+        let (mut conn, mut server) = connected().await;
+        server.write_all(&vec![7u8; GATHER]).await.unwrap();
+        // Woken by the gulp, so the mark is still raised when it returns.
+        conn.fill_gathering(GATHER, Instant::now() + 2 * STUCK)
+            .await
+            .unwrap();
+        server.write_all(b"last").await.unwrap();
+        while conn.read.len() < GATHER + 4 {
+            tokio::time::timeout(STUCK, conn.fill())
+                .await
+                .expect("a plain read kept the raised low-water mark")
+                .unwrap();
+        }
+        assert_eq!(&conn.read[GATHER..], b"last");
+    }
 }
