@@ -242,6 +242,10 @@ pub async fn run(
         }
         let start = current_lsn(&client).await?;
         let end = backlog(server, scenario, changes, round as u64).await?;
+        // As pgbench does before measuring: otherwise a checkpoint comes due
+        // every few rounds (each writes up to 190 MB of WAL) and flushes the
+        // backlog's pages while a tool is timed, slowing whichever fsyncs.
+        client.batch_execute("CHECKPOINT").await?;
         let json_file = options.work_dir.join("wal2json.out");
         let log_dir = options.work_dir.join("drain-log");
         let (mut tidemark_run, mut recvlogical_run, mut wal2json_run) = (None, None, None);
