@@ -39,7 +39,7 @@ impl Results {
                 if t.met { "yes" } else { "**no**" }
             );
         }
-        let _ = writeln!(md, "\n## Capture drain\n\nA `tidemark capture` process, timed until the slot's `confirmed_flush_lsn` reaches the backlog's end; walsender busy is its CPU time over its lifetime (`/proc/<pid>/stat`), as a share of one core.\n\n![throughput]({throughput})\n\n| scenario | tidemark changes/s | MB/s of WAL | pg_recvlogical changes/s | wal2json changes/s | ×pg_recvlogical (spread) | ×wal2json | bytes ÷ wal2json | walsender busy: tidemark / pg_recvlogical |\n|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## Capture drain\n\nA `tidemark capture` process, timed until the slot's `confirmed_flush_lsn` reaches the backlog's end; walsender busy is its CPU time over its lifetime (its CPU-time clock over `clock_timestamp() - backend_start`), as a share of one core. Each round checkpoints after writing its backlog, as pgbench does.\n\n![throughput]({throughput})\n\n| scenario | tidemark changes/s | MB/s of WAL | pg_recvlogical changes/s | wal2json changes/s | ×pg_recvlogical (spread) | ×wal2json | bytes ÷ wal2json | walsender busy: tidemark / pg_recvlogical |\n|---|---|---|---|---|---|---|---|---|");
         let busy = |b: Option<f64>| b.map_or("?".to_string(), |b| format!("{b:.2}"));
         for (name, d) in &self.capture.scenarios {
             let _ = writeln!(
