@@ -126,7 +126,7 @@ impl Results {
         if let Some(k) = &self.kafka {
             let _ = writeln!(md, "\n## Kafka\n\n{} events in {:.2}s: {:.0} events/s; p99 commit→in-Kafka at 2000 tx/s: {}.", k.events, k.seconds, k.events_per_s, k.commit_to_kafka_p99_ms.map_or("not measured".into(), |p| format!("{p:.1} ms")));
         }
-        let _ = writeln!(md, "\n## Peak RSS\n\n`big_transaction` is a `tidemark capture` process and `compaction` a `tidemark compact` process of their own; the other phases run in the bench process, so their peaks include what earlier phases left allocated.\n\n| phase | MiB |\n|---|---|");
+        let _ = writeln!(md, "\n## Peak RSS\n\nEach phase but `kafka` is a tidemark process of its own, sampled from /proc while it runs: `tidemark capture` for the drains and `big_transaction`, `tidemark restore` (the larger of its two runs) and `tidemark compact`. `kafka` runs in the bench process, so its peak includes what earlier phases left allocated.\n\n| phase | MiB |\n|---|---|");
         for (phase, mib) in &self.memory.phases {
             let _ = writeln!(md, "| {phase} | {mib:.1} |");
         }
