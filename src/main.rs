@@ -324,7 +324,7 @@ fn main() -> ExitCode {
 /// same share of the CPU as before, but a thread that wakes waits for the
 /// running one's slice instead of preempting it. The running one is often
 /// the walsender feeding capture: on 2 cores, `perf sched` showed capture's
-/// writer, sync and loop threads preempting it 70-300 times in a 0.65 s
+/// writer, sync and loop threads preempting it 140-300 times in a 0.65 s
 /// drain, leaving it runnable but waiting. An idle core still runs a woken
 /// capture thread at once, so live latency stays as it was. Where the call
 /// is refused, capture runs as before.

@@ -7,8 +7,9 @@
 //!
 //! Busy is the walsender's CPU time over its life so far, both read to the
 //! microsecond: CPU from its CPU-time clock (clock_getcpuclockid), life
-//! from the backend's `backend_start`. /proc/<pid>/stat counts both in 10 ms ticks, which on a
-//! drain of 0.6 s moved the share by up to 0.03 and rounded the CPU down.
+//! from the backend's `backend_start`. /proc/<pid>/stat counts both in
+//! 10 ms ticks, which on a drain of 0.6 s moved the share by up to 0.03
+//! and rounded the CPU down.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
